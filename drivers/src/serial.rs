@@ -1,0 +1,1 @@
+//! Opening serial ports, and pseudo-terminal pairs for simulators.

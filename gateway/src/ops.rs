@@ -1,0 +1,1 @@
+//! Operations: logging, metrics endpoint, systemd notify and watchdog.

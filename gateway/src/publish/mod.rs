@@ -1,0 +1,1 @@
+//! MQTT uplink to the serial registry.
