@@ -5,6 +5,7 @@
 pub mod config;
 pub mod dedup;
 pub mod event;
+pub mod heartbeat;
 pub mod ops;
 pub mod pipeline;
 pub mod publish;
