@@ -1,1 +1,231 @@
-//! pipeline
+//! The pipeline task: reader messages in, committed-event drafts out.
+//!
+//! One task owns the dedup engine. It routes each read to the read points
+//! covering its reader and antenna, applies their filters (RSSI floor, EPC
+//! patterns), feeds the engine, renders events and hands them to the store
+//! writer. Both channels are bounded and block when full: backpressure runs
+//! from a stuck store back to the readers (whose own buffers then hold the
+//! reads) rather than dropping anything here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracegate_drivers::{Clock, RawRead, ReaderMsg, Tap};
+
+use crate::config::{Config, ReadPoint};
+use crate::dedup::{Dedup, PointSettings, TagEvent};
+use crate::event::{self, Origin};
+use crate::heartbeat::Heartbeat;
+use crate::store::{EventDraft, WriteRequest};
+
+/// Everything the pipeline needs besides its channels.
+#[derive(Debug)]
+pub struct Pipeline {
+    origin: Origin,
+    read_points: Vec<ReadPoint>,
+    /// (reader, antenna) → indices of read points covering it.
+    uhf_routes: HashMap<(Arc<str>, u8), Vec<usize>>,
+    /// NFC reader → read points.
+    nfc_routes: HashMap<Arc<str>, Vec<usize>>,
+    filters: Vec<Filter>,
+    dedup: Dedup,
+    clock: Clock,
+    taps: Box<dyn TapEnricher>,
+}
+
+/// Adds verdicts and identities to NFC taps (SUN verification, Digital Link).
+pub trait TapEnricher: Send + std::fmt::Debug {
+    fn enrich(&mut self, tap: &Tap, body: &mut serde_json::Map<String, serde_json::Value>);
+}
+
+/// Leaves taps as the driver reported them.
+#[derive(Debug, Default)]
+pub struct NoEnrichment;
+
+impl TapEnricher for NoEnrichment {
+    fn enrich(&mut self, _tap: &Tap, _body: &mut serde_json::Map<String, serde_json::Value>) {}
+}
+
+#[derive(Debug, Default)]
+struct Filter {
+    rssi_floor_dbm: Option<i16>,
+    patterns: Vec<String>,
+}
+
+impl Filter {
+    fn accepts(&self, read: &RawRead) -> bool {
+        if let (Some(floor), Some(rssi)) = (self.rssi_floor_dbm, read.rssi_dbm) {
+            if rssi < floor {
+                return false;
+            }
+        }
+        self.patterns.is_empty()
+            || self
+                .patterns
+                .iter()
+                .any(|p| event::epc_matches(p, &read.epc))
+    }
+}
+
+impl Pipeline {
+    pub fn new(config: &Config, clock: Clock, taps: Box<dyn TapEnricher>) -> Self {
+        let mut uhf_routes: HashMap<(Arc<str>, u8), Vec<usize>> = HashMap::new();
+        let mut nfc_routes: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
+        for (i, rp) in config.read_points.iter().enumerate() {
+            let reader: Arc<str> = Arc::from(rp.reader.as_str());
+            if rp.antennas.is_empty() {
+                nfc_routes.entry(reader).or_default().push(i);
+            } else {
+                for &a in &rp.antennas {
+                    uhf_routes.entry((reader.clone(), a)).or_default().push(i);
+                }
+            }
+        }
+        let filters = config
+            .read_points
+            .iter()
+            .map(|rp| Filter {
+                rssi_floor_dbm: rp.rssi_floor_dbm,
+                patterns: rp.epc_patterns.clone(),
+            })
+            .collect();
+        let points = config
+            .read_points
+            .iter()
+            .map(|rp| PointSettings {
+                direction: rp.direction,
+            })
+            .collect();
+        Self {
+            origin: Origin {
+                gateway: config.gateway_id.clone(),
+                site: config.site.clone(),
+            },
+            read_points: config.read_points.clone(),
+            uhf_routes,
+            nfc_routes,
+            filters,
+            dedup: Dedup::new(config.dedup, points),
+            clock,
+            taps,
+        }
+    }
+
+    fn drafts(&self, events: &[TagEvent], into: &mut Vec<EventDraft>) {
+        for e in events {
+            if let Some(rp) = self.read_points.get(e.read_point) {
+                metrics::counter!("tracegate_events_total", "type" => e.kind.as_str())
+                    .increment(1);
+                into.push(event::tag_event_draft(&self.origin, rp, e));
+            }
+        }
+    }
+
+    /// Processes reads; returns the drafts they produced.
+    pub fn on_reads(&mut self, reads: &[RawRead]) -> Vec<EventDraft> {
+        let mut events = Vec::new();
+        for read in reads {
+            metrics::counter!("tracegate_reads_total", "reader" => read.reader.to_string(), "antenna" => read.antenna.to_string())
+                .increment(1);
+            let Some(points) = self.uhf_routes.get(&(read.reader.clone(), read.antenna)) else {
+                metrics::counter!("tracegate_reads_unrouted_total").increment(1);
+                continue;
+            };
+            for &rp in points {
+                if self.filters.get(rp).is_some_and(|f| f.accepts(read)) {
+                    metrics::counter!("tracegate_dedup_reads_total").increment(1);
+                    self.dedup.observe(rp, read, &mut events);
+                } else {
+                    metrics::counter!("tracegate_reads_filtered_total").increment(1);
+                }
+            }
+        }
+        let mut drafts = Vec::with_capacity(events.len());
+        self.drafts(&events, &mut drafts);
+        drafts
+    }
+
+    /// Advances time; returns departures and re-reports.
+    pub fn on_tick(&mut self) -> Vec<EventDraft> {
+        let mut events = Vec::new();
+        self.dedup.tick(self.clock.now(), &mut events);
+        let stats = self.dedup.stats();
+        metrics::gauge!("tracegate_dedup_tracked_tags").set(stats.tracked as f64);
+        metrics::gauge!("tracegate_dedup_evictions").set(stats.evictions as f64);
+        let mut drafts = Vec::with_capacity(events.len());
+        self.drafts(&events, &mut drafts);
+        drafts
+    }
+
+    pub fn on_tap(&mut self, tap: &Tap) -> Vec<EventDraft> {
+        let points: Vec<usize> = self
+            .nfc_routes
+            .get(&tap.reader)
+            .cloned()
+            .unwrap_or_default();
+        let names: Vec<String> = if points.is_empty() {
+            // An NFC reader with no read point still records its taps, under
+            // the reader's own name, rather than losing them.
+            vec![tap.reader.to_string()]
+        } else {
+            points
+                .iter()
+                .filter_map(|&i| self.read_points.get(i).map(|rp| rp.name.clone()))
+                .collect()
+        };
+        let mut drafts = Vec::new();
+        for name in names {
+            let mut body = event::tap_body(&self.origin, &name, tap);
+            self.taps.enrich(tap, &mut body);
+            metrics::counter!("tracegate_events_total", "type" => "tap").increment(1);
+            drafts.push(EventDraft {
+                event_type: "tap".into(),
+                event_utc_ms: tap.host.utc_ms,
+                body,
+            });
+        }
+        drafts
+    }
+
+    pub fn dedup_stats(&self) -> crate::dedup::DedupStats {
+        self.dedup.stats()
+    }
+}
+
+/// Runs until every reader's sink is dropped (readers stopped), then returns,
+/// dropping the writer's channel so it commits the rest and stops.
+pub async fn run(
+    mut pipeline: Pipeline,
+    mut rx: mpsc::Receiver<ReaderMsg>,
+    writer: mpsc::Sender<WriteRequest>,
+    heartbeat: Arc<Heartbeat>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        heartbeat.beat();
+        let request = tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(ReaderMsg::Reads { reads, ack }) => {
+                    let drafts = pipeline.on_reads(&reads);
+                    (!drafts.is_empty() || ack.is_some()).then_some(WriteRequest { drafts, ack })
+                }
+                Some(ReaderMsg::Tap(tap)) => Some(WriteRequest { drafts: pipeline.on_tap(&tap), ack: None }),
+                None => break,
+            },
+            _ = tick.tick() => {
+                let drafts = pipeline.on_tick();
+                (!drafts.is_empty()).then_some(WriteRequest { drafts, ack: None })
+            }
+        };
+        if let Some(req) = request {
+            if writer.send(req).await.is_err() {
+                tracing::error!(event = "pipeline.writer_gone", "the store writer stopped; events can no longer be committed");
+                return;
+            }
+        }
+    }
+    tracing::info!(event = "pipeline.stopped", "all readers stopped; pipeline drained");
+}

@@ -1,1 +1,131 @@
-//! supervisor
+//! Reader supervision: each reader runs in its own task; when it fails, the
+//! cause is logged, its health shows the outage, and it is restarted after an
+//! exponential backoff (0.5 s doubling to 30 s, reset once a run has lasted a
+//! minute). Shutdown cancels the token; a reader then returns `Ok`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracegate_drivers::{Clock, ReadSink, ReaderHealth, ReaderState};
+
+use crate::config::ReaderConfig;
+
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const STABLE_RUN: Duration = Duration::from_secs(60);
+
+/// Exponential backoff with a cap and +-20 % jitter, so a fleet of gateways
+/// restarted together does not retry in lockstep.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    start: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(start: Duration, max: Duration) -> Self {
+        Self {
+            next: start,
+            start,
+            max,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.start;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let jitter: f64 = rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.2);
+        base.mul_f64(jitter).min(self.max)
+    }
+}
+
+/// Runs one reader until `cancel` fires, restarting it when it fails.
+pub async fn supervise(
+    config: ReaderConfig,
+    sink: ReadSink,
+    health: Arc<ReaderHealth>,
+    clock: Clock,
+    cancel: CancellationToken,
+) {
+    let name = config.name().to_owned();
+    let kind = config.kind();
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
+    loop {
+        if cancel.is_cancelled() {
+            break;
+        }
+        health.set_state(ReaderState::Starting);
+        tracing::info!(event = "reader.starting", reader = %name, kind, "starting reader");
+        let started = Instant::now();
+        let result: Result<(), String> = match &config {
+            ReaderConfig::Sim(c) => {
+                tracegate_drivers::sim::run(c, sink.clone(), health.clone(), clock, cancel.clone())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            ReaderConfig::Mercury(c) => {
+                tracegate_drivers::mercury::run(c, sink.clone(), health.clone(), cancel.clone())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            ReaderConfig::R2000(c) => {
+                tracegate_drivers::r2000::run(c, sink.clone(), health.clone(), cancel.clone())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            ReaderConfig::Pcsc(c) => {
+                tracegate_drivers::nfc::run(c, sink.clone(), health.clone(), cancel.clone())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        match result {
+            Ok(()) if cancel.is_cancelled() => break,
+            Ok(()) => {
+                tracing::warn!(event = "reader.ended", reader = %name, kind, "reader stopped by itself; restarting");
+                health.record_failure(&"the reader stopped by itself");
+            }
+            Err(cause) => {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                tracing::warn!(event = "reader.failed", reader = %name, kind, error = %cause, "reader failed; will reconnect");
+                health.record_failure(&cause);
+            }
+        }
+        metrics::counter!("tracegate_reader_restarts_total", "reader" => name.clone()).increment(1);
+        if started.elapsed() >= STABLE_RUN {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    health.set_state(ReaderState::Stopped);
+    tracing::info!(event = "reader.stopped", reader = %name, kind, "reader stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(4));
+        let delays: Vec<_> = (0..6).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(400) && delays[0] <= Duration::from_millis(600));
+        assert!(delays[1] >= Duration::from_millis(800));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(4)));
+        assert!(delays[5] >= Duration::from_millis(3200));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(600));
+    }
+}
