@@ -1,1 +1,136 @@
-//! Helpers shared by the end-to-end tests: locating the binary, temporary data dirs, child processes.
+//! Helpers shared by the end-to-end tests: locating the `tracegate` binary,
+//! temporary gateways with their own config and data directory, and running
+//! the CLI against them.
+//!
+//! The binary is the one cargo built for this workspace
+//! (`target/<profile>/tracegate`); `.ci/test.sh` builds it before the tests.
+//! `TRACEGATE_BIN` points elsewhere (an installed or cross-built binary).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// Path of the `tracegate` binary under test.
+pub fn bin() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("TRACEGATE_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    // The test executable lives in target/<profile>/deps/.
+    let exe = std::env::current_exe().context("cannot locate the test executable")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("unexpected test executable location")?;
+    let candidate = profile_dir.join("tracegate");
+    if !candidate.exists() {
+        bail!(
+            "{} does not exist: build it first with `cargo build -p tracegate` (the test command does)",
+            candidate.display()
+        );
+    }
+    Ok(candidate)
+}
+
+/// A gateway with its own temporary data directory and config file.
+#[derive(Debug)]
+pub struct TempGateway {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl TempGateway {
+    /// Writes `body` (everything after the `[gateway]` table) to a config
+    /// whose data_dir is a fresh temporary directory.
+    pub fn new(id: &str, body: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("tracegate.toml");
+        let text = format!(
+            "[gateway]\nid = \"{id}\"\nsite = \"test-site\"\ndata_dir = \"{}\"\n\n{body}\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(&config, text)?;
+        Ok(Self { dir, config })
+    }
+
+    /// Starts `tracegate run` in the background, logging to a file in the dir.
+    pub fn spawn(&self) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tracegate.log"))?;
+        let child = Command::new(bin()?)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start tracegate run")?;
+        Ok(child)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tracegate.log")).unwrap_or_default()
+    }
+
+    /// `tracegate events --config FILE --json [extra]`, parsed.
+    pub fn events(&self, extra: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = self.cli(&[&["events", "--json", "--config"], extra].concat(), true)?;
+        let text = String::from_utf8(out.stdout)?;
+        text.lines()
+            .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+            .collect()
+    }
+
+    /// Runs a CLI subcommand with `--config` appended when `with_config`.
+    pub fn cli(&self, args: &[&str], with_config: bool) -> anyhow::Result<Output> {
+        let mut cmd = Command::new(bin()?);
+        cmd.args(args);
+        if with_config {
+            cmd.arg(&self.config);
+        }
+        let out = cmd.output().context("cannot run tracegate")?;
+        if !out.status.success() {
+            bail!(
+                "tracegate {:?} failed: {}",
+                args,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends a signal to a child process.
+pub fn signal(child: &Child, sig: nix::sys::signal::Signal) -> anyhow::Result<()> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+    nix::sys::signal::kill(pid, sig)?;
+    Ok(())
+}
+
+/// Waits for a child to exit, up to `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    wait_for(timeout, || child.try_wait().ok().flatten())
+}
+
+/// The `seq` of each event, in order.
+pub fn seqs(events: &[serde_json::Value]) -> Vec<u64> {
+    events.iter().filter_map(|e| e["seq"].as_u64()).collect()
+}

@@ -1,0 +1,105 @@
+//! End-to-end behaviour of the real binary: demo, config checking, running
+//! with a simulated reader, surviving SIGKILL, clean shutdown.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tracegate_hw_tests::{bin, seqs, signal, wait_exit, wait_for, TempGateway};
+
+const SIM: &str = r#"
+[[readers]]
+name = "sim1"
+kind = "sim"
+antennas = [1, 2]
+read_rate = 2000
+arrival_interval_ms = 20
+dwell_ms = 300
+seed = 7
+
+[[read_points]]
+name = "door"
+reader = "sim1"
+direction = { outside = 1, inside = 2 }
+
+[dedup]
+min_reads = 1
+departure_timeout_ms = 200
+
+[store]
+commit_interval_ms = 20
+"#;
+
+#[test]
+fn demo_prints_arrived_and_departed_events_without_hardware_or_server() {
+    let out = Command::new(bin().unwrap())
+        .args(["demo", "--duration", "6"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let types: Vec<String> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["type"].as_str().map(str::to_owned))
+        .collect();
+    assert!(types.iter().any(|t| t == "arrived"), "no arrival in:\n{stdout}");
+    assert!(types.iter().any(|t| t == "departed"), "no departure in:\n{stdout}");
+}
+
+#[test]
+fn check_config_accepts_every_example_and_locates_unknown_keys() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let out = Command::new(bin().unwrap()).arg("check-config").arg(&path).output().unwrap();
+        assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let gw = TempGateway::new("gw", &SIM.replace("seed = 7", "seed = 7\nsede = 8")).unwrap();
+    let out = Command::new(bin().unwrap()).arg("check-config").arg(&gw.config).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let expected = format!("{}:19:1: unknown field `sede`", gw.config.display());
+    assert!(err.starts_with(&expected), "{err}");
+}
+
+#[test]
+fn sigterm_commits_in_flight_events_and_exits_zero() {
+    let gw = TempGateway::new("gw-term", SIM).unwrap();
+    let mut child = gw.spawn().unwrap();
+    wait_for(Duration::from_secs(20), || {
+        gw.events(&[]).ok().filter(|e| e.len() > 20)
+    })
+    .unwrap_or_else(|| panic!("no events stored; log:\n{}", gw.log()));
+    signal(&child, Signal::SIGTERM).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(6)).expect("did not stop within the deadline");
+    assert!(status.success(), "exit status {status}; log:\n{}", gw.log());
+    let events = gw.events(&[]).unwrap();
+    let s = seqs(&events);
+    assert_eq!(s, (1..=s.len() as u64).collect::<Vec<_>>(), "seq has gaps");
+}
+
+#[test]
+fn events_stay_gap_free_across_sigkill_and_restart() {
+    let gw = TempGateway::new("gw-kill", SIM).unwrap();
+    let mut last_count = 0;
+    for round in 0..3 {
+        let mut child = gw.spawn().unwrap();
+        let want = last_count + 30;
+        wait_for(Duration::from_secs(20), || {
+            gw.events(&[]).ok().filter(|e| e.len() >= want)
+        })
+        .unwrap_or_else(|| panic!("round {round}: no new events; log:\n{}", gw.log()));
+        signal(&child, Signal::SIGKILL).unwrap();
+        let _ = child.wait();
+        let events = gw.events(&[]).unwrap();
+        let s = seqs(&events);
+        assert_eq!(s, (1..=s.len() as u64).collect::<Vec<_>>(), "round {round}: seq has gaps");
+        let ids: std::collections::HashSet<_> = events.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(ids.len(), events.len(), "ids are unique");
+        assert!(events.len() >= last_count);
+        last_count = events.len();
+    }
+}
