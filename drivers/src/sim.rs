@@ -187,7 +187,9 @@ impl SimWorld {
 
     /// Whether every tag has been introduced and has left (only with `max_tags`).
     pub fn finished(&self) -> bool {
-        self.config.max_tags != 0 && self.introduced >= self.config.max_tags && self.present.is_empty()
+        self.config.max_tags != 0
+            && self.introduced >= self.config.max_tags
+            && self.present.is_empty()
     }
 
     /// Advances the world to `now_ms` and returns the reads in between.
@@ -207,7 +209,11 @@ impl SimWorld {
                 t
             });
             self.present.push(SimTag {
-                epc: sgtin96(self.config.company_prefix, self.config.item_reference, serial),
+                epc: sgtin96(
+                    self.config.company_prefix,
+                    self.config.item_reference,
+                    serial,
+                ),
                 tid,
                 enter_ms: enter,
                 leave_ms: enter + self.config.dwell_ms,
@@ -227,7 +233,8 @@ impl SimWorld {
         for _ in 0..(n as u64) {
             let i = self.rng.gen_range(0..self.present.len());
             let tag = &self.present[i];
-            let progress = (now_ms.saturating_sub(tag.enter_ms)) as f64 / self.config.dwell_ms as f64;
+            let progress =
+                (now_ms.saturating_sub(tag.enter_ms)) as f64 / self.config.dwell_ms as f64;
             let antennas = &self.config.antennas;
             // Approaching: mostly the first antenna; leaving: mostly the last.
             let near_last = self.rng.gen_bool(progress.clamp(0.05, 0.95));
@@ -288,9 +295,14 @@ pub async fn run(
         if reads.is_empty() {
             continue;
         }
-        health.frames_ok.fetch_add(reads.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        health
+            .frames_ok
+            .fetch_add(reads.len() as u64, std::sync::atomic::Ordering::Relaxed);
         health.count_reads(reads.len(), host.utc_ms);
-        let batch = reads.into_iter().map(|r| to_raw(&reader, r, host)).collect();
+        let batch = reads
+            .into_iter()
+            .map(|r| to_raw(&reader, r, host))
+            .collect();
         tokio::select! {
             _ = cancel.cancelled() => {
                 health.set_state(ReaderState::Stopped);
@@ -332,8 +344,14 @@ mod tests {
             v = (v << 38) | 6789;
             v
         };
-        assert_eq!(hex::encode_upper(&epc.to_be_bytes()[4..]), "3074257BF7194E4000001A85");
-        assert_eq!(hex::encode_upper(sgtin96(614_141, 812_345, 6789))[..4].to_string(), "3034");
+        assert_eq!(
+            hex::encode_upper(&epc.to_be_bytes()[4..]),
+            "3074257BF7194E4000001A85"
+        );
+        assert_eq!(
+            hex::encode_upper(sgtin96(614_141, 812_345, 6789))[..4].to_string(),
+            "3034"
+        );
     }
 
     #[test]

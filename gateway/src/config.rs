@@ -19,10 +19,6 @@ use tracegate_drivers::sim::SimConfig;
 
 use crate::store::{FullPolicy, StoreConfig};
 
-// INTEGRATION: these become publish::MqttConfig and ops::OpsConfig.
-pub type MqttSection = toml::Table;
-pub type OpsSection = toml::Table;
-
 // ---------------------------------------------------------------- raw ----
 
 #[derive(Debug, Deserialize)]
@@ -37,9 +33,9 @@ pub struct RawConfig {
     pub dedup: RawDedup,
     #[serde(default)]
     pub store: RawStore,
-    pub mqtt: Option<MqttSection>,
+    pub mqtt: Option<crate::publish::MqttConfig>,
     #[serde(default)]
-    pub ops: OpsSection,
+    pub ops: crate::ops::OpsConfig,
     #[serde(default)]
     pub nfc: RawNfc,
 }
@@ -216,8 +212,8 @@ pub struct Config {
     pub read_points: Vec<ReadPoint>,
     pub dedup: DedupConfig,
     pub store: StoreConfig,
-    pub mqtt: Option<MqttSection>,
-    pub ops: OpsSection,
+    pub mqtt: Option<crate::publish::MqttConfig>,
+    pub ops: crate::ops::OpsConfig,
     pub sun_key_files: Vec<PathBuf>,
     /// SHA-256 of the source text (first 16 hex digits), for status messages.
     pub hash: String,
@@ -349,7 +345,11 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let col = before.get(line_start..).map(|s| s.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .get(line_start..)
+        .map(|s| s.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -426,7 +426,10 @@ fn validate(raw: RawConfig, source: &str, hash: String) -> Result<Config, Config
             ));
         }
         if !rp_names.insert(rp.name.clone()) {
-            p.push(format!("read_points[{i}]: duplicate read point name {:?}", rp.name));
+            p.push(format!(
+                "read_points[{i}]: duplicate read point name {:?}",
+                rp.name
+            ));
         }
         let Some(reader) = reader_names.get(rp.reader.as_str()) else {
             let known: Vec<&str> = reader_names.keys().copied().collect();
@@ -434,7 +437,11 @@ fn validate(raw: RawConfig, source: &str, hash: String) -> Result<Config, Config
                 "read_points[{i}] ({}): reader {:?} is not defined in [[readers]] (defined: {})",
                 rp.name,
                 rp.reader,
-                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
             ));
             continue;
         };
@@ -509,7 +516,9 @@ fn validate(raw: RawConfig, source: &str, hash: String) -> Result<Config, Config
         p.push("[dedup] arrival_window_ms must be above 0 (a window of zero can never collect min_reads)");
     }
     if d.departure_timeout_ms == 0 {
-        p.push("[dedup] departure_timeout_ms must be above 0 (a tag would depart between two reads)");
+        p.push(
+            "[dedup] departure_timeout_ms must be above 0 (a tag would depart between two reads)",
+        );
     }
     if d.max_tags == 0 {
         p.push("[dedup] max_tags must be at least 1");
@@ -520,6 +529,15 @@ fn validate(raw: RawConfig, source: &str, hash: String) -> Result<Config, Config
     }
     if s.commit_interval_ms == 0 || s.commit_max_events == 0 {
         p.push("[store] commit_interval_ms and commit_max_events must be above 0");
+    }
+
+    if let Some(m) = &raw.mqtt {
+        if let Err(e) = m.validate() {
+            p.push(format!("[mqtt] {e}"));
+        }
+    }
+    if let Err(e) = raw.ops.validate() {
+        p.push(e);
     }
 
     if !p.list.is_empty() {
@@ -583,7 +601,11 @@ impl Config {
             kinds.join(", "),
             self.read_points.len(),
             self.store.path.display(),
-            if self.mqtt.is_some() { "configured" } else { "off" }
+            if self.mqtt.is_some() {
+                "configured"
+            } else {
+                "off"
+            }
         )
     }
 }
@@ -634,7 +656,10 @@ reader = "sim1"
 
     #[test]
     fn a_wrong_type_is_reported_with_line_and_column() {
-        let text = MINIMAL.replace("[[readers]]", "[dedup]\nmin_reads = \"three\"\n\n[[readers]]");
+        let text = MINIMAL.replace(
+            "[[readers]]",
+            "[dedup]\nmin_reads = \"three\"\n\n[[readers]]",
+        );
         let err = parse(&text, "t.toml").unwrap_err().to_string();
         assert!(err.starts_with("t.toml:8:13: "), "{err}");
     }

@@ -279,7 +279,9 @@ impl Dedup {
             let mut due: Vec<u64> = self
                 .tags
                 .iter()
-                .filter(|(_, t)| t.arrived && now.mono_ms.saturating_sub(t.last_report_ms) >= interval)
+                .filter(|(_, t)| {
+                    t.arrived && now.mono_ms.saturating_sub(t.last_report_ms) >= interval
+                })
                 .map(|(&id, _)| id)
                 .collect();
             due.sort_unstable();
@@ -355,7 +357,9 @@ impl Dedup {
 fn shift(t: HostTime, by_ms: u64) -> HostTime {
     HostTime {
         mono_ms: t.mono_ms.saturating_add(by_ms),
-        utc_ms: t.utc_ms.saturating_add(i64::try_from(by_ms).unwrap_or(i64::MAX)),
+        utc_ms: t
+            .utc_ms
+            .saturating_add(i64::try_from(by_ms).unwrap_or(i64::MAX)),
         clock_synced: t.clock_synced,
     }
 }
@@ -367,7 +371,13 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    fn cfg(min_reads: u32, window: u64, timeout: u64, report: Option<u64>, max_tags: usize) -> DedupConfig {
+    fn cfg(
+        min_reads: u32,
+        window: u64,
+        timeout: u64,
+        report: Option<u64>,
+        max_tags: usize,
+    ) -> DedupConfig {
         DedupConfig {
             key: DedupKey::Epc,
             min_reads,
@@ -407,7 +417,10 @@ mod tests {
 
     #[test]
     fn a_tag_arrives_after_min_reads_within_the_window() {
-        let mut d = Dedup::new(cfg(3, 1000, 3000, None, 100), vec![PointSettings::default()]);
+        let mut d = Dedup::new(
+            cfg(3, 1000, 3000, None, 100),
+            vec![PointSettings::default()],
+        );
         let mut out = Vec::new();
         d.observe(0, &read(1, 1, 0), &mut out);
         d.observe(0, &read(1, 1, 100), &mut out);
@@ -444,7 +457,10 @@ mod tests {
         assert_eq!(out.len(), 2);
         let dep = &out[1];
         assert_eq!(dep.kind, Kind::Departed);
-        assert_eq!(dep.at.mono_ms, 700, "departure is stamped when the timeout ran out");
+        assert_eq!(
+            dep.at.mono_ms, 700,
+            "departure is stamped when the timeout ran out"
+        );
         assert_eq!(dep.tag.read_count, 2);
         assert_eq!(dep.tag.antennas, vec![1, 2]);
         d.tick(at(5000), &mut out);
@@ -454,7 +470,10 @@ mod tests {
     #[test]
     fn a_two_antenna_portal_reports_the_direction_of_travel() {
         let points = vec![PointSettings {
-            direction: Some(RawDirection { outside: 1, inside: 2 }),
+            direction: Some(RawDirection {
+                outside: 1,
+                inside: 2,
+            }),
         }];
         let mut d = Dedup::new(cfg(1, 1000, 500, None, 100), points);
         let mut out = Vec::new();
@@ -474,7 +493,10 @@ mod tests {
 
     #[test]
     fn present_tags_are_re_reported_every_interval() {
-        let mut d = Dedup::new(cfg(1, 1000, 10_000, Some(1000), 100), vec![PointSettings::default()]);
+        let mut d = Dedup::new(
+            cfg(1, 1000, 10_000, Some(1000), 100),
+            vec![PointSettings::default()],
+        );
         let mut out = Vec::new();
         d.observe(0, &read(1, 1, 0), &mut out);
         for t in (100..=3050).step_by(100) {
@@ -487,7 +509,10 @@ mod tests {
 
     #[test]
     fn the_tag_cap_evicts_the_least_recently_read_and_counts_it() {
-        let mut d = Dedup::new(cfg(1, 1000, 10_000, None, 2), vec![PointSettings::default()]);
+        let mut d = Dedup::new(
+            cfg(1, 1000, 10_000, None, 2),
+            vec![PointSettings::default()],
+        );
         let mut out = Vec::new();
         d.observe(0, &read(1, 1, 0), &mut out);
         d.observe(0, &read(2, 1, 10), &mut out);
@@ -503,7 +528,10 @@ mod tests {
 
     #[test]
     fn the_same_tag_at_two_read_points_is_tracked_separately() {
-        let mut d = Dedup::new(cfg(1, 1000, 500, None, 100), vec![PointSettings::default(); 2]);
+        let mut d = Dedup::new(
+            cfg(1, 1000, 500, None, 100),
+            vec![PointSettings::default(); 2],
+        );
         let mut out = Vec::new();
         d.observe(0, &read(1, 1, 0), &mut out);
         d.observe(1, &read(1, 1, 0), &mut out);
@@ -511,11 +539,7 @@ mod tests {
         assert_ne!(out[0].read_point, out[1].read_point);
     }
 
-    fn run(
-        config: DedupConfig,
-        reads: &[(u8, u8, u64)],
-        end_ms: u64,
-    ) -> Vec<TagEvent> {
+    fn run(config: DedupConfig, reads: &[(u8, u8, u64)], end_ms: u64) -> Vec<TagEvent> {
         let mut d = Dedup::new(config, vec![PointSettings::default(); 2]);
         let mut out = Vec::new();
         let mut sorted = reads.to_vec();
@@ -530,7 +554,11 @@ mod tests {
             t += ms(config.departure_timeout) + 1;
             d.tick(at(t), &mut out);
         }
-        assert_eq!(d.stats().tracked, 0, "every tag is forgotten once reads stop");
+        assert_eq!(
+            d.stats().tracked,
+            0,
+            "every tag is forgotten once reads stop"
+        );
         out
     }
 

@@ -48,7 +48,11 @@ pub fn epc_matches(_pattern: &str, _epc: &[u8]) -> bool {
 }
 
 /// The body of a `tap` event, before enrichment.
-pub fn tap_body(origin: &Origin, read_point: &str, tap: &tracegate_drivers::Tap) -> Map<String, Value> {
+pub fn tap_body(
+    origin: &Origin,
+    read_point: &str,
+    tap: &tracegate_drivers::Tap,
+) -> Map<String, Value> {
     let mut body = Map::new();
     body.insert("type".into(), json!("tap"));
     body.insert("gateway".into(), json!(origin.gateway));
@@ -83,8 +87,14 @@ pub fn tag_event_draft(origin: &Origin, point: &ReadPoint, e: &TagEvent) -> Even
     body.insert("read_point".into(), json!(point.name));
     body.insert("reader".into(), json!(&*t.reader));
     body.insert("time".into(), json!(iso_ms(e.at.utc_ms)));
-    body.insert("clock_synced".into(), json!(t.clock_synced && e.at.clock_synced));
-    body.insert("identity".into(), Value::Object(uhf_identity(&t.epc, t.tid.as_deref())));
+    body.insert(
+        "clock_synced".into(),
+        json!(t.clock_synced && e.at.clock_synced),
+    );
+    body.insert(
+        "identity".into(),
+        Value::Object(uhf_identity(&t.epc, t.tid.as_deref())),
+    );
     body.insert("first_seen".into(), json!(iso_ms(t.first_seen.utc_ms)));
     body.insert("last_seen".into(), json!(iso_ms(t.last_seen.utc_ms)));
     body.insert("read_count".into(), json!(t.read_count));

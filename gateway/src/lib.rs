@@ -8,9 +8,11 @@ pub mod config;
 pub mod dedup;
 pub mod event;
 pub mod heartbeat;
+pub mod nfc;
 pub mod ops;
 pub mod pipeline;
 pub mod publish;
+pub mod reload;
 pub mod store;
 pub mod supervisor;
 
@@ -42,6 +44,10 @@ pub enum RunError {
     Store(#[from] store::StoreError),
     #[error("the store writer failed: {0}")]
     Writer(String),
+    #[error("{0}")]
+    Ops(#[from] ops::OpsError),
+    #[error("NFC keys: {0}")]
+    Keys(String),
 }
 
 /// Knobs for embedding the gateway (the demo, tests).
@@ -52,8 +58,14 @@ pub struct RunOptions {
     /// How long shutdown may take before the remaining work is abandoned
     /// (it is all in SQLite or still in the readers' buffers).
     pub shutdown_deadline: Duration,
-    /// Told once the store is open and the readers are started.
-    pub ready: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Told once the store is open and the readers are started, with the
+    /// address the metrics endpoint listens on (if any).
+    pub ready: Option<tokio::sync::oneshot::Sender<Option<std::net::SocketAddr>>>,
+    /// When the configured metrics address is taken, listen on a free port
+    /// instead of failing (the demo; a daemon should fail loudly).
+    pub metrics_fallback_ephemeral: bool,
+    /// Receives a notice for every batch the broker acknowledged.
+    pub acks: Option<mpsc::UnboundedSender<publish::AckNotice>>,
 }
 
 impl Default for RunOptions {
@@ -62,6 +74,8 @@ impl Default for RunOptions {
             on_commit: None,
             shutdown_deadline: Duration::from_secs(5),
             ready: None,
+            metrics_fallback_ephemeral: false,
+            acks: None,
         }
     }
 }
@@ -91,13 +105,19 @@ pub async fn run_with(
         "event store open"
     );
     let (write_tx, write_rx) = mpsc::channel(WRITE_CHANNEL);
-    let (committed_tx, _committed_rx) = watch::channel(0u64);
+    let (committed_tx, committed_rx) = watch::channel(0u64);
     let writer = store::spawn_writer(store, write_rx, committed_tx, options.on_commit);
+    // A second connection for status and health: WAL readers never block
+    // the writer.
+    let status_store = Arc::new(std::sync::Mutex::new(Store::open_reader(
+        &config.store,
+        &config.gateway_id,
+    )?));
 
     let (sink, read_rx) = ReadSink::channel(READ_CHANNEL);
     let readers_cancel = shutdown.child_token();
     let readers = TaskTracker::new();
-    let mut healths = Vec::new();
+    let mut healths: Healths = Vec::new();
     for reader in &config.readers {
         let health = ReaderHealth::new(reader.name(), reader.kind());
         healths.push(health.clone());
@@ -113,25 +133,88 @@ pub async fn run_with(
     // Only the readers hold senders now: the pipeline ends when they do.
     drop(sink);
 
-    let pipeline = pipeline::Pipeline::new(&config, clock, Box::new(pipeline::NoEnrichment));
+    let enricher = nfc::TapVerifier::new(&config)?;
+    let pipeline = pipeline::Pipeline::new(&config, clock, Box::new(enricher));
     let pipeline_task = tokio::spawn(pipeline::run(
         pipeline,
         read_rx,
         write_tx,
         heartbeats.register("pipeline"),
     ));
+
+    let publisher_stats = Arc::new(publish::PublisherStats::default());
+    let status_source = status_source(&config, healths.clone(), status_store, publisher_stats.clone());
+    // Background services stop after the writer has committed everything.
+    let services_cancel = CancellationToken::new();
+    let services = TaskTracker::new();
+    if let Some(mqtt) = config.mqtt.clone() {
+        let ctx = publish::PublisherContext {
+            identity: publish::GatewayIdentity {
+                gateway_id: config.gateway_id.clone(),
+                site: config.site.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                config_hash: config.hash.clone(),
+                reader_names: config.readers.iter().map(|r| r.name().to_owned()).collect(),
+            },
+            store: config.store.clone(),
+            committed: committed_rx,
+            health: status_source.clone(),
+            heartbeat: heartbeats.register("publisher"),
+            stats: publisher_stats,
+            acks: options.acks,
+        };
+        let cancel = services_cancel.clone();
+        services.spawn(async move {
+            if let Err(e) = publish::run(&mqtt, ctx, cancel).await {
+                tracing::error!(event = "publisher.failed", error = %e, "the MQTT publisher stopped; events stay in the outbox");
+            }
+        });
+    }
+    let mut metrics_addr = None;
+    if let Some(addr) = config.ops.metrics_addr {
+        let bound = match ops::OpsHttp::bind(addr).await {
+            Ok(b) => b,
+            Err(e) if options.metrics_fallback_ephemeral => {
+                tracing::warn!(event = "ops.metrics_port_taken", error = %e, "using a free port instead");
+                ops::OpsHttp::bind(std::net::SocketAddr::new(addr.ip(), 0)).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        metrics_addr = Some(bound.local_addr());
+        let (ops_cfg, hb, st, cancel) = (
+            config.ops.clone(),
+            heartbeats.clone(),
+            status_source.clone(),
+            services_cancel.clone(),
+        );
+        services.spawn(async move {
+            if let Err(e) = bound.serve(&ops_cfg, hb, st, cancel).await {
+                tracing::error!(event = "ops.http_failed", error = %e, "the metrics endpoint stopped");
+            }
+        });
+    }
+    services.spawn(ops::watchdog(
+        heartbeats.clone(),
+        config.ops.stale_after(),
+        services_cancel.clone(),
+    ));
+    services.close();
+
+    ops::notify_ready();
     if let Some(ready) = options.ready {
-        let _ = ready.send(());
+        let _ = ready.send(metrics_addr);
     }
     tracing::info!(
         event = "gateway.ready",
         gateway = %config.gateway_id,
         readers = config.readers.len(),
         read_points = config.read_points.len(),
+        metrics = ?metrics_addr,
         "gateway running"
     );
 
     shutdown.cancelled().await;
+    ops::notify_stopping();
     tracing::info!(event = "gateway.stopping", "shutting down: stopping readers, committing in-flight events");
     let deadline = tokio::time::Instant::now() + options.shutdown_deadline;
     readers_cancel.cancel();
@@ -142,15 +225,71 @@ pub async fn run_with(
         tracing::warn!(event = "gateway.shutdown_timeout", stage = "pipeline", "pipeline did not drain in time");
     }
     let joined = tokio::task::spawn_blocking(move || writer.thread.join());
-    match tokio::time::timeout_at(deadline, joined).await {
-        Ok(Ok(Ok(Ok(())))) => {}
-        Ok(Ok(Ok(Err(e)))) => return Err(RunError::Writer(e.to_string())),
-        Ok(Ok(Err(_))) | Ok(Err(_)) => return Err(RunError::Writer("the writer thread panicked".into())),
-        Err(_) => tracing::warn!(event = "gateway.shutdown_timeout", stage = "store", "store writer did not finish in time"),
+    let result = match tokio::time::timeout_at(deadline, joined).await {
+        Ok(Ok(Ok(Ok(())))) => Ok(()),
+        Ok(Ok(Ok(Err(e)))) => Err(RunError::Writer(e.to_string())),
+        Ok(Ok(Err(_))) | Ok(Err(_)) => Err(RunError::Writer("the writer thread panicked".into())),
+        Err(_) => {
+            tracing::warn!(event = "gateway.shutdown_timeout", stage = "store", "store writer did not finish in time");
+            Ok(())
+        }
+    };
+    // The publisher gets what is left of the deadline to collect PUBACKs for
+    // the last batches; anything unacknowledged is resent on the next start.
+    let publisher_grace = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .min(Duration::from_millis(500));
+    tokio::time::sleep(publisher_grace).await;
+    services_cancel.cancel();
+    if tokio::time::timeout_at(deadline + Duration::from_secs(1), services.wait()).await.is_err() {
+        tracing::warn!(event = "gateway.shutdown_timeout", stage = "services", "publisher or endpoints did not stop in time");
     }
-    drop(healths);
     tracing::info!(event = "gateway.stopped", "gateway stopped");
-    Ok(())
+    result
+}
+
+/// Builds the status JSON served on `/status`, merged into MQTT health
+/// messages, and printed by `tracegate status`.
+fn status_source(
+    config: &Config,
+    healths: Healths,
+    store: Arc<std::sync::Mutex<Store>>,
+    publisher: Arc<publish::PublisherStats>,
+) -> ops::StatusSource {
+    let gateway = config.gateway_id.clone();
+    let site = config.site.clone();
+    let hash = config.hash.clone();
+    let mqtt = config.mqtt.is_some();
+    let started = tracegate_drivers::clock::utc_now_ms();
+    Arc::new(move || {
+        let readers: Vec<_> = healths.iter().map(|h| h.snapshot()).collect();
+        let now = tracegate_drivers::clock::utc_now_ms();
+        let store_json = match store.lock() {
+            Ok(s) => match s.stats() {
+                Ok(st) => {
+                    let mut v = serde_json::to_value(&st).unwrap_or_default();
+                    if let Some(oldest) = st.oldest_pending_utc_ms {
+                        v["oldest_pending_age_secs"] =
+                            serde_json::json!((now - oldest).max(0) as f64 / 1000.0);
+                    }
+                    v
+                }
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            },
+            Err(_) => serde_json::json!({ "error": "store status unavailable" }),
+        };
+        serde_json::json!({
+            "gateway": gateway,
+            "site": site,
+            "version": env!("CARGO_PKG_VERSION"),
+            "config_hash": hash,
+            "started_at": event::iso_ms(started),
+            "uptime_secs": (now - started) / 1000,
+            "readers": readers,
+            "store": store_json,
+            "publisher": if mqtt { publisher.snapshot() } else { serde_json::Value::Null },
+        })
+    })
 }
 
 /// Shared handle type for reader health, used by status and metrics.

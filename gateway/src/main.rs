@@ -11,11 +11,22 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use tracegate::config;
+use tracegate::ops::{self, LogFormat};
 use tracegate::store::Store;
 
 #[derive(Debug, Parser)]
-#[command(name = "tracegate", version, about = "Edge gateway for RFID/NFC serial-number tracking")]
+#[command(
+    name = "tracegate",
+    version,
+    about = "Edge gateway for RFID/NFC serial-number tracking"
+)]
 struct Cli {
+    /// Log format: auto (journald under systemd, human on a terminal), human, json, journald.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
+    /// Log filter, e.g. `info` or `tracegate=debug` (default: RUST_LOG, else info).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,6 +60,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Decode an EPC (hex) into every GS1 representation.
+    Decode {
+        /// The EPC bank contents after the PC word, in hex.
+        hex: String,
+        /// One JSON object with stable keys.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a summary of the running daemon (from its status endpoint).
+    Status {
+        /// The daemon's config, to find its status address.
+        #[arg(long, short, default_value = "/etc/tracegate/tracegate.toml")]
+        config: PathBuf,
+        /// The status address, instead of reading it from the config.
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+        /// Print the raw status JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,13 +93,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+fn init_logging(cli_format: LogFormat, level: Option<&str>) -> anyhow::Result<()> {
+    ops::init_logging(cli_format, level)?;
+    // Metrics emitted before the recorder exists are lost: install it first.
+    ops::install_metrics()?;
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -82,7 +111,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn on_signals(token: CancellationToken) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("cannot install signal handlers; stop with SIGKILL");
             return;
         };
@@ -95,6 +127,7 @@ fn on_signals(token: CancellationToken) {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let (log_format, log_level) = (cli.log_format, cli.log_level);
     match cli.command {
         Command::CheckConfig { file } => match config::load(&file) {
             Ok(c) => {
@@ -107,17 +140,48 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Run { config: path } => {
-            init_logging();
+            init_logging(log_format, log_level.as_deref())?;
             let config = config::load(&path)?;
+            tracing::info!(event = "config.loaded", path = %path.display(), summary = %config.summary(), "configuration loaded");
             runtime()?.block_on(async move {
                 let shutdown = CancellationToken::new();
                 on_signals(shutdown.clone());
-                tracegate::run(config, shutdown).await
+                tracegate::reload::run_with_reload(path, config, shutdown).await
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Decode { hex, json } => {
+            let decoded = tracegate_gs1::decode_epc_hex(&hex)
+                .map_err(|e| anyhow::anyhow!("{hex:?} is not an EPC in hex: {e}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&decoded)?);
+            } else {
+                print!("{decoded}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { config: path, addr, json } => {
+            let addr = match addr {
+                Some(a) => a,
+                None => config::load(&path)?
+                    .ops
+                    .metrics_addr
+                    .context("the status endpoint is off in this config ([ops] metrics_addr)")?,
+            };
+            let status = runtime()?
+                .block_on(ops::fetch_status(addr))
+                .with_context(|| format!("cannot reach the daemon's status endpoint at {addr}: is tracegate running?"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", ops::render_status_human(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { duration } => {
-            init_logging();
+            // The embedded broker logs every client disconnect as an error.
+            let level = log_level.unwrap_or_else(|| "info,rumqttd=off".to_owned());
+            init_logging(log_format, Some(&level))?;
             runtime()?.block_on(demo(duration))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -128,8 +192,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let config = config::load(&path)?;
-            let store = Store::open_reader(&config.store, &config.gateway_id)
-                .with_context(|| format!("cannot open the store at {}", config.store.path.display()))?;
+            let store =
+                Store::open_reader(&config.store, &config.gateway_id).with_context(|| {
+                    format!("cannot open the store at {}", config.store.path.display())
+                })?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let mut after = since;
@@ -164,11 +230,6 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
     let mut config = config::parse(DEMO_CONFIG, "config/demo.toml (embedded)")?;
     let dir = std::env::temp_dir().join(format!("tracegate-demo-{}", std::process::id()));
     config.set_data_dir(dir.clone());
-    eprintln!(
-        "tracegate demo: {} simulated reader(s), store in {}; events print below as they are committed",
-        config.readers.len(),
-        dir.display()
-    );
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone());
     if let Some(secs) = duration {
@@ -178,6 +239,18 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
             t.cancel();
         });
     }
+    let registry = CancellationToken::new();
+    let subscriber = start_registry(&mut config, registry.clone())?;
+    eprintln!(
+        "tracegate demo: {} simulated reader(s), store in {}{}",
+        config.readers.len(),
+        dir.display(),
+        if subscriber.is_some() {
+            "; committed events print as JSON lines, then as the registry receives them (\"registry <-\")"
+        } else {
+            "; events print below as they are committed"
+        }
+    );
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<tracegate::store::StoredEvent>>();
     let printer = tokio::spawn(async move {
         let mut n = 0u64;
@@ -191,13 +264,55 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
         }
         n
     });
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let options = tracegate::RunOptions {
         on_commit: Some(tx),
+        ready: Some(ready_tx),
+        metrics_fallback_ephemeral: true,
         ..Default::default()
     };
+    tokio::spawn(async move {
+        if let Ok(Some(addr)) = ready_rx.await {
+            eprintln!("tracegate demo: metrics on http://{addr}/metrics, status on http://{addr}/status");
+        }
+    });
     let result = tracegate::run_with(config, shutdown, options).await;
     let printed = printer.await.unwrap_or(0);
+    if let Some(sub) = subscriber {
+        // Let the last acknowledged messages reach the subscriber.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        registry.cancel();
+        let _ = sub.await;
+    }
     eprintln!("tracegate demo: {printed} events committed; removing {}", dir.display());
     let _ = std::fs::remove_dir_all(&dir);
     result.map_err(Into::into)
+}
+
+/// Starts the in-process broker and a subscriber playing the registry, and
+/// points the config's MQTT uplink at it.
+#[cfg(feature = "demo-broker")]
+fn start_registry(
+    config: &mut config::Config,
+    cancel: CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    use tracegate::publish::{embedded, MqttConfig};
+    let (addr, broker) = embedded::start_broker()?;
+    // The broker runs on its own threads until the process exits.
+    std::mem::forget(broker);
+    config.mqtt = Some(MqttConfig::with_url(format!("mqtt://{addr}")));
+    eprintln!("tracegate demo: in-process MQTT broker on {addr}");
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = embedded::subscribe_and_print(addr, "tracegate/#", cancel).await {
+            eprintln!("tracegate demo: registry subscriber stopped: {e}");
+        }
+    })))
+}
+
+#[cfg(not(feature = "demo-broker"))]
+fn start_registry(
+    _config: &mut config::Config,
+    _cancel: CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    Ok(None)
 }

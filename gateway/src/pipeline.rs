@@ -116,8 +116,7 @@ impl Pipeline {
     fn drafts(&self, events: &[TagEvent], into: &mut Vec<EventDraft>) {
         for e in events {
             if let Some(rp) = self.read_points.get(e.read_point) {
-                metrics::counter!("tracegate_events_total", "type" => e.kind.as_str())
-                    .increment(1);
+                metrics::counter!("tracegate_events_total", "type" => e.kind.as_str()).increment(1);
                 into.push(event::tag_event_draft(&self.origin, rp, e));
             }
         }
@@ -222,10 +221,16 @@ pub async fn run(
         };
         if let Some(req) = request {
             if writer.send(req).await.is_err() {
-                tracing::error!(event = "pipeline.writer_gone", "the store writer stopped; events can no longer be committed");
+                tracing::error!(
+                    event = "pipeline.writer_gone",
+                    "the store writer stopped; events can no longer be committed"
+                );
                 return;
             }
         }
     }
-    tracing::info!(event = "pipeline.stopped", "all readers stopped; pipeline drained");
+    tracing::info!(
+        event = "pipeline.stopped",
+        "all readers stopped; pipeline drained"
+    );
 }

@@ -38,15 +38,25 @@ fn demo_prints_arrived_and_departed_events_without_hardware_or_server() {
         .args(["demo", "--duration", "6"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let types: Vec<String> = stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v["type"].as_str().map(str::to_owned))
         .collect();
-    assert!(types.iter().any(|t| t == "arrived"), "no arrival in:\n{stdout}");
-    assert!(types.iter().any(|t| t == "departed"), "no departure in:\n{stdout}");
+    assert!(
+        types.iter().any(|t| t == "arrived"),
+        "no arrival in:\n{stdout}"
+    );
+    assert!(
+        types.iter().any(|t| t == "departed"),
+        "no departure in:\n{stdout}"
+    );
 }
 
 #[test]
@@ -54,14 +64,27 @@ fn check_config_accepts_every_example_and_locates_unknown_keys() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        let out = Command::new(bin().unwrap()).arg("check-config").arg(&path).output().unwrap();
-        assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(bin().unwrap())
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let gw = TempGateway::new("gw", &SIM.replace("seed = 7", "seed = 7\nsede = 8")).unwrap();
-    let out = Command::new(bin().unwrap()).arg("check-config").arg(&gw.config).output().unwrap();
+    let out = Command::new(bin().unwrap())
+        .arg("check-config")
+        .arg(&gw.config)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    let expected = format!("{}:19:1: unknown field `sede`", gw.config.display());
+    let expected = format!("{}:15:1: unknown field `sede`", gw.config.display());
     assert!(err.starts_with(&expected), "{err}");
 }
 
@@ -74,7 +97,8 @@ fn sigterm_commits_in_flight_events_and_exits_zero() {
     })
     .unwrap_or_else(|| panic!("no events stored; log:\n{}", gw.log()));
     signal(&child, Signal::SIGTERM).unwrap();
-    let status = wait_exit(&mut child, Duration::from_secs(6)).expect("did not stop within the deadline");
+    let status =
+        wait_exit(&mut child, Duration::from_secs(6)).expect("did not stop within the deadline");
     assert!(status.success(), "exit status {status}; log:\n{}", gw.log());
     let events = gw.events(&[]).unwrap();
     let s = seqs(&events);
@@ -96,8 +120,15 @@ fn events_stay_gap_free_across_sigkill_and_restart() {
         let _ = child.wait();
         let events = gw.events(&[]).unwrap();
         let s = seqs(&events);
-        assert_eq!(s, (1..=s.len() as u64).collect::<Vec<_>>(), "round {round}: seq has gaps");
-        let ids: std::collections::HashSet<_> = events.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(
+            s,
+            (1..=s.len() as u64).collect::<Vec<_>>(),
+            "round {round}: seq has gaps"
+        );
+        let ids: std::collections::HashSet<_> = events
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect();
         assert_eq!(ids.len(), events.len(), "ids are unique");
         assert!(events.len() >= last_count);
         last_count = events.len();

@@ -11,17 +11,127 @@
 //! - [`Store::pending`] / [`Store::mark_published`]: the outbox, kept as a
 //!   watermark (`published_upto`), not per-row flags.
 //! - [`spawn_writer`]: the group-commit thread the pipeline feeds.
+//!
+//! # Design
+//!
+//! **Durability.** `journal_mode=WAL`, `synchronous=FULL` (every commit
+//! fsyncs the WAL), checked after setting. A commit that returned is on disk;
+//! `kill -9` and power cuts lose nothing committed (the crash test in
+//! `tests/store_crash.rs` kills a writer 20+ times and checks this).
+//!
+//! **Connections.** One writer ([`Store::open`], owned by the writer thread)
+//! and any number of second connections ([`Store::open_reader`]) for the
+//! publisher and the CLI. Second connections read without blocking the
+//! writer (WAL) and may also write the watermark ([`Store::mark_published`])
+//! and SUN counters; write locks are taken with `BEGIN IMMEDIATE` and wait up
+//! to [`schema::BUSY_TIMEOUT`]. Only the writer creates, migrates and checks
+//! the file.
+//!
+//! **Corruption.** If opening, `quick_check` or the migration fails with
+//! SQLite's corruption codes ("file is not a database", "database disk image
+//! is malformed") or `quick_check` reports problems, the file and its
+//! `-wal`/`-shm` are renamed to `{path}.corrupt-{UTC timestamp}` (never
+//! deleted), `tracing::error!` names both paths, and a fresh store starts.
+//! Other failures (permissions, locks, a schema newer than this build) are
+//! returned as errors and the file is left alone.
+//!
+//! **Sequence numbers.** `meta.last_seq` holds the last seq ever assigned; a
+//! commit assigns `last_seq + 1 ..` and stores the new `last_seq` in the same
+//! transaction, so seqs are gap-free in assignment and never reused, even
+//! after every row has been deleted. Rows disappear only by [`Store::prune`]
+//! (published and old) or by the `drop_oldest` policy, which always reports
+//! the exact range in an `overflow` event. `store_id` (8 random bytes, hex)
+//! is chosen when the database is created, so a store that was moved aside
+//! and restarted at seq 1 still yields fresh event ids.
+//!
+//! **Outbox.** `meta.published_upto` is a watermark raised by
+//! [`Store::mark_published`]; nothing is updated per row. Invariant: the
+//! pending rows (seq > watermark) are a few kept `overflow` records followed
+//! by every seq from the first pending ordinary event to `last_seq` (prune
+//! never touches pending rows, `drop_oldest` removes a prefix of the
+//! ordinary ones), so [`Store::stats`] counts them without a scan.
+//!
+//! **Size bound.** `bytes` = pages in use in the main database file =
+//! `(page_count - freelist_count) * page_size`, read inside the write
+//! transaction, so the check sees the transaction's own inserts. Ordinary
+//! events may use up to `max_bytes - headroom` (headroom =
+//! [`HEADROOM_PAGES`] pages), the rest is reserved for `overflow` events so
+//! the record of a drop always fits. Every commit that would exceed the
+//! limit first deletes all published events (regardless of retention), then
+//! applies the policy, and re-measures after inserting (estimates never
+//! decide alone). Not counted: the `-wal` file (truncated to 64 MiB after
+//! checkpoints by `journal_size_limit`) and free pages (reused before the
+//! file grows, so the file itself stays within `max_bytes` plus what one
+//! transaction adds before its deletes).
+//!
+//! **Full policies and `overflow` events.** The body is
+//! `{"type":"overflow","gateway","time","policy","count","first_seq",
+//! "last_seq","from","to"}` plus `id`/`seq`; `from`/`to` are the UTC
+//! ISO-8601 (ms) `event_utc_ms` range of the lost events, `count` is exact.
+//! - `drop_oldest`: the oldest pending events are deleted, at least
+//!   `max_bytes / 16` at a time so a store that stays full writes one record
+//!   per chunk rather than per commit. The new events are always stored,
+//!   unless one commit is larger than the whole store, in which case its own
+//!   oldest events go too. `first_seq`/`last_seq` bound the deleted seqs and
+//!   `count` is exactly how many events were deleted; earlier `overflow`
+//!   records inside the range are kept, not deleted or counted (only when
+//!   nothing but overflow records is pending are they dropped, oldest first).
+//!   So every seq missing from the table lies in the range of an overflow
+//!   record. Acks fire: the data was committed and then dropped by policy.
+//! - `reject_new`: new events that do not fit are refused before they get a
+//!   seq, so seq stays gap-free; `first_seq` and `last_seq` are `null`.
+//!   Refusal is per write request (per draft for [`Store::append`]): a
+//!   request is stored whole or not at all, and the first refused request
+//!   refuses all later ones in the same commit (order is kept). The ack of a
+//!   refused request is dropped unfired, which tells the driver to keep the
+//!   data. While the store stays full the overflow record itself may not
+//!   fit; counts then accumulate in `meta.overflow_pending` (persisted) and
+//!   are written as one `overflow` event as soon as there is room.
+//!
+//! Every drop adds to `meta.dropped_total` in the same transaction and is
+//! announced with `tracing::warn!` (at most every 10 s per store, with
+//! totals).
+//!
+//! **Retention.** [`Store::prune`] deletes the prefix of published events
+//! whose `event_utc_ms` is older than `retention_secs`, as one seq range; it
+//! stops at the first young published event, so its cost is proportional to
+//! what it deletes. The writer thread calls it every 10 s.
+
+mod append;
+mod schema;
+mod writer;
 
 use std::path::PathBuf;
+use std::time::Instant;
 
+use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{mpsc, watch};
 use tracegate_drivers::CommitAck;
+
+pub use append::AppendOutcome;
+pub use schema::{BUSY_TIMEOUT, SCHEMA_VERSION};
+
+/// Pages kept free for `overflow` events (see the module docs).
+pub const HEADROOM_PAGES: u64 = 4;
+
+/// The smallest `max_bytes` accepted: schema pages plus headroom plus room
+/// for a useful number of events.
+pub const MIN_MAX_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FullPolicy {
     DropOldest,
     RejectNew,
+}
+
+impl FullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FullPolicy::DropOldest => "drop_oldest",
+            FullPolicy::RejectNew => "reject_new",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -66,75 +176,370 @@ pub struct StoreStats {
     pub last_seq: u64,
     pub published_upto: u64,
     pub pending: u64,
+    /// `event_utc_ms` of the first (lowest seq) pending event.
     pub oldest_pending_utc_ms: Option<i64>,
     /// Events dropped by the full policy since the store was created.
     pub dropped_total: u64,
+    /// Pages in use in the main database file, in bytes (what `max_bytes` bounds).
     pub bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store not implemented yet")]
-    NotImplemented,
+    #[error("store {path}: {context} failed: {source}")]
+    Sqlite {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("store {path}: {what}")]
+    Pragma { path: PathBuf, what: String },
+    #[error(
+        "store {path} has schema version {found}, this build supports {supported}; \
+         run the matching tracegate version or move the file aside"
+    )]
+    SchemaMismatch {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("no store at {path}: start the gateway once to create it, or check data_dir")]
+    NotFound { path: PathBuf },
+    #[error("store {path} is corrupt ({reason}) and could not be replaced")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("could not move the corrupt store file {path} aside: {source}")]
+    MoveAside {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not read the store file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not create the store directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid store configuration: {0}")]
+    Config(String),
+    #[error("the store writer thread panicked (a bug: please report it)")]
+    WriterPanicked,
+    #[error("store writer could not start its thread or timer runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl StoreError {
+    fn sqlite(context: &'static str, path: &std::path::Path, source: rusqlite::Error) -> Self {
+        StoreError::Sqlite {
+            context,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct Store {
-    _private: (),
+    conn: Connection,
+    config: StoreConfig,
+    gateway_id: String,
+    store_id: String,
+    page_size: u64,
+    /// When the last overflow warning was logged (rate limit).
+    last_overflow_warn: Option<Instant>,
+}
+
+fn validate(config: &StoreConfig, gateway_id: &str) -> Result<(), StoreError> {
+    if gateway_id.is_empty() || gateway_id.contains(':') {
+        return Err(StoreError::Config(format!(
+            "gateway_id {gateway_id:?} must be non-empty and contain no ':' \
+             (it is the first part of every event id)"
+        )));
+    }
+    if config.max_bytes < MIN_MAX_BYTES {
+        return Err(StoreError::Config(format!(
+            "max_bytes {} is below the minimum {MIN_MAX_BYTES}",
+            config.max_bytes
+        )));
+    }
+    Ok(())
 }
 
 impl Store {
-    pub fn open(_config: &StoreConfig, _gateway_id: &str) -> Result<Store, StoreError> {
-        Err(StoreError::NotImplemented)
+    pub fn open(config: &StoreConfig, gateway_id: &str) -> Result<Store, StoreError> {
+        validate(config, gateway_id)?;
+        let path = &config.path;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::CreateDir {
+                path: dir.to_path_buf(),
+                source: e,
+            })?;
+        }
+        let (conn, store_id) = match schema::open_writer(path) {
+            Ok(ok) => ok,
+            Err(schema::OpenFailure::Other(e)) => return Err(e),
+            Err(schema::OpenFailure::Corrupt(reason)) => {
+                let moved_to = schema::move_aside(path)?;
+                tracing::error!(
+                    path = %path.display(),
+                    moved_to = %moved_to.display(),
+                    reason = %reason,
+                    "event store is corrupt: moved it aside and started a fresh store; \
+                     events in the old file were not published"
+                );
+                match schema::open_writer(path) {
+                    Ok(ok) => ok,
+                    Err(schema::OpenFailure::Other(e)) => return Err(e),
+                    Err(schema::OpenFailure::Corrupt(reason)) => {
+                        return Err(StoreError::Corrupt {
+                            path: path.clone(),
+                            reason,
+                        })
+                    }
+                }
+            }
+        };
+        Self::from_conn(conn, config, gateway_id, store_id)
     }
 
     /// Opens an existing store for reading (CLI, publisher) alongside the writer.
-    pub fn open_reader(_config: &StoreConfig, _gateway_id: &str) -> Result<Store, StoreError> {
-        Err(StoreError::NotImplemented)
+    pub fn open_reader(config: &StoreConfig, gateway_id: &str) -> Result<Store, StoreError> {
+        let (conn, store_id) = schema::open_second(&config.path)?;
+        Self::from_conn(conn, config, gateway_id, store_id)
+    }
+
+    fn from_conn(
+        conn: Connection,
+        config: &StoreConfig,
+        gateway_id: &str,
+        store_id: String,
+    ) -> Result<Store, StoreError> {
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(|e| StoreError::sqlite("reading page_size", &config.path, e))?;
+        Ok(Store {
+            conn,
+            config: config.clone(),
+            gateway_id: gateway_id.to_owned(),
+            store_id,
+            page_size: u64::try_from(page_size).unwrap_or(4096),
+            last_overflow_warn: None,
+        })
     }
 
     /// Random id chosen when the database was created; part of every event id.
     pub fn store_id(&self) -> &str {
-        ""
+        &self.store_id
     }
 
-    pub fn append(&mut self, _drafts: Vec<EventDraft>) -> Result<Vec<StoredEvent>, StoreError> {
-        Err(StoreError::NotImplemented)
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Commits `drafts` in one transaction. Returns the events now stored:
+    /// the accepted drafts in order, plus an `overflow` event if the full
+    /// policy dropped or refused anything (see the module docs; with
+    /// `reject_new` refused drafts are simply absent from the result, use
+    /// [`Store::append_detailed`] to see how many).
+    pub fn append(&mut self, drafts: Vec<EventDraft>) -> Result<Vec<StoredEvent>, StoreError> {
+        let groups: Vec<&[EventDraft]> = drafts.iter().map(std::slice::from_ref).collect();
+        Ok(self.commit_groups(&groups)?.events)
+    }
+
+    /// Like [`Store::append`], with the policy outcome. Each draft is its own
+    /// refusal unit under `reject_new`.
+    pub fn append_detailed(&mut self, drafts: &[EventDraft]) -> Result<AppendOutcome, StoreError> {
+        let groups: Vec<&[EventDraft]> = drafts.iter().map(std::slice::from_ref).collect();
+        self.commit_groups(&groups)
     }
 
     /// Committed events with `seq > after_seq`, oldest first, at most `limit`.
     /// With `pending_only`, only those above the published watermark.
     pub fn events_after(
         &self,
-        _after_seq: u64,
-        _limit: usize,
-        _pending_only: bool,
+        after_seq: u64,
+        limit: usize,
+        pending_only: bool,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        Err(StoreError::NotImplemented)
+        let err = |e| StoreError::sqlite("reading events", &self.config.path, e);
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, id, event_type, event_utc_ms, payload FROM events
+                 WHERE seq > max(?1, CASE WHEN ?2 THEN
+                     (SELECT value FROM meta WHERE key = 'published_upto') ELSE 0 END)
+                 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(err)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(
+                rusqlite::params![to_i64(after_seq), pending_only, limit],
+                row_to_event,
+            )
+            .map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
     }
 
-    /// Raises the published watermark (never lowers it).
-    pub fn mark_published(&mut self, _upto_seq: u64) -> Result<(), StoreError> {
-        Err(StoreError::NotImplemented)
+    /// Pending (unpublished) events, oldest first, at most `limit`.
+    pub fn pending(&self, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.events_after(0, limit, true)
+    }
+
+    /// Raises the published watermark (never lowers it, never above the
+    /// last committed seq).
+    pub fn mark_published(&mut self, upto_seq: u64) -> Result<(), StoreError> {
+        let err = |e| StoreError::sqlite("raising the published watermark", &self.config.path, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        tx.execute(
+            "UPDATE meta SET value = max(value,
+                 min(?1, (SELECT value FROM meta WHERE key = 'last_seq')))
+             WHERE key = 'published_upto'",
+            [to_i64(upto_seq)],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
     }
 
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
-        Err(StoreError::NotImplemented)
+        let err = |e| StoreError::sqlite("reading stats", &self.config.path, e);
+        // One read transaction: a consistent snapshot while the writer commits.
+        let tx = self.conn.unchecked_transaction().map_err(err)?;
+        let meta = append::read_meta(&tx).map_err(err)?;
+        let pu = to_i64(meta.published_upto);
+        let oldest_pending_utc_ms: Option<i64> = tx
+            .query_row(
+                "SELECT event_utc_ms FROM events WHERE seq > ?1 ORDER BY seq LIMIT 1",
+                [pu],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        // Pending rows: a few kept overflow records below the first pending
+        // event, then every seq up to last_seq (see "Outbox" above).
+        let first_event: Option<i64> = tx
+            .query_row(
+                "SELECT seq FROM events WHERE seq > ?1 AND event_type != 'overflow'
+                 ORDER BY seq LIMIT 1",
+                [pu],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        let below: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM events WHERE seq > ?1 AND seq < ?2",
+                [pu, first_event.unwrap_or(i64::MAX)],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        let pending = from_i64(below)
+            + first_event.map_or(0, |f| meta.last_seq.saturating_sub(from_i64(f)) + 1);
+        let bytes = append::used_bytes(&tx, self.page_size).map_err(err)?;
+        tx.finish().map_err(err)?;
+        Ok(StoreStats {
+            last_seq: meta.last_seq,
+            published_upto: meta.published_upto,
+            pending,
+            oldest_pending_utc_ms,
+            dropped_total: meta.dropped_total,
+            bytes,
+        })
     }
 
     /// Deletes published events older than the retention age, in seq ranges.
-    pub fn prune(&mut self, _now_utc_ms: i64) -> Result<u64, StoreError> {
-        Err(StoreError::NotImplemented)
+    pub fn prune(&mut self, now_utc_ms: i64) -> Result<u64, StoreError> {
+        self.prune_inner(now_utc_ms)
     }
 
     /// Highest NTAG 424 SUN read counter seen for a tag UID (replay protection).
-    pub fn sun_counter(&self, _uid: &[u8]) -> Result<Option<u32>, StoreError> {
-        Err(StoreError::NotImplemented)
+    pub fn sun_counter(&self, uid: &[u8]) -> Result<Option<u32>, StoreError> {
+        let v: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT counter FROM sun_counters WHERE uid = ?1",
+                [uid],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| StoreError::sqlite("reading a SUN counter", &self.config.path, e))?;
+        Ok(v.map(|c| u32::try_from(c).unwrap_or(u32::MAX)))
     }
 
-    pub fn set_sun_counter(&mut self, _uid: &[u8], _counter: u32) -> Result<(), StoreError> {
-        Err(StoreError::NotImplemented)
+    /// Records a SUN read counter for a tag. The stored value only grows: a
+    /// lower counter leaves it unchanged, so a replay can never reopen a window.
+    pub fn set_sun_counter(&mut self, uid: &[u8], counter: u32) -> Result<(), StoreError> {
+        let err = |e| StoreError::sqlite("writing a SUN counter", &self.config.path, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        tx.execute(
+            "INSERT INTO sun_counters (uid, counter) VALUES (?1, ?2)
+             ON CONFLICT (uid) DO UPDATE SET counter = max(counter, excluded.counter)",
+            rusqlite::params![uid, i64::from(counter)],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
     }
+
+    /// Highest seq ever assigned (0 for a new store).
+    pub fn last_seq(&self) -> Result<u64, StoreError> {
+        let v: i64 = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| StoreError::sqlite("reading last_seq", &self.config.path, e))?;
+        Ok(from_i64(v))
+    }
+
+    /// Runs `PRAGMA quick_check`; `Ok(true)` when the database is intact.
+    pub fn quick_check(&self) -> Result<bool, StoreError> {
+        let err = |e| StoreError::sqlite("running quick_check", &self.config.path, e);
+        let mut stmt = self.conn.prepare("PRAGMA quick_check").map_err(err)?;
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(err)?
+            .collect::<Result<_, _>>()
+            .map_err(err)?;
+        Ok(rows.len() == 1 && rows[0] == "ok")
+    }
+
+    /// Checkpoints the WAL into the main file and truncates it (clean shutdown).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| StoreError::sqlite("checkpointing the WAL", &self.config.path, e))
+    }
+}
+
+fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        seq: from_i64(r.get(0)?),
+        id: r.get(1)?,
+        event_type: r.get(2)?,
+        event_utc_ms: r.get(3)?,
+        payload: r.get(4)?,
+    })
+}
+
+/// SQLite integers are i64; seqs never get near the top, so clamp.
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn from_i64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
 }
 
 /// One group of drafts for the writer; `ack` fires after its commit.
@@ -150,18 +555,27 @@ pub struct WriterHandle {
     pub thread: std::thread::JoinHandle<Result<(), StoreError>>,
 }
 
+impl WriterHandle {
+    /// Waits for the writer to commit what it holds and stop. A panicked
+    /// writer thread is reported as an error, not propagated.
+    pub fn join(self) -> Result<(), StoreError> {
+        match self.thread.join() {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::WriterPanicked),
+        }
+    }
+}
+
 /// Starts the group-commit writer on its own thread. It commits when
 /// `commit_max_events` are waiting or `commit_interval_ms` has passed, sends
 /// the highest committed seq on `committed` and every committed event on
 /// `on_commit` (if given, for the demo), fires acks, and exits after `rx`
 /// closes and the last batch is committed.
 pub fn spawn_writer(
-    _store: Store,
-    _rx: mpsc::Receiver<WriteRequest>,
-    _committed: watch::Sender<u64>,
-    _on_commit: Option<mpsc::UnboundedSender<Vec<StoredEvent>>>,
+    store: Store,
+    rx: mpsc::Receiver<WriteRequest>,
+    committed: watch::Sender<u64>,
+    on_commit: Option<mpsc::UnboundedSender<Vec<StoredEvent>>>,
 ) -> WriterHandle {
-    WriterHandle {
-        thread: std::thread::spawn(|| Err(StoreError::NotImplemented)),
-    }
+    writer::spawn(store, rx, committed, on_commit)
 }

@@ -1,0 +1,555 @@
+//! A simulated Mercury module, serving the module side of any byte stream
+//! (normally the master of a pty, see [`spawn_pty`]).
+//!
+//! It answers the start-up commands the driver sends, streams tag frames
+//! after a continuous-read start, keeps a tag buffer for timed searches, and
+//! injects faults on request. Its [`SimReport`] records exactly which EPCs it
+//! sent in frames with a valid CRC, so tests can compare them with the reads
+//! the driver produced.
+//!
+//! Assumptions where the reference has no capture: the 0x2F acknowledgement
+//! DATA is `[option]`; GET_CURRENT_PROGRAM answers `0x01` in the bootloader
+//! and `0x02` in the application (the driver only tests `& 0x03 == 1`).
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{
+    encode_stream_tag, encode_tag_buffer, op, parse_start_continuous, status, Command, Decoder,
+    Event, ReadMultiple, Response, TagRecord, VersionInfo, MAX_RESPONSE_DATA,
+};
+use crate::serial::{open_pty, PluggablePty};
+
+/// One tag in the simulated field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimTag {
+    pub epc: Vec<u8>,
+    /// 1-based antenna port that sees it.
+    pub antenna: u8,
+    pub rssi_dbm: i8,
+    /// TID bank, returned when the driver asks for an embedded TID read.
+    pub tid: Option<Vec<u8>>,
+}
+
+impl SimTag {
+    pub fn new(epc: impl Into<Vec<u8>>, antenna: u8, rssi_dbm: i8) -> Self {
+        Self {
+            epc: epc.into(),
+            antenna,
+            rssi_dbm,
+            tid: None,
+        }
+    }
+}
+
+/// Faults to inject. Counters ("every n-th") count frames the simulator
+/// writes; `None` disables a fault.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Write every n-th frame in two pieces with a short pause between.
+    pub split_every: Option<u64>,
+    /// Write 1–16 random bytes before every n-th frame.
+    pub garbage_every: Option<u64>,
+    /// Corrupt the CRC of every n-th streamed tag frame.
+    pub bad_crc_every: Option<u64>,
+    /// Once `after` tag frames have been sent, send nothing for `for`.
+    pub stall: Option<(u64, Duration)>,
+    /// Drop the connection (serve returns) after this many tag frames:
+    /// the pty closes under the driver, as when a USB adapter is pulled.
+    pub unplug_after: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MercurySimParams {
+    pub tags: Vec<SimTag>,
+    /// Time between inventory rounds while streaming.
+    pub cycle: Duration,
+    /// Stop reporting tags after this many tag frames (then keep-alives only),
+    /// so a test can wait for the driver to catch up and compare totals.
+    pub max_tag_frames: Option<u64>,
+    pub faults: Faults,
+    pub seed: u64,
+    /// Power up in the bootloader (tag commands fail with 0x0101 until 0x04).
+    pub start_in_bootloader: bool,
+    pub version: VersionInfo,
+}
+
+impl Default for MercurySimParams {
+    fn default() -> Self {
+        Self {
+            tags: Vec::new(),
+            cycle: Duration::from_millis(100),
+            max_tag_frames: None,
+            faults: Faults::default(),
+            seed: 1,
+            start_in_bootloader: false,
+            // The M6e Nano-style VERSION reply from the reference (V2), with
+            // hardware[0] = 0x30 (M6e Nano).
+            version: VersionInfo {
+                bootloader: [0x23, 0x01, 0x06, 0x00],
+                hardware: [0x30, 0x00, 0x02, 0x01],
+                fw_date: [0x20, 0x24, 0x09, 0x13],
+                fw_version: [0x02, 0x01, 0x06, 0x08],
+                protocols: 0x10,
+            },
+        }
+    }
+}
+
+impl MercurySimParams {
+    /// A small SGTIN-96 population on antenna 1, for `tracegate demo`.
+    pub fn demo() -> Self {
+        let tags = (1u8..=5)
+            .map(|serial| {
+                // SGTIN-96 urn:epc:id:sgtin:0614141.812345.67xx (TDS example).
+                let epc = vec![
+                    0x30, 0x34, 0x25, 0x7B, 0xF7, 0x19, 0x4E, 0x40, 0x00, 0x00, 0x1A, serial,
+                ];
+                SimTag::new(epc, 1, -50 - i8::try_from(serial).unwrap_or(0))
+            })
+            .collect();
+        Self {
+            tags,
+            cycle: Duration::from_millis(500),
+            ..Self::default()
+        }
+    }
+}
+
+/// What the simulator did, shared across connections (re-plugs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimReport {
+    /// EPCs in tag frames sent with a valid CRC (streamed frames and
+    /// tag-buffer fetch replies), in order.
+    pub sent_epcs: Vec<Vec<u8>>,
+    /// EPCs in streamed tag frames sent with a corrupted CRC.
+    pub bad_crc_epcs: Vec<Vec<u8>>,
+    pub garbage_bursts: u64,
+    pub garbage_bytes: u64,
+    pub split_frames: u64,
+    pub keepalives: u64,
+    /// Opcodes of the valid commands received, in order.
+    pub commands: Vec<u8>,
+    pub buffer_clears: u64,
+    /// Tags currently in the simulated tag buffer.
+    pub buffer_len: usize,
+    pub connections: u64,
+    pub stalls: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    report: SimReport,
+    /// Tag buffer: survives reconnects, like the module's RAM.
+    buffer: Vec<SimTag>,
+    /// Tag frames written so far (valid and corrupted).
+    tag_frames: u64,
+    stalled: bool,
+}
+
+/// A simulated module. Cloning shares the report and tag buffer.
+#[derive(Debug, Clone)]
+pub struct MercurySim {
+    params: Arc<MercurySimParams>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+struct Conn<'a, T> {
+    io: T,
+    sim: &'a MercurySim,
+    rng: StdRng,
+    frames: u64,
+    booted: bool,
+    streaming: Option<ReadMultiple>,
+    next_round: Instant,
+    started: Instant,
+    cursor: usize,
+    hop: u32,
+    sync_rm: Option<ReadMultiple>,
+}
+
+enum Flow {
+    Continue,
+    Unplug,
+}
+
+impl MercurySim {
+    pub fn new(params: MercurySimParams) -> Self {
+        Self {
+            params: Arc::new(params),
+            shared: Arc::new(Mutex::new(Shared::default())),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Shared) -> R) -> R {
+        let mut g = match self.shared.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut g)
+    }
+
+    pub fn report(&self) -> SimReport {
+        self.with(|s| {
+            let mut r = s.report.clone();
+            r.buffer_len = s.buffer.len();
+            r
+        })
+    }
+
+    /// Serves one connection until `cancel`, EOF/error, or an injected unplug.
+    pub async fn serve<T>(&self, io: T, cancel: CancellationToken) -> io::Result<()>
+    where
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
+        let conn_no = self.with(|s| {
+            s.report.connections += 1;
+            s.report.connections
+        });
+        let now = Instant::now();
+        let mut c = Conn {
+            io,
+            sim: self,
+            rng: StdRng::seed_from_u64(self.params.seed.wrapping_add(conn_no)),
+            frames: 0,
+            booted: !self.params.start_in_bootloader,
+            streaming: None,
+            next_round: now,
+            started: now,
+            cursor: 0,
+            hop: 0,
+            sync_rm: None,
+        };
+        c.run(cancel).await
+    }
+
+    /// Opens a pty and serves its master in a task. Returns the slave path
+    /// (e.g. `/dev/pts/5`) to configure as the reader's `port`.
+    pub fn spawn_pty(
+        &self,
+        cancel: CancellationToken,
+    ) -> io::Result<(PathBuf, JoinHandle<io::Result<()>>)> {
+        let (master, path) = open_pty()?;
+        let sim = self.clone();
+        let task = tokio::spawn(async move { sim.serve(master, cancel).await });
+        Ok((path, task))
+    }
+
+    /// A pty behind the stable symlink `link`, which tests can unplug and
+    /// re-plug. Call `plug()` on the result to start.
+    pub fn pluggable(&self, link: impl Into<PathBuf>) -> PluggablePty {
+        let sim = self.clone();
+        PluggablePty::new(link, move |master, cancel| {
+            let sim = sim.clone();
+            async move { sim.serve(master, cancel).await }
+        })
+    }
+}
+
+/// One-call helper for `tracegate demo`: a simulated Mercury module behind a
+/// real pty. Returns the device path and the serving task.
+pub fn spawn_pty(
+    params: MercurySimParams,
+    cancel: CancellationToken,
+) -> io::Result<(PathBuf, JoinHandle<io::Result<()>>)> {
+    MercurySim::new(params).spawn_pty(cancel)
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Conn<'_, T> {
+    async fn run(&mut self, cancel: CancellationToken) -> io::Result<()> {
+        let mut dec = Decoder::<Command>::new();
+        let mut buf = vec![0u8; 512];
+        loop {
+            while let Some(ev) = dec.next_event() {
+                if let Event::Frame(c) = ev {
+                    self.sim.with(|s| s.report.commands.push(c.opcode));
+                    if let Flow::Unplug = self.handle(c).await? {
+                        return Ok(());
+                    }
+                }
+            }
+            let tick = tokio::time::sleep_until(self.next_round);
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                n = self.io.read(&mut buf) => {
+                    let n = n?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    dec.push(buf.get(..n).unwrap_or(&[]));
+                }
+                _ = tick, if self.streaming.is_some() => {
+                    if let Flow::Unplug = self.round().await? {
+                        return Ok(());
+                    }
+                    self.next_round = Instant::now() + self.sim.params.cycle;
+                }
+            }
+        }
+    }
+
+    fn record(&self, t: &SimTag, rm: &ReadMultiple) -> TagRecord {
+        let mut r = TagRecord::gen2(&t.epc);
+        r.read_count = Some(1);
+        r.rssi_dbm = Some(t.rssi_dbm);
+        r.antenna = Some((t.antenna << 4) | (t.antenna & 0x0F));
+        r.frequency_khz = Some(902_750 + 500 * (self.hop % 50));
+        r.timestamp_ms =
+            Some(u32::try_from(self.started.elapsed().as_millis()).unwrap_or(u32::MAX));
+        r.phase_deg = Some(u16::try_from((self.hop * 37) % 360).unwrap_or(0));
+        r.gpio = Some(0);
+        if let Some((_, _, words)) = rm.embedded_read {
+            let want = usize::from(words) * 2;
+            r.data = t.tid.as_ref().map(|tid| {
+                let mut d = tid.clone();
+                d.resize(want, 0);
+                d
+            });
+        }
+        r
+    }
+
+    async fn write_frame(&mut self, resp: &Response, tag_epc: Option<&[u8]>) -> io::Result<()> {
+        let mut bytes = resp
+            .encode()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        self.frames += 1;
+        let f = self.sim.params.faults.clone();
+        let hit = |every: Option<u64>, n: u64| every.is_some_and(|e| e > 0 && n % e == 0);
+        if hit(f.garbage_every, self.frames) {
+            let len = self.rng.gen_range(1..=16);
+            let garbage: Vec<u8> = (0..len).map(|_| self.rng.gen()).collect();
+            self.sim.with(|s| {
+                s.report.garbage_bursts += 1;
+                s.report.garbage_bytes += len;
+            });
+            self.io.write_all(&garbage).await?;
+        }
+        if let Some(epc) = tag_epc {
+            let tag_no = self.sim.with(|s| {
+                s.tag_frames += 1;
+                s.tag_frames
+            });
+            if hit(f.bad_crc_every, tag_no) {
+                if let Some(last) = bytes.last_mut() {
+                    *last ^= 0x5A;
+                }
+                self.sim.with(|s| s.report.bad_crc_epcs.push(epc.to_vec()));
+            } else {
+                self.sim.with(|s| s.report.sent_epcs.push(epc.to_vec()));
+            }
+        }
+        if hit(f.split_every, self.frames) && bytes.len() > 1 {
+            let cut = self.rng.gen_range(1..bytes.len());
+            self.sim.with(|s| s.report.split_frames += 1);
+            self.io.write_all(&bytes[..cut]).await?;
+            self.io.flush().await?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.io.write_all(&bytes[cut..]).await?;
+        } else {
+            self.io.write_all(&bytes).await?;
+        }
+        self.io.flush().await
+    }
+
+    fn tags_exhausted(&self) -> bool {
+        let max = self.sim.params.max_tag_frames;
+        self.sim.with(|s| max.is_some_and(|m| s.tag_frames >= m))
+    }
+
+    /// Checks the stall and unplug faults after a tag frame.
+    async fn after_tag_frame(&mut self) -> Flow {
+        let f = &self.sim.params.faults;
+        let n = self.sim.with(|s| s.tag_frames);
+        if let Some((after, d)) = f.stall {
+            let stall_now = self.sim.with(|s| {
+                let go = !s.stalled && n >= after;
+                if go {
+                    s.stalled = true;
+                    s.report.stalls += 1;
+                }
+                go
+            });
+            if stall_now {
+                tokio::time::sleep(d).await;
+            }
+        }
+        if f.unplug_after.is_some_and(|u| n >= u) {
+            return Flow::Unplug;
+        }
+        Flow::Continue
+    }
+
+    /// One streamed inventory round: a frame per tag, or a keep-alive.
+    async fn round(&mut self) -> io::Result<Flow> {
+        let Some(rm) = self.streaming.clone() else {
+            return Ok(Flow::Continue);
+        };
+        self.hop = self.hop.wrapping_add(1);
+        let mut sent_any = false;
+        let tags = self.sim.params.tags.clone();
+        for t in &tags {
+            if self.tags_exhausted() {
+                break;
+            }
+            let rec = self.record(t, &rm);
+            let data = encode_stream_tag(rm.search_flags, rm.metadata, &rec);
+            let resp = Response::new(op::READ_TAG_ID_MULTIPLE, status::SUCCESS, data);
+            self.write_frame(&resp, Some(&t.epc)).await?;
+            sent_any = true;
+            if let Flow::Unplug = self.after_tag_frame().await {
+                return Ok(Flow::Unplug);
+            }
+        }
+        if !sent_any {
+            let ka = Response::new(op::READ_TAG_ID_MULTIPLE, status::NO_TAGS_FOUND, []);
+            self.sim.with(|s| s.report.keepalives += 1);
+            self.write_frame(&ka, None).await?;
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn reply(&mut self, opcode: u8, st: u16, data: Vec<u8>) -> io::Result<Flow> {
+        self.write_frame(&Response::new(opcode, st, data), None)
+            .await?;
+        Ok(Flow::Continue)
+    }
+
+    async fn handle(&mut self, c: Command) -> io::Result<Flow> {
+        let ok = status::SUCCESS;
+        if self.streaming.is_some() && c.opcode != op::MULTI_PROTOCOL_TAG_OP {
+            // While streaming, a reply queues behind the tag frames already
+            // in the module's output ("buried in tag frames").
+            if let Flow::Unplug = self.round().await? {
+                return Ok(Flow::Unplug);
+            }
+        }
+        match c.opcode {
+            op::VERSION => {
+                self.reply(op::VERSION, ok, self.sim.params.version.encode())
+                    .await
+            }
+            op::GET_CURRENT_PROGRAM => {
+                let program = if self.booted { 0x02 } else { 0x01 };
+                self.reply(c.opcode, ok, vec![program]).await
+            }
+            op::BOOT_FIRMWARE => {
+                self.booted = true;
+                self.reply(op::BOOT_FIRMWARE, ok, self.sim.params.version.encode())
+                    .await
+            }
+            _ if !self.booted => self.reply(c.opcode, status::INVALID_OPCODE, vec![]).await,
+            op::SET_TAG_PROTOCOL
+            | op::SET_ANTENNA_PORT
+            | op::SET_REGION
+            | op::SET_READ_TX_POWER
+            | op::SET_READER_OPTIONAL_PARAMS
+            | op::SET_PROTOCOL_PARAM
+            | op::SET_POWER_MODE => self.reply(c.opcode, ok, vec![]).await,
+            op::MULTI_PROTOCOL_TAG_OP => match c.data.get(2) {
+                Some(0x01) => match parse_start_continuous(&c.data) {
+                    Ok(rm) => {
+                        self.streaming = Some(rm);
+                        self.next_round = Instant::now();
+                        self.reply(c.opcode, ok, vec![0x01]).await
+                    }
+                    Err(_) => self.reply(c.opcode, 0x0105, vec![]).await,
+                },
+                Some(0x02) => {
+                    self.streaming = None;
+                    self.reply(c.opcode, ok, vec![0x02]).await
+                }
+                _ => self.reply(c.opcode, 0x0105, vec![]).await,
+            },
+            op::READ_TAG_ID_MULTIPLE => self.sync_search(&c).await,
+            op::GET_TAG_ID_BUFFER => self.fetch(&c).await,
+            op::CLEAR_TAG_ID_BUFFER => {
+                self.sim.with(|s| {
+                    s.buffer.clear();
+                    s.report.buffer_clears += 1;
+                });
+                self.cursor = 0;
+                self.reply(c.opcode, ok, vec![]).await
+            }
+            other => self.reply(other, 0x0102, vec![]).await,
+        }
+    }
+
+    async fn sync_search(&mut self, c: &Command) -> io::Result<Flow> {
+        let rm = match ReadMultiple::parse(&c.data) {
+            Ok(rm) => rm,
+            Err(_) => return self.reply(c.opcode, 0x0105, vec![]).await,
+        };
+        // The module answers when the search time is up.
+        tokio::time::sleep(Duration::from_millis(u64::from(rm.timeout_ms).min(2000))).await;
+        let exhausted = self.tags_exhausted();
+        let count = self.sim.with(|s| {
+            if !exhausted {
+                for t in &self.sim.params.tags {
+                    if !s.buffer.iter().any(|b| b.epc == t.epc) {
+                        s.buffer.push(t.clone());
+                    }
+                }
+            }
+            s.buffer.len()
+        });
+        self.cursor = 0;
+        self.streaming = None;
+        if count == 0 {
+            return self.reply(c.opcode, status::NO_TAGS_FOUND, vec![]).await;
+        }
+        let mut d = vec![0x10];
+        d.extend_from_slice(&rm.search_flags.to_be_bytes());
+        d.extend_from_slice(&u32::try_from(count).unwrap_or(u32::MAX).to_be_bytes());
+        self.sync_rm = Some(rm);
+        self.reply(c.opcode, status::SUCCESS, d).await
+    }
+
+    async fn fetch(&mut self, c: &Command) -> io::Result<Flow> {
+        let flags = match c.data.as_slice() {
+            [a, b, ..] => u16::from_be_bytes([*a, *b]),
+            _ => return self.reply(c.opcode, 0x0100, vec![]).await,
+        };
+        let rm = self.sync_rm.clone().unwrap_or(ReadMultiple {
+            search_flags: 0x0013,
+            timeout_ms: 0,
+            metadata: flags,
+            embedded_read: None,
+        });
+        let pending: Vec<SimTag> = self
+            .sim
+            .with(|s| s.buffer.iter().skip(self.cursor).cloned().collect());
+        if pending.is_empty() {
+            return self.reply(c.opcode, status::NO_TAGS_FOUND, vec![]).await;
+        }
+        let mut recs = Vec::new();
+        let mut epcs = Vec::new();
+        for t in pending {
+            let rec = self.record(&t, &rm);
+            recs.push(rec);
+            if encode_tag_buffer(flags, &recs).len() > MAX_RESPONSE_DATA {
+                recs.pop();
+                break;
+            }
+            epcs.push(t.epc.clone());
+        }
+        if recs.is_empty() {
+            return self.reply(c.opcode, 0x040B, vec![]).await;
+        }
+        self.cursor += recs.len();
+        let data = encode_tag_buffer(flags, &recs);
+        self.write_frame(&Response::new(c.opcode, status::SUCCESS, data), None)
+            .await?;
+        self.sim.with(|s| s.report.sent_epcs.extend(epcs));
+        Ok(Flow::Continue)
+    }
+}

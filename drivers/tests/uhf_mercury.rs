@@ -1,0 +1,439 @@
+//! The Mercury driver against the Mercury simulator over real pseudo-terminals.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracegate_drivers::mercury::sim::{Faults, MercurySim, MercurySimParams, SimTag};
+use tracegate_drivers::mercury::{self, MercuryConfig, MercuryError, MercuryMode};
+use tracegate_drivers::{RawRead, ReadSink, ReaderHealth, ReaderMsg, ReaderState};
+
+fn epc(n: u8) -> Vec<u8> {
+    vec![
+        0x30, 0x08, 0x33, 0xB2, 0xDD, 0xD9, 0x01, 0x40, 0x00, 0x00, 0xA0, n,
+    ]
+}
+
+fn population(n: u8) -> Vec<SimTag> {
+    (1..=n)
+        .map(|i| SimTag::new(epc(i), 1 + (i % 2), -40 - i8::try_from(i).unwrap()))
+        .collect()
+}
+
+struct Running {
+    rx: mpsc::Receiver<ReaderMsg>,
+    health: Arc<ReaderHealth>,
+    cancel: CancellationToken,
+    task: JoinHandle<Result<(), MercuryError>>,
+}
+
+fn start(config: MercuryConfig) -> Running {
+    let (sink, rx) = ReadSink::channel(1024);
+    let health = ReaderHealth::new(config.name.clone(), "mercury");
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn({
+        let (health, cancel) = (health.clone(), cancel.clone());
+        async move { mercury::run(&config, sink, health, cancel).await }
+    });
+    Running {
+        rx,
+        health,
+        cancel,
+        task,
+    }
+}
+
+fn config(port: &std::path::Path) -> MercuryConfig {
+    let mut c = MercuryConfig::new("m1", port.to_str().unwrap());
+    c.antennas = vec![1, 2];
+    c.response_timeout_ms = 1000;
+    c.idle_timeout_ms = 2000;
+    c
+}
+
+/// Collects reads until `done` says so, or fails after 20 s.
+async fn collect_until(
+    rx: &mut mpsc::Receiver<ReaderMsg>,
+    reads: &mut Vec<RawRead>,
+    mut done: impl FnMut(&[RawRead]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done(reads) {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(ReaderMsg::Reads { reads: r, ack })) => {
+                reads.extend(r);
+                if let Some(a) = ack {
+                    a.fire();
+                }
+            }
+            Ok(Some(ReaderMsg::Tap(_))) => panic!("a UHF driver produced a tap"),
+            Ok(None) => panic!("driver ended; {} reads so far", reads.len()),
+            Err(_) => panic!("timed out with {} reads", reads.len()),
+        }
+    }
+}
+
+async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn streamed_reads_equal_the_epcs_sent_with_valid_crc_despite_faults() {
+    let sim = MercurySim::new(MercurySimParams {
+        tags: population(4),
+        cycle: Duration::from_millis(20),
+        max_tag_frames: Some(60),
+        faults: Faults {
+            split_every: Some(3),
+            garbage_every: Some(4),
+            bad_crc_every: Some(7),
+            ..Faults::default()
+        },
+        ..MercurySimParams::default()
+    });
+    let cancel_sim = CancellationToken::new();
+    let (path, _task) = sim.spawn_pty(cancel_sim.clone()).unwrap();
+    let mut r = start(config(&path));
+
+    wait_for(
+        || sim.report().sent_epcs.len() + sim.report().bad_crc_epcs.len() >= 60,
+        "sim to send all tag frames",
+    )
+    .await;
+    let want = sim.report().sent_epcs;
+    let mut reads = Vec::new();
+    collect_until(&mut r.rx, &mut reads, |rs| rs.len() >= want.len()).await;
+
+    let got: Vec<Vec<u8>> = reads.iter().map(|r| r.epc.clone()).collect();
+    assert_eq!(
+        got, want,
+        "reads must be exactly the validly-sent EPCs, in order"
+    );
+    let report = sim.report();
+    assert_eq!(report.bad_crc_epcs.len(), 60 / 7);
+    assert!(report.garbage_bursts > 0 && report.split_frames > 0);
+
+    let h = r.health.snapshot();
+    assert_eq!(h.state, ReaderState::Running);
+    assert_eq!(h.reads, want.len() as u64);
+    assert!(h.crc_errors >= report.bad_crc_epcs.len() as u64, "{h:?}");
+    assert!(h.resyncs >= 1, "garbage must be counted as resyncs: {h:?}");
+    assert!(h
+        .details
+        .iter()
+        .any(|(k, v)| k == "firmware" && v == "02.01.06.08"));
+    // Metadata made it through.
+    let first = &reads[0];
+    assert!(first.rssi_dbm.is_some() && first.frequency_khz.is_some() && first.phase_deg.is_some());
+    assert!(reads.iter().all(|r| r.antenna == 1 || r.antenna == 2));
+    assert!(reads.iter().all(|r| r.pc == Some(0x3000)));
+
+    r.cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), r.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // The driver stopped continuous reading on its way out.
+    let cmds = sim.report().commands;
+    assert_eq!(cmds.first(), Some(&0x03));
+    assert!(
+        cmds.iter().filter(|&&c| c == 0x2F).count() >= 2,
+        "start and stop: {cmds:02X?}"
+    );
+    cancel_sim.cancel();
+}
+
+#[tokio::test]
+async fn start_up_sends_protocol_antennas_region_power_and_session() {
+    let sim = MercurySim::new(MercurySimParams {
+        tags: population(1),
+        ..MercurySimParams::default()
+    });
+    let cancel_sim = CancellationToken::new();
+    let (path, _task) = sim.spawn_pty(cancel_sim.clone()).unwrap();
+    let mut c = config(&path);
+    c.region = Some(mercury::MercuryRegion::Eu3);
+    c.session = Some(1);
+    let mut r = start(c);
+    let mut reads = Vec::new();
+    collect_until(&mut r.rx, &mut reads, |rs| !rs.is_empty()).await;
+    let cmds = sim.report().commands;
+    assert_eq!(
+        &cmds[..9],
+        &[0x03, 0x0C, 0x93, 0x91, 0x97, 0x92, 0x9B, 0x9A, 0x2F],
+        "{cmds:02X?}"
+    );
+    r.cancel.cancel();
+    r.task.await.unwrap().unwrap();
+    cancel_sim.cancel();
+}
+
+#[tokio::test]
+async fn a_module_in_its_bootloader_is_booted_before_configuring() {
+    let sim = MercurySim::new(MercurySimParams {
+        tags: population(2),
+        start_in_bootloader: true,
+        ..MercurySimParams::default()
+    });
+    let cancel_sim = CancellationToken::new();
+    let (path, _task) = sim.spawn_pty(cancel_sim.clone()).unwrap();
+    let mut r = start(config(&path));
+    let mut reads = Vec::new();
+    collect_until(&mut r.rx, &mut reads, |rs| rs.len() >= 2).await;
+    let cmds = sim.report().commands;
+    assert_eq!(&cmds[..3], &[0x03, 0x0C, 0x04], "{cmds:02X?}");
+    r.cancel.cancel();
+    r.task.await.unwrap().unwrap();
+    cancel_sim.cancel();
+}
+
+#[tokio::test]
+async fn a_module_still_streaming_from_a_previous_run_is_stopped_first() {
+    let sim = MercurySim::new(MercurySimParams {
+        // A busy stream, so frames interleave with the start-up replies.
+        tags: population(4),
+        cycle: Duration::from_millis(1),
+        ..MercurySimParams::default()
+    });
+    let cancel_sim = CancellationToken::new();
+    let (path, _task) = sim.spawn_pty(cancel_sim.clone()).unwrap();
+    // A previous process started continuous reading and died.
+    {
+        use tokio::io::AsyncWriteExt;
+        let rm = mercury::codec::ReadMultiple {
+            search_flags: 0x1B,
+            timeout_ms: 100,
+            metadata: 0x01FF,
+            embedded_read: None,
+        };
+        let mut port = tracegate_drivers::serial::open(path.to_str().unwrap(), 115_200).unwrap();
+        port.write_all(&mercury::codec::cmd::start_continuous(&rm).encode().unwrap())
+            .await
+            .unwrap();
+        wait_for(|| !sim.report().sent_epcs.is_empty(), "sim to stream").await;
+    }
+    let mut r = start(config(&path));
+    let mut reads = Vec::new();
+    collect_until(&mut r.rx, &mut reads, |rs| rs.len() >= 4).await;
+    // The old process's start, then ours; in between the driver must have
+    // stopped the stream it found.
+    let cmds = sim.report().commands;
+    assert_eq!(cmds[0], 0x2F);
+    let ours = cmds.iter().rposition(|&c| c == 0x2F).unwrap();
+    assert!(
+        cmds[1..ours].contains(&0x2F),
+        "no stop before our start: {cmds:02X?}"
+    );
+    r.cancel.cancel();
+    r.task.await.unwrap().unwrap();
+    cancel_sim.cancel();
+}
+
+#[tokio::test]
+async fn tid_is_read_alongside_the_epc_when_configured() {
+    let mut tags = population(2);
+    tags[0].tid = Some(vec![
+        0xE2, 0x80, 0x11, 0x05, 0x20, 0x00, 0x73, 0x12, 0x34, 0x56, 0x78, 0x9A,
+    ]);
+    tags[1].tid = Some(vec![
+        0xE2, 0x80, 0x68, 0x94, 0x20, 0x00, 0x50, 0x0A, 0x00, 0x00, 0x00, 0x01,
+    ]);
+    let sim = MercurySim::new(MercurySimParams {
+        tags: tags.clone(),
+        ..MercurySimParams::default()
+    });
+    let cancel_sim = CancellationToken::new();
+    let (path, _task) = sim.spawn_pty(cancel_sim.clone()).unwrap();
+    let mut c = config(&path);
+    c.read_tid = true;
+    let mut r = start(c);
+    let mut reads = Vec::new();
+    collect_until(&mut r.rx, &mut reads, |rs| rs.len() >= 4).await;
+    for read in &reads {
+        let tag = tags.iter().find(|t| t.epc == read.epc).unwrap();
+        assert_eq!(read.tid, tag.tid);
+    }
+    r.cancel.cancel();
+    r.task.await.unwrap().unwrap();
+    cancel_sim.cancel();
+}
+
+#[tokio::test]
+async fn tag_buffer_is_cleared_only_after_the_reads_are_committed() {
+    let sim = MercurySim::new(MercurySimParams {
+        tags: population(3),
+        ..MercurySimParams::default()
+    });
+    let cancel_sim = CancellationToken::new();
+    let (path, _task) = sim.spawn_pty(cancel_sim.clone()).unwrap();
+    let mut c = config(&path);
+    c.mode = MercuryMode::TagBuffer;
+    c.search_ms = 30;
+    let mut r = start(c);
+
+    let msg = tokio::time::timeout(Duration::from_secs(10), r.rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let ReaderMsg::Reads {
+        reads,
+        ack: Some(ack),
+    } = msg
+    else {
+        panic!("tag-buffer reads must carry a commit ack")
+    };
+    let mut got: Vec<_> = reads.iter().map(|r| r.epc.clone()).collect();
+    got.sort();
+    assert_eq!(got, (1..=3).map(epc).collect::<Vec<_>>());
+    // Not committed yet: the module's buffer must still hold the tags.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rep = sim.report();
+    assert_eq!((rep.buffer_clears, rep.buffer_len), (0, 3));
+    assert!(!rep.commands.contains(&0x2A));
+
+    ack.fire();
+    wait_for(|| sim.report().buffer_clears == 1, "clear after commit").await;
+
+    // Next batch: the pipeline fails to commit (ack dropped unfired).
+    let msg = tokio::time::timeout(Duration::from_secs(10), r.rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let ReaderMsg::Reads { ack: Some(ack), .. } = msg else {
+        panic!("expected acked reads")
+    };
+    drop(ack);
+    let res = tokio::time::timeout(Duration::from_secs(5), r.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(res, Err(MercuryError::NotCommitted)), "{res:?}");
+    let rep = sim.report();
+    assert_eq!(
+        rep.buffer_clears, 1,
+        "uncommitted reads must stay in the module"
+    );
+    assert_eq!(rep.buffer_len, 3);
+    assert_eq!(r.health.reads.load(Ordering::Relaxed), 6);
+    cancel_sim.cancel();
+}
+
+#[tokio::test]
+async fn a_stalled_module_makes_run_fail_with_a_timeout() {
+    let sim = MercurySim::new(MercurySimParams {
+        tags: population(2),
+        cycle: Duration::from_millis(20),
+        faults: Faults {
+            stall: Some((4, Duration::from_secs(4))),
+            ..Faults::default()
+        },
+        ..MercurySimParams::default()
+    });
+    let cancel_sim = CancellationToken::new();
+    let (path, _task) = sim.spawn_pty(cancel_sim.clone()).unwrap();
+    let mut c = config(&path);
+    c.idle_timeout_ms = 700;
+    let r = start(c);
+    let res = tokio::time::timeout(Duration::from_secs(10), r.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(res, Err(MercuryError::Timeout { .. })), "{res:?}");
+    assert_eq!(sim.report().stalls, 1);
+    cancel_sim.cancel();
+}
+
+#[tokio::test]
+async fn unplug_fails_the_run_and_a_new_run_resumes_after_replug() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("usb-ThingMagic_sim-if00-port0");
+    let sim = MercurySim::new(MercurySimParams {
+        tags: population(2),
+        cycle: Duration::from_millis(20),
+        ..MercurySimParams::default()
+    });
+    let mut port = sim.pluggable(&link);
+    port.plug().unwrap();
+
+    let mut r = start(config(&link));
+    let mut reads = Vec::new();
+    collect_until(&mut r.rx, &mut reads, |rs| rs.len() >= 4).await;
+
+    port.unplug().await.unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(5), r.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(res, Err(MercuryError::Io(_) | MercuryError::Disconnected)),
+        "{res:?}"
+    );
+    r.health.record_failure(&res.unwrap_err());
+
+    // While unplugged the path is gone: opening fails with a clear error.
+    let again = start(config(&link));
+    let res = again.task.await.unwrap();
+    assert!(matches!(res, Err(MercuryError::Open { .. })), "{res:?}");
+    assert!(res.unwrap_err().to_string().contains("by-id"));
+
+    port.plug().unwrap();
+    let mut r2 = start(config(&link));
+    let before = sim.report().sent_epcs.len();
+    let mut more = Vec::new();
+    collect_until(&mut r2.rx, &mut more, |rs| rs.len() >= 4).await;
+    assert!(sim.report().sent_epcs.len() > before);
+    assert_eq!(sim.report().connections, 2);
+    r2.cancel.cancel();
+    r2.task.await.unwrap().unwrap();
+    port.unplug().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_injected_unplug_mid_stream_is_reported_as_an_io_failure() {
+    let sim = MercurySim::new(MercurySimParams {
+        tags: population(3),
+        cycle: Duration::from_millis(20),
+        faults: Faults {
+            unplug_after: Some(9),
+            ..Faults::default()
+        },
+        ..MercurySimParams::default()
+    });
+    let cancel_sim = CancellationToken::new();
+    let (path, sim_task) = sim.spawn_pty(cancel_sim.clone()).unwrap();
+    let mut r = start(config(&path));
+    sim_task.await.unwrap().unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(5), &mut r.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(res, Err(MercuryError::Io(_) | MercuryError::Disconnected)),
+        "{res:?}"
+    );
+    // What arrived is what was sent, in order; bytes still in the pty when
+    // it closed are lost, as on a real unplug.
+    let mut reads = Vec::new();
+    while let Ok(ReaderMsg::Reads { reads: rs, .. }) = r.rx.try_recv() {
+        reads.extend(rs);
+    }
+    let got: Vec<_> = reads.into_iter().map(|r| r.epc).collect();
+    let sent = sim.report().sent_epcs;
+    assert_eq!(sent.len(), 9);
+    assert!(
+        !got.is_empty() && sent.starts_with(&got),
+        "{got:02X?} vs {sent:02X?}"
+    );
+}

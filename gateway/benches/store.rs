@@ -1,0 +1,150 @@
+//! Durable event throughput of the store (WAL, synchronous=FULL), with group
+//! commit against one commit per event, in the same run.
+//!
+//! `cargo bench -p tracegate --bench store` (set `STORE_BENCH_DIR` to put the
+//! database on the disk you care about; default: the system temp dir, which
+//! must not be a tmpfs for the figures to mean anything).
+//!
+//! Modes:
+//! - `one_per_commit`: `Store::append` with one event per call (one fsync each).
+//! - `append_1000`: `Store::append` with 1000 events per call.
+//! - `writer_1000`: single-event `WriteRequest`s through `spawn_writer`
+//!   (commit_max_events = 1000), timed until the last seq is reported committed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, watch};
+use tracegate::store::{
+    spawn_writer, EventDraft, FullPolicy, Store, StoreConfig, WriteRequest,
+};
+
+fn draft(i: u64) -> EventDraft {
+    let v = json!({
+        "type": "arrived",
+        "gateway": "dock-01",
+        "site": "dc1",
+        "read_point": "door-3",
+        "time": "2026-11-27T23:59:59.123Z",
+        "identity": {"epc": format!("3074257bf7194e40{i:08x}")},
+        "read_count": 3,
+        "antenna": 2,
+        "rssi_dbm": -61,
+    });
+    let body: Map<String, Value> = match v {
+        Value::Object(m) => m,
+        _ => unreachable!(),
+    };
+    EventDraft {
+        event_type: "arrived".into(),
+        event_utc_ms: 1_795_737_599_123 + i as i64,
+        body,
+    }
+}
+
+fn config(dir: &tempfile::TempDir) -> StoreConfig {
+    StoreConfig {
+        path: dir.path().join("events.db"),
+        max_bytes: 2 << 30,
+        full_policy: FullPolicy::DropOldest,
+        commit_interval_ms: 250,
+        commit_max_events: 1000,
+        retention_secs: 3600,
+    }
+}
+
+fn tempdir() -> tempfile::TempDir {
+    match std::env::var_os("STORE_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(d).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    }
+}
+
+fn one_per_commit(n: u64) -> f64 {
+    let dir = tempdir();
+    let mut store = Store::open(&config(&dir), "dock-01").unwrap();
+    let start = Instant::now();
+    for i in 0..n {
+        store.append(vec![draft(i)]).unwrap();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn append_batches(n: u64, batch: u64) -> f64 {
+    let dir = tempdir();
+    let mut store = Store::open(&config(&dir), "dock-01").unwrap();
+    let start = Instant::now();
+    let mut i = 0;
+    while i < n {
+        store
+            .append((i..(i + batch).min(n)).map(draft).collect())
+            .unwrap();
+        i += batch;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn through_writer(n: u64) -> f64 {
+    let dir = tempdir();
+    let store = Store::open(&config(&dir), "dock-01").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, rx) = mpsc::channel(4096);
+    let (committed_tx, mut committed) = watch::channel(0u64);
+    let writer = spawn_writer(store, rx, committed_tx, None);
+    let start = Instant::now();
+    rt.block_on(async {
+        for i in 0..n {
+            tx.send(WriteRequest {
+                drafts: vec![draft(i)],
+                ack: None,
+            })
+            .await
+            .unwrap();
+        }
+        committed.wait_for(|s| *s >= n).await.unwrap();
+    });
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    drop(tx);
+    writer.join().unwrap();
+    rate
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing
+    // special but should stay quick.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let (n_single, n_group, runs) = if quick {
+        (200, 20_000, 1)
+    } else {
+        (3_000, 200_000, 3)
+    };
+    let dir = tempdir();
+    println!("store bench: database in {}", dir.path().display());
+    drop(dir);
+
+    // Warm-up (page cache, CPU frequency).
+    append_batches(10_000, 1000);
+    std::thread::sleep(Duration::from_millis(100));
+
+    let single = median((0..runs).map(|_| one_per_commit(n_single)).collect());
+    let append = median((0..runs).map(|_| append_batches(n_group, 1000)).collect());
+    let writer = median((0..runs).map(|_| through_writer(n_group)).collect());
+
+    println!("one_per_commit : {single:>10.0} events/s ({n_single} events, median of {runs})");
+    println!("append_1000    : {append:>10.0} events/s ({n_group} events, median of {runs})");
+    println!("writer_1000    : {writer:>10.0} events/s ({n_group} events, median of {runs})");
+    println!(
+        "ratio group/single: append {:.1}x, writer {:.1}x",
+        append / single,
+        writer / single
+    );
+}

@@ -1,1 +1,0 @@
-//! Operations: logging, metrics endpoint, systemd notify and watchdog.

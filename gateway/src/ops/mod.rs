@@ -1,0 +1,165 @@
+//! Operations: logging, the metrics/health/status endpoint, systemd
+//! readiness and watchdog, and reload on SIGHUP.
+//!
+//! What `run` does with this module, in order:
+//! 1. [`init_logging`] (from `main`, before anything logs).
+//! 2. [`install_metrics`] before any component emits a metric.
+//! 3. [`OpsHttp::bind`] (so a taken port fails start-up, before READY=1),
+//!    then spawn [`OpsHttp::serve`].
+//! 4. [`notify_ready`] once the store is open and readers and publisher run;
+//!    spawn [`watchdog`] and [`reload_on_sighup`].
+//! 5. On SIGTERM: [`notify_stopping`], flush, exit.
+
+mod http;
+mod logging;
+mod notify;
+mod status;
+
+pub use http::{fetch_status, install_metrics, serve_http, OpsHttp, StatusSource};
+pub use status::{evaluate_health, render_status_human, Health};
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+pub use logging::{init_logging, LogFormat};
+pub use notify::{
+    notify_extend_timeout, notify_ready, notify_reloading, notify_status, notify_stopping,
+    reload_on_sighup, sighup_stream, watchdog, watchdog_decision, WatchdogDecision,
+};
+
+/// Default address of the HTTP endpoint: loopback only, Prometheus's
+/// conventional exporter port range.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9464";
+
+/// The `[ops]` table of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Where `/metrics`, `/healthz` and `/status` are served. `"off"`
+    /// disables the endpoint (and with it `tracegate status`).
+    #[serde(with = "addr_or_off")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// A component whose heartbeat is older than this is considered stuck:
+    /// the watchdog stops pinging systemd and `/healthz` answers 503.
+    pub stale_after_secs: u64,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            metrics_addr: DEFAULT_HTTP_ADDR.parse().ok(),
+            stale_after_secs: 20,
+        }
+    }
+}
+
+impl OpsConfig {
+    pub fn stale_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.stale_after_secs)
+    }
+
+    /// Checks values serde cannot: call from the config validation.
+    pub fn validate(&self) -> Result<(), OpsError> {
+        if self.stale_after_secs == 0 {
+            return Err(OpsError::Config(
+                "[ops] stale_after_secs must be at least 1 (seconds a component may go without progress)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+mod addr_or_off {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let s = String::deserialize(d)?;
+        let t = s.trim();
+        if t.is_empty() || t.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        t.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "metrics_addr {t:?} is not an IP:port address (e.g. \"127.0.0.1:9464\") or \"off\""
+            ))
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error(
+        "invalid log filter {filter:?}: {reason} (use e.g. \"info\" or \"tracegate=debug,info\")"
+    )]
+    LogFilter { filter: String, reason: String },
+    #[error("logging was already initialised")]
+    LoggingAlreadySet,
+    #[error("cannot install the metrics recorder: {0}")]
+    Metrics(String),
+    #[error("cannot listen on {addr} for /metrics: {source} (change [ops] metrics_addr or set it to \"off\")")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot reach tracegate at {addr}: {reason} (is the service running, and is [ops] metrics_addr this address?)")]
+    Fetch { addr: SocketAddr, reason: String },
+    #[error("cannot listen for SIGHUP: {0}")]
+    Signal(std::io::Error),
+    #[error("{0}")]
+    Config(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Wrapper {
+        #[serde(default)]
+        ops: OpsConfig,
+    }
+
+    #[test]
+    fn an_absent_ops_table_gives_the_loopback_default() {
+        let w: Wrapper = toml::from_str("").unwrap();
+        assert_eq!(w.ops.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(w.ops.stale_after_secs, 20);
+    }
+
+    #[test]
+    fn metrics_addr_off_disables_the_endpoint() {
+        let w: Wrapper = toml::from_str("[ops]\nmetrics_addr = \"off\"\n").unwrap();
+        assert_eq!(w.ops.metrics_addr, None);
+        let back = toml::to_string(&w.ops).unwrap();
+        assert!(back.contains("metrics_addr = \"off\""), "{back}");
+    }
+
+    #[test]
+    fn a_bad_address_or_unknown_key_is_a_clear_error() {
+        let e = toml::from_str::<Wrapper>("[ops]\nmetrics_addr = \"localhost\"\n").unwrap_err();
+        assert!(e.to_string().contains("not an IP:port"), "{e}");
+        let e = toml::from_str::<Wrapper>("[ops]\nmetric_addr = \"off\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn a_zero_stale_age_is_rejected() {
+        let cfg = OpsConfig {
+            stale_after_secs: 0,
+            ..OpsConfig::default()
+        };
+        assert!(cfg.validate().is_err());
+        assert!(OpsConfig::default().validate().is_ok());
+    }
+}

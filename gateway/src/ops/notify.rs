@@ -1,0 +1,410 @@
+//! systemd readiness, status, watchdog and reload notifications.
+//!
+//! Every function is a no-op outside systemd (no `NOTIFY_SOCKET`), so `run`
+//! calls them unconditionally.
+
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use super::OpsError;
+use crate::heartbeat::Heartbeats;
+
+fn send(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        // Losing a notification is not fatal by itself; a lost READY=1 makes
+        // systemd time the start out, which the log then explains.
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// READY=1: send once the store is open and the readers and publisher run.
+pub fn notify_ready() {
+    send(&[NotifyState::Ready, NotifyState::Status("running")]);
+}
+
+/// STOPPING=1: send as soon as shutdown starts (SIGTERM).
+pub fn notify_stopping() {
+    send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+}
+
+/// STATUS=…: one line shown by `systemctl status tracegate`.
+pub fn notify_status(status: &str) {
+    // A newline would end the STATUS= assignment and start a bogus one.
+    let line = status.replace(['\n', '\r'], " ");
+    send(&[NotifyState::Status(&line)]);
+}
+
+/// EXTEND_TIMEOUT_USEC=…: during long start-up work (integrity check,
+/// migration), so `TimeoutStartSec` does not kill a healthy start.
+pub fn notify_extend_timeout(by: Duration) {
+    let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
+    send(&[NotifyState::ExtendTimeoutUsec(usec)]);
+}
+
+/// RELOADING=1 with MONOTONIC_USEC, as `Type=notify-reload` (systemd ≥ 253)
+/// requires and older versions accept. Follow with [`notify_ready`].
+pub fn notify_reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Err(_) => send(&[NotifyState::Reloading]),
+    }
+}
+
+/// Whether the watchdog may ping now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchdogDecision {
+    Ping,
+    /// A component has made no progress for `age_ms` (> the allowed age).
+    Withhold {
+        component: &'static str,
+        age_ms: u64,
+    },
+}
+
+pub fn watchdog_decision(heartbeats: &Heartbeats, max_age: Duration) -> WatchdogDecision {
+    let max_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+    match heartbeats.stale(max_ms) {
+        None => WatchdogDecision::Ping,
+        Some((component, age_ms)) => WatchdogDecision::Withhold { component, age_ms },
+    }
+}
+
+/// Pings systemd's watchdog (WATCHDOG=1) at half of `WatchdogSec` while
+/// every heartbeat is younger than `max_age`. When one is older, pings stop
+/// and systemd kills and restarts the service after `WatchdogSec`; the log
+/// and `systemctl status` name the stuck component. Returns at once when the
+/// watchdog is not enabled for this process (`WATCHDOG_USEC` unset or for
+/// another PID), and when `cancel` fires.
+pub async fn watchdog(heartbeats: Heartbeats, max_age: Duration, cancel: CancellationToken) {
+    let Some(timeout) = sd_notify::watchdog_enabled() else {
+        tracing::debug!("systemd watchdog not enabled");
+        return;
+    };
+    let period = (timeout / 2).max(Duration::from_millis(10));
+    tracing::info!(
+        watchdog_secs = timeout.as_secs_f64(),
+        max_age_secs = max_age.as_secs_f64(),
+        "systemd watchdog enabled"
+    );
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut withholding: Option<&'static str> = None;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match watchdog_decision(&heartbeats, max_age) {
+            WatchdogDecision::Ping => {
+                if let Some(component) = withholding.take() {
+                    tracing::warn!(
+                        component,
+                        "component is making progress again, watchdog pings resume"
+                    );
+                    notify_status("running");
+                }
+                send(&[NotifyState::Watchdog]);
+            }
+            WatchdogDecision::Withhold { component, age_ms } => {
+                if withholding != Some(component) {
+                    tracing::error!(
+                        component,
+                        age_ms,
+                        "component has made no progress: withholding watchdog pings, systemd will restart the service"
+                    );
+                    notify_status(&format!(
+                        "{component} stuck for {:.0} s, watchdog pings stopped",
+                        age_ms as f64 / 1000.0
+                    ));
+                    withholding = Some(component);
+                }
+            }
+        }
+    }
+}
+
+/// A stream of SIGHUPs. Installing it also stops SIGHUP from killing the
+/// process, so create it early in `run`.
+pub fn sighup_stream() -> Result<Signal, OpsError> {
+    signal(SignalKind::hangup()).map_err(OpsError::Signal)
+}
+
+/// Calls `reload` on every SIGHUP until `cancel` fires, wrapped in
+/// RELOADING=1 … READY=1. `reload` re-reads and validates the configuration
+/// and applies what can change at run time; it returns a one-line summary,
+/// or an error that is logged while the old configuration stays in force.
+pub async fn reload_on_sighup<F>(mut hup: Signal, cancel: CancellationToken, mut reload: F)
+where
+    F: FnMut() -> Result<String, String>,
+{
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        tracing::info!("SIGHUP: reloading configuration");
+        notify_reloading();
+        match reload() {
+            Ok(summary) => {
+                tracing::info!(%summary, "configuration reloaded");
+                send(&[NotifyState::Ready, NotifyState::Status("running")]);
+            }
+            Err(error) => {
+                tracing::error!(%error, "reload failed, keeping the running configuration");
+                let status = format!("reload failed: {error}").replace(['\n', '\r'], " ");
+                send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixDatagram;
+    use std::sync::Mutex;
+
+    use tracegate_drivers::Clock;
+
+    use super::*;
+
+    /// The notify tests set process-wide environment variables.
+    static ENV: Mutex<()> = Mutex::new(());
+
+    struct FakeSystemd {
+        sock: UnixDatagram,
+        _dir: tempfile::TempDir,
+    }
+
+    impl FakeSystemd {
+        /// Binds a datagram socket and points NOTIFY_SOCKET (and, when
+        /// given, WATCHDOG_USEC/WATCHDOG_PID) at it, as systemd does.
+        fn start(watchdog: Option<Duration>) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("notify.sock");
+            let sock = UnixDatagram::bind(&path).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            std::env::set_var("NOTIFY_SOCKET", &path);
+            match watchdog {
+                Some(d) => {
+                    std::env::set_var("WATCHDOG_USEC", d.as_micros().to_string());
+                    std::env::set_var("WATCHDOG_PID", std::process::id().to_string());
+                }
+                None => {
+                    std::env::remove_var("WATCHDOG_USEC");
+                    std::env::remove_var("WATCHDOG_PID");
+                }
+            }
+            Self { sock, _dir: dir }
+        }
+
+        /// Every datagram received within `window`.
+        fn drain(&self, window: Duration) -> Vec<String> {
+            let until = std::time::Instant::now() + window;
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            while std::time::Instant::now() < until {
+                if let Ok(n) = self.sock.recv(&mut buf) {
+                    out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+            out
+        }
+    }
+
+    impl Drop for FakeSystemd {
+        fn drop(&mut self) {
+            std::env::remove_var("NOTIFY_SOCKET");
+            std::env::remove_var("WATCHDOG_USEC");
+            std::env::remove_var("WATCHDOG_PID");
+        }
+    }
+
+    fn count(msgs: &[String], line: &str) -> usize {
+        msgs.iter().filter(|m| m.lines().any(|l| l == line)).count()
+    }
+
+    #[test]
+    fn ready_stopping_and_status_reach_the_notify_socket() {
+        let _g = ENV.lock().unwrap_or_else(|p| p.into_inner());
+        let sd = FakeSystemd::start(None);
+        notify_ready();
+        notify_status("draining\nbacklog");
+        notify_stopping();
+        let msgs = sd.drain(Duration::from_millis(200));
+        assert!(count(&msgs, "READY=1") >= 1, "{msgs:?}");
+        assert!(count(&msgs, "STATUS=draining backlog") >= 1, "{msgs:?}");
+        assert!(count(&msgs, "STOPPING=1") >= 1, "{msgs:?}");
+    }
+
+    #[test]
+    fn decision_withholds_for_the_stale_component_only() {
+        let hb = Heartbeats::new(Clock::new());
+        let store = hb.register("store");
+        let publisher = hb.register("publisher");
+        assert_eq!(
+            watchdog_decision(&hb, Duration::from_secs(5)),
+            WatchdogDecision::Ping
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        store.beat();
+        match watchdog_decision(&hb, Duration::from_millis(30)) {
+            WatchdogDecision::Withhold { component, age_ms } => {
+                assert_eq!(component, "publisher");
+                assert!(age_ms > 30);
+            }
+            WatchdogDecision::Ping => panic!("a stale publisher must stop the pings"),
+        }
+        publisher.beat();
+        assert_eq!(
+            watchdog_decision(&hb, Duration::from_millis(30)),
+            WatchdogDecision::Ping
+        );
+    }
+
+    #[test]
+    fn watchdog_pings_while_fresh_and_stops_when_a_component_is_stuck() {
+        let _g = ENV.lock().unwrap_or_else(|p| p.into_inner());
+        let sd = FakeSystemd::start(Some(Duration::from_millis(100)));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let hb = Heartbeats::new(Clock::new());
+        let store = hb.register("store");
+        let cancel = CancellationToken::new();
+        let task = rt.spawn(watchdog(hb.clone(), Duration::from_millis(150), cancel.clone()));
+        // The store makes progress every 10 ms until `beating` is cancelled.
+        let beating = CancellationToken::new();
+        {
+            let store = store.clone();
+            let stop = beating.clone();
+            rt.spawn(async move {
+                while !stop.is_cancelled() {
+                    store.beat();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+        }
+
+        // Phase 1: healthy, pings every 50 ms.
+        let msgs = sd.drain(Duration::from_millis(400));
+        assert!(count(&msgs, "WATCHDOG=1") >= 3, "pings while healthy: {msgs:?}");
+
+        // Phase 2: the store stops; after 150 ms it is stale and pings stop.
+        beating.cancel();
+        let _ = sd.drain(Duration::from_millis(300));
+        let msgs = sd.drain(Duration::from_millis(400));
+        assert_eq!(count(&msgs, "WATCHDOG=1"), 0, "no pings while stuck: {msgs:?}");
+
+        // Phase 3: progress again, pings resume.
+        let beating = CancellationToken::new();
+        {
+            let store = store.clone();
+            let stop = beating.clone();
+            rt.spawn(async move {
+                while !stop.is_cancelled() {
+                    store.beat();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+        }
+        let msgs = sd.drain(Duration::from_millis(300));
+        assert!(count(&msgs, "WATCHDOG=1") >= 1, "pings resume: {msgs:?}");
+        beating.cancel();
+        cancel.cancel();
+        rt.block_on(task).unwrap();
+    }
+
+    #[test]
+    fn stuck_component_is_named_in_the_status_line() {
+        let _g = ENV.lock().unwrap_or_else(|p| p.into_inner());
+        let sd = FakeSystemd::start(Some(Duration::from_millis(60)));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let hb = Heartbeats::new(Clock::new());
+        let _never_beats = hb.register("publisher");
+        let cancel = CancellationToken::new();
+        rt.block_on(async {
+            let c = cancel.clone();
+            let t = tokio::spawn(watchdog(hb.clone(), Duration::from_millis(20), c));
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            cancel.cancel();
+            t.await.unwrap();
+        });
+        let msgs = sd.drain(Duration::from_millis(100));
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("STATUS=publisher stuck for")),
+            "{msgs:?}"
+        );
+    }
+
+    #[test]
+    fn without_watchdog_usec_the_task_returns_at_once() {
+        let _g = ENV.lock().unwrap_or_else(|p| p.into_inner());
+        let sd = FakeSystemd::start(None);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let hb = Heartbeats::new(Clock::new());
+        rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                watchdog(hb, Duration::from_secs(1), CancellationToken::new()),
+            )
+            .await
+            .unwrap();
+        });
+        assert_eq!(
+            count(&sd.drain(Duration::from_millis(100)), "WATCHDOG=1"),
+            0
+        );
+    }
+
+    #[test]
+    fn sighup_runs_reload_and_reports_failures_to_systemd() {
+        let _g = ENV.lock().unwrap_or_else(|p| p.into_inner());
+        let sd = FakeSystemd::start(None);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        rt.block_on(async {
+            let hup = sighup_stream().unwrap();
+            let cancel = CancellationToken::new();
+            let c = calls.clone();
+            let task = tokio::spawn(reload_on_sighup(hup, cancel.clone(), move || {
+                let n = c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if n == 0 {
+                    Ok("2 readers".into())
+                } else {
+                    Err("readers[0].port: no such device".into())
+                }
+            }));
+            for _ in 0..2 {
+                nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGHUP)
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            cancel.cancel();
+            task.await.unwrap();
+        });
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let msgs = sd.drain(Duration::from_millis(100));
+        assert_eq!(count(&msgs, "RELOADING=1"), 2, "{msgs:?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("STATUS=reload failed: readers[0].port: no such device")),
+            "{msgs:?}"
+        );
+    }
+}

@@ -1,0 +1,537 @@
+//! The commit path: seq assignment, the size bound, full policies, overflow
+//! events, and retention pruning. See the module docs of `store` for the rules.
+
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use serde_json::{Map, Value};
+
+use super::{from_i64, to_i64, EventDraft, FullPolicy, Store, StoreError, StoredEvent};
+
+/// What one commit did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AppendOutcome {
+    /// Events stored by this commit and still present, in seq order: the
+    /// accepted drafts and any `overflow` event.
+    pub events: Vec<StoredEvent>,
+    /// How many leading groups (write requests; drafts for `append`) were
+    /// stored. Groups after these were refused (`reject_new`).
+    pub accepted_groups: usize,
+    /// Drafts refused by `reject_new` in this commit.
+    pub rejected: u64,
+    /// Stored rows (events or older overflow records) deleted by
+    /// `drop_oldest` in this commit.
+    pub dropped: u64,
+    /// `meta.last_seq` after the commit.
+    pub last_seq: u64,
+}
+
+/// Counts not yet written as an `overflow` event (kept in meta as JSON).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LostRange {
+    pub count: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+impl LostRange {
+    fn add(&mut self, seqs: Option<(u64, u64)>, count: u64, from_ms: i64, to_ms: i64) {
+        if count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            self.from_ms = from_ms;
+            self.to_ms = to_ms;
+        } else {
+            self.from_ms = self.from_ms.min(from_ms);
+            self.to_ms = self.to_ms.max(to_ms);
+        }
+        if let Some((a, b)) = seqs {
+            self.first_seq = Some(self.first_seq.map_or(a, |f| f.min(a)));
+            self.last_seq = Some(self.last_seq.map_or(b, |l| l.max(b)));
+        }
+        self.count += count;
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Meta {
+    pub last_seq: u64,
+    pub published_upto: u64,
+    pub dropped_total: u64,
+    pub overflow_pending: Option<LostRange>,
+}
+
+pub fn read_meta(conn: &Connection) -> rusqlite::Result<Meta> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT key, value FROM meta
+         WHERE key IN ('last_seq', 'published_upto', 'dropped_total', 'overflow_pending')",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut meta = Meta::default();
+    while let Some(row) = rows.next()? {
+        let key: String = row.get(0)?;
+        match key.as_str() {
+            "last_seq" => meta.last_seq = from_i64(row.get(1)?),
+            "published_upto" => meta.published_upto = from_i64(row.get(1)?),
+            "dropped_total" => meta.dropped_total = from_i64(row.get(1)?),
+            "overflow_pending" => {
+                let text: Option<String> = row.get(1)?;
+                meta.overflow_pending = text.and_then(|t| serde_json::from_str(&t).ok());
+            }
+            _ => {}
+        }
+    }
+    Ok(meta)
+}
+
+/// Pages in use, in bytes; inside a write transaction this includes its own
+/// uncommitted changes.
+pub fn used_bytes(conn: &Connection, page_size: u64) -> rusqlite::Result<u64> {
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    Ok(from_i64(pages.saturating_sub(free)).saturating_mul(page_size))
+}
+
+/// A draft turned into a row with its final seq.
+struct Row {
+    seq: u64,
+    id: String,
+    event_type: String,
+    event_utc_ms: i64,
+    payload: String,
+}
+
+impl Row {
+    /// Bytes the row takes in a table leaf, roughly (cell header, rowid and
+    /// integer columns). Only used to choose how much to make room for; the
+    /// bound itself is checked on real page counts.
+    fn estimate(&self) -> u64 {
+        (self.payload.len() + self.id.len() + self.event_type.len() + 24) as u64
+    }
+
+    fn into_event(self) -> StoredEvent {
+        StoredEvent {
+            seq: self.seq,
+            id: self.id,
+            event_type: self.event_type,
+            event_utc_ms: self.event_utc_ms,
+            payload: self.payload,
+        }
+    }
+}
+
+fn make_row(gateway_id: &str, store_id: &str, draft: &EventDraft, seq: u64) -> Row {
+    let id = format!("{gateway_id}:{store_id}:{seq}");
+    let mut body = draft.body.clone();
+    body.insert("id".into(), Value::String(id.clone()));
+    body.insert("seq".into(), Value::from(seq));
+    // A Map of Values always serialises (keys are strings).
+    let payload = Value::Object(body).to_string();
+    Row {
+        seq,
+        id,
+        event_type: draft.event_type.clone(),
+        event_utc_ms: draft.event_utc_ms,
+        payload,
+    }
+}
+
+fn insert_row(conn: &Connection, row: &Row) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO events (seq, id, event_type, event_utc_ms, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    stmt.execute(rusqlite::params![
+        to_i64(row.seq),
+        row.id,
+        row.event_type,
+        row.event_utc_ms,
+        row.payload
+    ])?;
+    Ok(())
+}
+
+pub fn iso_ms(utc_ms: i64) -> String {
+    match chrono::DateTime::<chrono::Utc>::from_timestamp_millis(utc_ms) {
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        None => String::new(),
+    }
+}
+
+pub fn now_utc_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn overflow_draft(gateway_id: &str, policy: FullPolicy, lost: &LostRange, now: i64) -> EventDraft {
+    let mut body = Map::new();
+    body.insert("type".into(), "overflow".into());
+    body.insert("gateway".into(), gateway_id.into());
+    body.insert("time".into(), iso_ms(now).into());
+    body.insert("policy".into(), policy.as_str().into());
+    body.insert("count".into(), lost.count.into());
+    body.insert(
+        "first_seq".into(),
+        lost.first_seq.map_or(Value::Null, Value::from),
+    );
+    body.insert(
+        "last_seq".into(),
+        lost.last_seq.map_or(Value::Null, Value::from),
+    );
+    body.insert("from".into(), iso_ms(lost.from_ms).into());
+    body.insert("to".into(), iso_ms(lost.to_ms).into());
+    EventDraft {
+        event_type: "overflow".into(),
+        event_utc_ms: now,
+        body,
+    }
+}
+
+/// Deletes every published event (the store is full; retention yields).
+fn prune_all_published(conn: &Connection, published_upto: u64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM events WHERE seq <= ?1",
+        [to_i64(published_upto)],
+    )
+}
+
+/// Deletes the oldest pending events, at least `need` estimated bytes of
+/// them, and records the deleted seq range in `lost`. Earlier `overflow`
+/// records inside that range are kept (they are the only account of earlier
+/// losses); only when nothing but overflow records is pending do those go,
+/// oldest first. Returns how many rows went.
+fn drop_oldest_pending(
+    conn: &Connection,
+    published_upto: u64,
+    need: u64,
+    lost: &mut LostRange,
+) -> rusqlite::Result<u64> {
+    for include_records in [false, true] {
+        let mut first: Option<i64> = None;
+        let mut last = 0i64;
+        let mut min_t = i64::MAX;
+        let mut max_t = i64::MIN;
+        {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, event_utc_ms,
+                        length(CAST(payload AS BLOB)) + length(id) + length(event_type) + 24
+                 FROM events WHERE seq > ?1 AND (?2 OR event_type != 'overflow')
+                 ORDER BY seq",
+            )?;
+            let mut rows =
+                stmt.query(rusqlite::params![to_i64(published_upto), include_records])?;
+            let mut sum = 0u64;
+            while let Some(row) = rows.next()? {
+                let seq: i64 = row.get(0)?;
+                let t: i64 = row.get(1)?;
+                let size: i64 = row.get(2)?;
+                first.get_or_insert(seq);
+                last = seq;
+                min_t = min_t.min(t);
+                max_t = max_t.max(t);
+                sum = sum.saturating_add(from_i64(size));
+                if sum >= need {
+                    break;
+                }
+            }
+        }
+        let Some(first) = first else {
+            continue;
+        };
+        let n = conn.execute(
+            "DELETE FROM events WHERE seq BETWEEN ?1 AND ?2 AND (?3 OR event_type != 'overflow')",
+            rusqlite::params![first, last, include_records],
+        )? as u64;
+        lost.add(Some((from_i64(first), from_i64(last))), n, min_t, max_t);
+        return Ok(n);
+    }
+    Ok(0)
+}
+
+fn write_meta(conn: &Connection, meta: &Meta) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")?;
+    stmt.execute(rusqlite::params!["last_seq", to_i64(meta.last_seq)])?;
+    stmt.execute(rusqlite::params![
+        "dropped_total",
+        to_i64(meta.dropped_total)
+    ])?;
+    let pending = meta
+        .overflow_pending
+        .filter(|p| p.count > 0)
+        .and_then(|p| serde_json::to_string(&p).ok());
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('overflow_pending', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [pending],
+    )?;
+    Ok(())
+}
+
+/// `drop_oldest` frees at least `max_bytes / DROP_CHUNK_DIVISOR` at a time
+/// (like segment deletion in Greengrass), so a store that stays full writes
+/// one overflow record per chunk, not one per commit.
+pub const DROP_CHUNK_DIVISOR: u64 = 16;
+
+/// Minimum time between two overflow warnings of one store.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+impl Store {
+    /// Commits groups of drafts in one transaction (see the module docs).
+    pub(crate) fn commit_groups(
+        &mut self,
+        groups: &[&[EventDraft]],
+    ) -> Result<AppendOutcome, StoreError> {
+        let now = now_utc_ms();
+        let Store {
+            conn,
+            config,
+            gateway_id,
+            store_id,
+            page_size,
+            last_overflow_warn,
+        } = self;
+        let path = config.path.clone();
+        let err = move |e: rusqlite::Error| StoreError::sqlite("committing events", &path, e);
+        let page_size = *page_size;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err.clone())?;
+        let mut meta = read_meta(&tx).map_err(err.clone())?;
+        let max = config.max_bytes;
+        let limit = max.saturating_sub(super::HEADROOM_PAGES * page_size);
+
+        let mut rows = Vec::new();
+        let mut group_ends = Vec::with_capacity(groups.len());
+        let mut seq = meta.last_seq;
+        for group in groups {
+            for d in group.iter() {
+                seq += 1;
+                rows.push(make_row(gateway_id, store_id, d, seq));
+            }
+            group_ends.push(rows.len());
+        }
+        let est_total: u64 = rows.iter().map(Row::estimate).sum();
+
+        let mut used = used_bytes(&tx, page_size).map_err(err.clone())?;
+        let mut pruned_published = false;
+        if used + est_total > limit {
+            prune_all_published(&tx, meta.published_upto).map_err(err.clone())?;
+            pruned_published = true;
+            used = used_bytes(&tx, page_size).map_err(err.clone())?;
+        }
+
+        let mut dropped = LostRange::default();
+        let mut dropped_rows = 0u64;
+        let mut rejected = LostRange::default();
+        let accepted_groups;
+        let accepted_rows;
+        match config.full_policy {
+            FullPolicy::DropOldest => {
+                if used + est_total > limit {
+                    // Make room before inserting so the file does not grow
+                    // past the bound just to shrink again.
+                    dropped_rows += drop_oldest_pending(
+                        &tx,
+                        meta.published_upto,
+                        (used + est_total - limit).max(max / DROP_CHUNK_DIVISOR),
+                        &mut dropped,
+                    )
+                    .map_err(err.clone())?;
+                }
+                for row in &rows {
+                    insert_row(&tx, row).map_err(err.clone())?;
+                }
+                loop {
+                    used = used_bytes(&tx, page_size).map_err(err.clone())?;
+                    if used <= limit {
+                        break;
+                    }
+                    if !pruned_published {
+                        prune_all_published(&tx, meta.published_upto).map_err(err.clone())?;
+                        pruned_published = true;
+                        continue;
+                    }
+                    let n = drop_oldest_pending(
+                        &tx,
+                        meta.published_upto,
+                        (used - limit + page_size).max(max / DROP_CHUNK_DIVISOR),
+                        &mut dropped,
+                    )
+                    .map_err(err.clone())?;
+                    if n == 0 {
+                        break;
+                    }
+                    dropped_rows += n;
+                }
+                accepted_groups = groups.len();
+                accepted_rows = rows.len();
+            }
+            FullPolicy::RejectNew => {
+                let mut n = 0usize;
+                let mut cum = 0u64;
+                let mut start = 0usize;
+                for &end in &group_ends {
+                    cum += rows[start..end].iter().map(Row::estimate).sum::<u64>();
+                    if used + cum > limit {
+                        break;
+                    }
+                    n += 1;
+                    start = end;
+                }
+                loop {
+                    if n == 0 {
+                        break;
+                    }
+                    let end = group_ends[n - 1];
+                    tx.execute_batch("SAVEPOINT fit").map_err(err.clone())?;
+                    for row in &rows[..end] {
+                        insert_row(&tx, row).map_err(err.clone())?;
+                    }
+                    let after = used_bytes(&tx, page_size).map_err(err.clone())?;
+                    if after <= limit {
+                        tx.execute_batch("RELEASE fit").map_err(err.clone())?;
+                        break;
+                    }
+                    tx.execute_batch("ROLLBACK TO fit; RELEASE fit")
+                        .map_err(err.clone())?;
+                    // Shrink in proportion to the overshoot (estimates are
+                    // close), by at least one group.
+                    let grew = after.saturating_sub(used).max(1);
+                    let room = limit.saturating_sub(used);
+                    let scaled = (n as u128 * room as u128 / grew as u128) as usize;
+                    n = scaled.min(n - 1);
+                }
+                accepted_groups = n;
+                accepted_rows = if n == 0 { 0 } else { group_ends[n - 1] };
+                let refused = &rows[accepted_rows..];
+                if let (Some(min_t), Some(max_t)) = (
+                    refused.iter().map(|r| r.event_utc_ms).min(),
+                    refused.iter().map(|r| r.event_utc_ms).max(),
+                ) {
+                    rejected.add(None, refused.len() as u64, min_t, max_t);
+                }
+            }
+        }
+
+        rows.truncate(accepted_rows);
+        if let Some(last) = rows.last() {
+            meta.last_seq = last.seq;
+        }
+        // drop_oldest may have removed some of this commit's own rows (a
+        // commit larger than the store); those are not "stored".
+        let gone_upto = dropped.last_seq.unwrap_or(0);
+        let mut events: Vec<StoredEvent> = rows
+            .into_iter()
+            .filter(|r| r.seq > gone_upto)
+            .map(Row::into_event)
+            .collect();
+
+        meta.dropped_total += dropped_rows + rejected.count;
+
+        // The overflow record: drop_oldest made room for it below `max`;
+        // reject_new may find the headroom used up and keeps it pending.
+        let mut to_record = meta.overflow_pending.unwrap_or_default();
+        let policy = config.full_policy;
+        if dropped.count > 0 {
+            let ev = write_overflow(&tx, gateway_id, store_id, &mut meta, &dropped, now)
+                .map_err(err.clone())?;
+            events.push(ev);
+        }
+        to_record.add(None, rejected.count, rejected.from_ms, rejected.to_ms);
+        meta.overflow_pending = None;
+        if to_record.count > 0 {
+            tx.execute_batch("SAVEPOINT overflow")
+                .map_err(err.clone())?;
+            let draft = overflow_draft(gateway_id, FullPolicy::RejectNew, &to_record, now);
+            let row = make_row(gateway_id, store_id, &draft, meta.last_seq + 1);
+            insert_row(&tx, &row).map_err(err.clone())?;
+            if used_bytes(&tx, page_size).map_err(err.clone())? <= max {
+                tx.execute_batch("RELEASE overflow").map_err(err.clone())?;
+                meta.last_seq = row.seq;
+                events.push(row.into_event());
+            } else {
+                tx.execute_batch("ROLLBACK TO overflow; RELEASE overflow")
+                    .map_err(err.clone())?;
+                meta.overflow_pending = Some(to_record);
+            }
+        }
+        write_meta(&tx, &meta).map_err(err.clone())?;
+        tx.commit().map_err(err)?;
+
+        if dropped.count > 0 || rejected.count > 0 {
+            let due = last_overflow_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY);
+            if due {
+                *last_overflow_warn = Some(Instant::now());
+                tracing::warn!(
+                    path = %config.path.display(),
+                    policy = policy.as_str(),
+                    max_bytes = max,
+                    dropped = dropped_rows,
+                    rejected = rejected.count,
+                    first_seq = ?dropped.first_seq,
+                    last_seq = ?dropped.last_seq,
+                    dropped_total = meta.dropped_total,
+                    "event store full: events lost by the full policy (recorded as an overflow event)"
+                );
+            }
+        }
+        Ok(AppendOutcome {
+            events,
+            accepted_groups,
+            rejected: rejected.count,
+            dropped: dropped.count,
+            last_seq: meta.last_seq,
+        })
+    }
+
+    pub(crate) fn prune_inner(&mut self, now_utc_ms: i64) -> Result<u64, StoreError> {
+        let err = |e| StoreError::sqlite("pruning published events", &self.config.path, e);
+        let retention_ms =
+            i64::try_from(self.config.retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let cutoff = now_utc_ms.saturating_sub(retention_ms);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let meta = read_meta(&tx).map_err(err)?;
+        // Everything below the first young published event goes, as one range.
+        let keep_from: Option<i64> = tx
+            .query_row(
+                "SELECT seq FROM events WHERE seq <= ?1 AND event_utc_ms >= ?2
+                 ORDER BY seq LIMIT 1",
+                [to_i64(meta.published_upto), cutoff],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        let upto = match keep_from {
+            Some(s) => s - 1,
+            None => to_i64(meta.published_upto),
+        };
+        let n = tx
+            .execute("DELETE FROM events WHERE seq <= ?1", [upto])
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        if n > 0 {
+            tracing::debug!(deleted = n, upto, "pruned published events");
+        }
+        Ok(n as u64)
+    }
+}
+
+fn write_overflow(
+    conn: &Connection,
+    gateway_id: &str,
+    store_id: &str,
+    meta: &mut Meta,
+    lost: &LostRange,
+    now: i64,
+) -> rusqlite::Result<StoredEvent> {
+    let draft = overflow_draft(gateway_id, FullPolicy::DropOldest, lost, now);
+    let row = make_row(gateway_id, store_id, &draft, meta.last_seq + 1);
+    insert_row(conn, &row)?;
+    meta.last_seq = row.seq;
+    Ok(row.into_event())
+}

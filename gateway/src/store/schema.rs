@@ -1,0 +1,294 @@
+//! Opening connections: pragmas, integrity check, forward migrations, and
+//! moving a corrupt database aside.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
+
+use super::StoreError;
+
+/// The schema version this build writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// `MIGRATIONS[i]` takes a database from `user_version = i` to `i + 1`.
+/// Each step runs in its own transaction together with the version bump, so a
+/// crash mid-migration leaves the previous version intact. Append only: a
+/// released step is never edited.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: events and the key/value meta table (store_id, last_seq,
+    // published_upto, dropped_total, overflow_pending).
+    "CREATE TABLE IF NOT EXISTS meta (
+         key   TEXT PRIMARY KEY NOT NULL,
+         value
+     ) WITHOUT ROWID;
+     CREATE TABLE IF NOT EXISTS events (
+         seq          INTEGER PRIMARY KEY NOT NULL,
+         id           TEXT    NOT NULL,
+         event_type   TEXT    NOT NULL,
+         event_utc_ms INTEGER NOT NULL,
+         payload      TEXT    NOT NULL
+     );",
+    // 1 -> 2: NTAG 424 SUN read counters (replay protection).
+    "CREATE TABLE IF NOT EXISTS sun_counters (
+         uid     BLOB    PRIMARY KEY NOT NULL,
+         counter INTEGER NOT NULL
+     ) WITHOUT ROWID;",
+];
+
+/// How long a connection waits for the other connection's write lock.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Caps the `-wal` file after checkpoints (SD-card space and wear).
+const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// Why opening failed: corruption (the file gets moved aside) or anything
+/// else (permissions, locks, a newer schema: the file is left alone).
+pub enum OpenFailure {
+    Corrupt(String),
+    Other(StoreError),
+}
+
+fn classify(context: &'static str, path: &Path, e: rusqlite::Error) -> OpenFailure {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+            OpenFailure::Corrupt(format!("{context}: {e}"))
+        }
+        _ => OpenFailure::Other(StoreError::sqlite(context, path, e)),
+    }
+}
+
+/// Opens (creating if needed) the writer connection and brings the schema up
+/// to date. Returns the connection and the store id.
+pub fn open_writer(path: &Path) -> Result<(Connection, String), OpenFailure> {
+    let c = |ctx: &'static str| move |e: rusqlite::Error| classify(ctx, path, e);
+    // Check the header before SQLite sees the file: on a file that is not a
+    // database, SQLite would still open (and on close delete) a `-wal` next
+    // to it, and that WAL may hold the only copy of committed events.
+    check_header(path)?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(c("opening the database file"))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(c("setting busy_timeout"))?;
+
+    // The first statement that reads the header: "file is not a database"
+    // shows up here for garbage files.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(c("switching to WAL"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(OpenFailure::Other(StoreError::Pragma {
+            path: path.to_path_buf(),
+            what: format!("journal_mode is {mode:?}, expected \"wal\""),
+        }));
+    }
+    set_common_pragmas(&conn, path).map_err(OpenFailure::Other)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
+        .map_err(c("setting journal_size_limit"))?;
+
+    quick_check(&conn).map_err(|e| match e {
+        QuickCheck::Failed(msg) => OpenFailure::Corrupt(format!("quick_check: {msg}")),
+        QuickCheck::Sqlite(e) => classify("running quick_check", path, e),
+    })?;
+
+    let version = user_version(&conn).map_err(c("reading user_version"))?;
+    if !(0..=SCHEMA_VERSION).contains(&version) {
+        return Err(OpenFailure::Other(StoreError::SchemaMismatch {
+            path: path.to_path_buf(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        }));
+    }
+    migrate(&conn, version).map_err(c("migrating the schema"))?;
+
+    let store_id = init_meta(&conn).map_err(c("initialising the meta table"))?;
+    Ok((conn, store_id))
+}
+
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+fn check_header(path: &Path) -> Result<(), OpenFailure> {
+    use std::io::Read;
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(OpenFailure::Other(StoreError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            }))
+        }
+    };
+    let mut head = Vec::with_capacity(100);
+    f.by_ref().take(100).read_to_end(&mut head).map_err(|e| {
+        OpenFailure::Other(StoreError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })
+    })?;
+    if head.is_empty() {
+        return Ok(()); // a new, empty database
+    }
+    if head.len() < 100 || &head[..16] != SQLITE_MAGIC {
+        return Err(OpenFailure::Corrupt(
+            "file is not a database (no SQLite header)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens an existing store as a second connection (publisher, CLI). It may
+/// write the watermark and SUN counters, but never creates or migrates.
+pub fn open_second(path: &Path) -> Result<(Connection, String), StoreError> {
+    if !path.exists() {
+        return Err(StoreError::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::sqlite("opening the database file", path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| StoreError::sqlite("setting busy_timeout", path, e))?;
+    set_common_pragmas(&conn, path)?;
+    let version =
+        user_version(&conn).map_err(|e| StoreError::sqlite("reading user_version", path, e))?;
+    if version != SCHEMA_VERSION {
+        return Err(StoreError::SchemaMismatch {
+            path: path.to_path_buf(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    let store_id: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(|e| StoreError::sqlite("reading store_id", path, e))?;
+    let store_id = store_id.ok_or_else(|| StoreError::Pragma {
+        path: path.to_path_buf(),
+        what: "meta has no store_id (database not initialised by the gateway)".into(),
+    })?;
+    Ok((conn, store_id))
+}
+
+fn set_common_pragmas(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(|e| StoreError::sqlite("setting synchronous=FULL", path, e))?;
+    let sync: i64 = conn
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .map_err(|e| StoreError::sqlite("reading synchronous", path, e))?;
+    // 2 = FULL: each commit fsyncs the WAL, so a power cut loses nothing
+    // committed (reliability.md §3.1).
+    if sync != 2 {
+        return Err(StoreError::Pragma {
+            path: path.to_path_buf(),
+            what: format!("synchronous is {sync}, expected 2 (FULL)"),
+        });
+    }
+    Ok(())
+}
+
+enum QuickCheck {
+    Failed(String),
+    Sqlite(rusqlite::Error),
+}
+
+fn quick_check(conn: &Connection) -> Result<(), QuickCheck> {
+    let mut stmt = conn
+        .prepare("PRAGMA quick_check")
+        .map_err(QuickCheck::Sqlite)?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .map_err(QuickCheck::Sqlite)?
+        .collect::<Result<_, _>>()
+        .map_err(QuickCheck::Sqlite)?;
+    if rows.len() == 1 && rows[0] == "ok" {
+        Ok(())
+    } else {
+        Err(QuickCheck::Failed(rows.join("; ")))
+    }
+}
+
+pub fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
+    let mut version = from;
+    while version < SCHEMA_VERSION {
+        let idx = usize::try_from(version).unwrap_or(usize::MAX);
+        let Some(step) = MIGRATIONS.get(idx) else {
+            break;
+        };
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+        tx.commit()?;
+        tracing::info!(from = version, to = version + 1, "store schema migrated");
+        version += 1;
+    }
+    Ok(())
+}
+
+fn init_meta(conn: &Connection) -> rusqlite::Result<String> {
+    let tx = conn.unchecked_transaction()?;
+    let fresh_id = hex::encode(rand::random::<[u8; 8]>());
+    tx.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?1)",
+        [&fresh_id],
+    )?;
+    for key in ["last_seq", "published_upto", "dropped_total"] {
+        tx.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, 0)",
+            [key],
+        )?;
+    }
+    // A database created before last_seq was tracked would restart at 0 and
+    // reuse seqs; start above the highest row instead.
+    tx.execute(
+        "UPDATE meta SET value = max(value, (SELECT coalesce(max(seq), 0) FROM events))
+         WHERE key = 'last_seq'",
+        [],
+    )?;
+    let store_id: String = tx.query_row(
+        "SELECT CAST(value AS TEXT) FROM meta WHERE key = 'store_id'",
+        [],
+        |r| r.get(0),
+    )?;
+    tx.commit()?;
+    Ok(store_id)
+}
+
+/// Renames `path` and its `-wal`/`-shm` companions to
+/// `{path}.corrupt-{UTC timestamp}[-wal|-shm]`. Returns the new main path.
+pub fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    let base = format!("{}.corrupt-{stamp}", path.display());
+    let target = PathBuf::from(&base);
+    for suffix in ["-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", path.display()));
+        if from.exists() {
+            let to = PathBuf::from(format!("{base}{suffix}"));
+            std::fs::rename(&from, &to).map_err(|e| StoreError::MoveAside {
+                path: from.clone(),
+                source: e,
+            })?;
+        }
+    }
+    if path.exists() {
+        std::fs::rename(path, &target).map_err(|e| StoreError::MoveAside {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+    }
+    Ok(target)
+}

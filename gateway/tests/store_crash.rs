@@ -1,0 +1,178 @@
+//! Crash safety: a child process writes events through the group-commit
+//! writer under load and is killed with SIGKILL at random moments. After
+//! every kill the store must hold every event the child reported committed,
+//! with gap-free seqs, and pass `quick_check`.
+//!
+//! The child is this test binary re-executed on the ignored test
+//! `crash_child` with `STORE_CRASH_CHILD_DB` naming the database.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod store_common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rand::Rng;
+use store_common::*;
+use tokio::sync::{mpsc, watch};
+use tracegate::store::{spawn_writer, FullPolicy, Store, StoreConfig, WriteRequest};
+
+const CHILD_ENV: &str = "STORE_CRASH_CHILD_DB";
+const KILLS: usize = 24;
+/// What the child prints after each commit, followed by the committed seq.
+const MARK: &str = "committed ";
+
+fn crash_config(path: std::path::PathBuf) -> StoreConfig {
+    StoreConfig {
+        path,
+        max_bytes: 256 << 20,
+        full_policy: FullPolicy::DropOldest,
+        commit_interval_ms: 5,
+        commit_max_events: 200,
+        retention_secs: 3600,
+    }
+}
+
+#[test]
+#[ignore = "child process of committed_events_survive_sigkill, which runs it"]
+fn crash_child() {
+    let path = std::env::var(CHILD_ENV).expect("run by committed_events_survive_sigkill");
+    let cfg = crash_config(path.into());
+    let store = Store::open(&cfg, "crash-gw").unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<WriteRequest>(64);
+    let (committed_tx, mut committed) = watch::channel(0u64);
+    let _writer = spawn_writer(store, rx, committed_tx, None);
+
+    // A second connection raising the watermark, as the publisher does.
+    let mut reader = Store::open_reader(&cfg, "crash-gw").unwrap();
+    std::thread::spawn(move || loop {
+        if let Ok(evs) = reader.events_after(0, 50, true) {
+            if let Some(e) = evs.last() {
+                reader.mark_published(e.seq).unwrap();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(3));
+    });
+
+    rt.block_on(async move {
+        // Report: printed only after the writer says the commit returned.
+        tokio::spawn(async move {
+            while committed.changed().await.is_ok() {
+                let seq = *committed.borrow_and_update();
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{MARK}{seq}").unwrap();
+                out.flush().unwrap();
+            }
+        });
+        let mut n = 0i64;
+        loop {
+            let size = rand::thread_rng().gen_range(1..=20);
+            let drafts = (0..size)
+                .map(|_| {
+                    n += 1;
+                    draft(T0 + n)
+                })
+                .collect();
+            if tx.send(WriteRequest { drafts, ack: None }).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+#[test]
+fn committed_events_survive_sigkill() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return; // a child never spawns children
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = rand::thread_rng();
+    let mut store_id: Option<String> = None;
+    let mut reported_max = 0u64;
+    let mut rounds_with_progress = 0;
+
+    for round in 0..KILLS {
+        let mut child = Command::new(&exe)
+            .args(["--exact", "crash_child", "--ignored", "--nocapture"])
+            .env(CHILD_ENV, &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut max = 0u64;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                // Only whole lines count: a line cut by the kill says nothing.
+                if let Some(v) = line.strip_prefix(MARK).and_then(|v| v.strip_suffix('\n')) {
+                    max = max.max(v.parse().unwrap());
+                }
+            }
+            max
+        });
+        std::thread::sleep(Duration::from_millis(rng.gen_range(150..600)));
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+        let reported = lines.join().unwrap();
+        if reported > reported_max {
+            rounds_with_progress += 1;
+            reported_max = reported;
+        }
+
+        // The parent opens like the daemon does on restart.
+        let cfg = crash_config(path.clone());
+        let store = Store::open(&cfg, "crash-gw").unwrap();
+        assert!(store.quick_check().unwrap(), "round {round}: quick_check failed");
+        // Never moved aside as corrupt: the same store every time.
+        match &store_id {
+            None => store_id = Some(store.store_id().to_owned()),
+            Some(id) => assert_eq!(id, store.store_id(), "round {round}: store replaced"),
+        }
+        let stats = store.stats().unwrap();
+        assert!(
+            stats.last_seq >= reported_max,
+            "round {round}: child reported {reported_max} committed, store has {}",
+            stats.last_seq
+        );
+        assert!(stats.published_upto <= stats.last_seq);
+        let events = store.events_after(0, usize::MAX, false).unwrap();
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=stats.last_seq).collect::<Vec<_>>(),
+            "round {round}: seqs are not gap-free"
+        );
+        for e in events.iter().rev().take(50) {
+            let v: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+            assert_eq!(v["seq"], e.seq);
+            assert_eq!(v["id"], format!("crash-gw:{}:{}", store.store_id(), e.seq));
+        }
+        drop(store);
+    }
+    eprintln!(
+        "{KILLS} kills: {rounds_with_progress} rounds with new commits, \
+         {reported_max} events reported committed"
+    );
+    // Kills must have landed while events were being committed.
+    assert!(
+        rounds_with_progress >= KILLS / 2,
+        "only {rounds_with_progress} of {KILLS} rounds committed anything"
+    );
+}
