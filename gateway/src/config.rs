@@ -38,6 +38,27 @@ pub struct RawConfig {
     pub ops: crate::ops::OpsConfig,
     #[serde(default)]
     pub nfc: RawNfc,
+    #[serde(default)]
+    pub flags: RawFlags,
+}
+
+/// Suspicious-serial flags (see `suspect.rs`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFlags {
+    /// Flag `over_scanned` when a serial arrives at one read point more than
+    /// this many times within `over_scan_window_secs`; 0 turns it off.
+    pub over_scan_max_arrivals: usize,
+    pub over_scan_window_secs: u64,
+}
+
+impl Default for RawFlags {
+    fn default() -> Self {
+        Self {
+            over_scan_max_arrivals: 0,
+            over_scan_window_secs: 3600,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +138,10 @@ pub struct RawReadPoint {
     /// (`urn:epc:pat:sgtin-96:3.0614141.*.*`).
     #[serde(default)]
     pub epc_patterns: Vec<String>,
+    /// Tags matching none of these patterns are reported with the
+    /// `unexpected` flag (they are not dropped).
+    #[serde(default)]
+    pub expect_patterns: Vec<String>,
     /// EPCIS: CBV business step (`receiving`, `shipping`, `packing`, ...).
     pub biz_step: Option<String>,
     /// EPCIS: CBV disposition (`in_progress`, `in_transit`, ...).
@@ -215,6 +240,7 @@ pub struct Config {
     pub mqtt: Option<crate::publish::MqttConfig>,
     pub ops: crate::ops::OpsConfig,
     pub sun_key_files: Vec<PathBuf>,
+    pub flags: RawFlags,
     /// SHA-256 of the source text (first 16 hex digits), for status messages.
     pub hash: String,
     /// Where it came from, for messages.
@@ -230,6 +256,7 @@ pub struct ReadPoint {
     pub direction: Option<RawDirection>,
     pub rssi_floor_dbm: Option<i16>,
     pub epc_patterns: Vec<String>,
+    pub expect_patterns: Vec<String>,
     pub biz_step: Option<String>,
     pub disposition: Option<String>,
     pub read_point_id: Option<String>,
@@ -484,7 +511,7 @@ fn validate(raw: RawConfig, source: &str, hash: String) -> Result<Config, Config
                 }
             }
         }
-        for pat in &rp.epc_patterns {
+        for pat in rp.epc_patterns.iter().chain(&rp.expect_patterns) {
             if let Err(e) = crate::event::check_epc_pattern(pat) {
                 p.push(format!(
                     "read_points[{i}] ({}): epc pattern {pat:?} is invalid: {e}",
@@ -500,6 +527,7 @@ fn validate(raw: RawConfig, source: &str, hash: String) -> Result<Config, Config
             direction: rp.direction,
             rssi_floor_dbm: rp.rssi_floor_dbm,
             epc_patterns: rp.epc_patterns,
+            expect_patterns: rp.expect_patterns,
             biz_step: rp.biz_step,
             disposition: rp.disposition,
             read_point_id: rp.read_point_id,
@@ -574,6 +602,7 @@ fn validate(raw: RawConfig, source: &str, hash: String) -> Result<Config, Config
         mqtt: raw.mqtt,
         ops: raw.ops,
         sun_key_files: raw.nfc.sun_key_files,
+        flags: raw.flags,
         hash,
         source: source.to_owned(),
     })
@@ -650,7 +679,7 @@ reader = "sim1"
     fn an_unknown_key_inside_a_reader_is_located() {
         let text = MINIMAL.replace("kind = \"sim\"", "kind = \"sim\"\nbaud_rate = 9600");
         let err = parse(&text, "t.toml").unwrap_err().to_string();
-        assert!(err.starts_with("t.toml:11:1: "), "{err}");
+        assert!(err.starts_with("t.toml:10:1: "), "{err}");
         assert!(err.contains("baud_rate"), "{err}");
     }
 

@@ -27,24 +27,43 @@ pub fn iso_ms(utc_ms: i64) -> String {
     }
 }
 
-/// The identity block of a UHF tag: raw hex plus whatever GS1 decoding finds.
+/// The identity block of a UHF tag: raw hex plus what GS1 decoding finds.
+/// Undecodable EPCs keep their hex and get an `urn:epc:raw:` identity and the
+/// `unknown_scheme` flag from [`suspicion_flags`]; no read is lost to decoding.
 pub fn uhf_identity(epc: &[u8], tid: Option<&[u8]>) -> Map<String, Value> {
     let mut id = Map::new();
     id.insert("epc".into(), Value::String(hex::encode_upper(epc)));
+    let d = tracegate_gs1::decode_epc(epc);
+    id.insert("scheme".into(), json!(d.scheme));
+    id.insert("pure_identity".into(), json!(d.pure_identity_uri));
+    id.insert("tag_uri".into(), json!(d.tag_uri));
+    if let Some(gtin) = &d.gtin {
+        id.insert("gtin".into(), json!(gtin));
+    }
+    if let Some(serial) = &d.serial {
+        id.insert("serial".into(), json!(serial));
+    }
+    if let Some(es) = &d.element_string {
+        id.insert("element_string".into(), json!(es));
+    }
+    if let Some(dl) = &d.digital_link {
+        id.insert("digital_link".into(), json!(dl));
+    }
     if let Some(tid) = tid {
         id.insert("tid".into(), Value::String(hex::encode_upper(tid)));
+        let info = tracegate_gs1::decode_tid(tid);
+        if let Ok(v) = serde_json::to_value(&info) {
+            id.insert("tid_info".into(), v);
+        }
     }
     id
 }
 
 /// Whether an EPC pattern from the config is well-formed.
-pub fn check_epc_pattern(_pattern: &str) -> Result<(), String> {
-    Ok(())
-}
-
-/// Whether an EPC matches a read point's pattern.
-pub fn epc_matches(_pattern: &str, _epc: &[u8]) -> bool {
-    true
+pub fn check_epc_pattern(pattern: &str) -> Result<(), String> {
+    tracegate_gs1::EpcPattern::parse(pattern)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// The body of a `tap` event, before enrichment.
@@ -78,7 +97,12 @@ pub fn tap_body(
 }
 
 /// Renders a dedup event for the store.
-pub fn tag_event_draft(origin: &Origin, point: &ReadPoint, e: &TagEvent) -> EventDraft {
+pub fn tag_event_draft(
+    origin: &Origin,
+    point: &ReadPoint,
+    e: &TagEvent,
+    flags: &[&str],
+) -> EventDraft {
     let t = &e.tag;
     let mut body = Map::new();
     body.insert("type".into(), json!(e.kind.as_str()));
@@ -107,6 +131,9 @@ pub fn tag_event_draft(origin: &Origin, point: &ReadPoint, e: &TagEvent) -> Even
     }
     if let Some(r) = e.reason {
         body.insert("reason".into(), json!(r));
+    }
+    if !flags.is_empty() {
+        body.insert("flags".into(), json!(flags));
     }
     if e.kind == Kind::Present || e.kind == Kind::Arrived || e.kind == Kind::Departed {
         // EPCIS context travels with the event so the registry (and the

@@ -15,6 +15,7 @@ pub mod publish;
 pub mod reload;
 pub mod store;
 pub mod supervisor;
+pub mod suspect;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -156,7 +156,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&decoded)?);
             } else {
-                print!("{decoded}");
+                println!("{decoded}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -18,6 +18,7 @@ use crate::config::{Config, ReadPoint};
 use crate::dedup::{Dedup, PointSettings, TagEvent};
 use crate::event::{self, Origin};
 use crate::heartbeat::Heartbeat;
+use crate::suspect::Suspicion;
 use crate::store::{EventDraft, WriteRequest};
 
 /// Everything the pipeline needs besides its channels.
@@ -31,6 +32,7 @@ pub struct Pipeline {
     nfc_routes: HashMap<Arc<str>, Vec<usize>>,
     filters: Vec<Filter>,
     dedup: Dedup,
+    suspicion: Suspicion,
     clock: Clock,
     taps: Box<dyn TapEnricher>,
 }
@@ -51,7 +53,7 @@ impl TapEnricher for NoEnrichment {
 #[derive(Debug, Default)]
 struct Filter {
     rssi_floor_dbm: Option<i16>,
-    patterns: Vec<String>,
+    patterns: Vec<tracegate_gs1::EpcPattern>,
 }
 
 impl Filter {
@@ -61,11 +63,11 @@ impl Filter {
                 return false;
             }
         }
-        self.patterns.is_empty()
-            || self
-                .patterns
-                .iter()
-                .any(|p| event::epc_matches(p, &read.epc))
+        if self.patterns.is_empty() {
+            return true;
+        }
+        let decoded = tracegate_gs1::decode_epc(&read.epc);
+        self.patterns.iter().any(|p| p.matches(&decoded))
     }
 }
 
@@ -88,7 +90,12 @@ impl Pipeline {
             .iter()
             .map(|rp| Filter {
                 rssi_floor_dbm: rp.rssi_floor_dbm,
-                patterns: rp.epc_patterns.clone(),
+                // Validated when the config was loaded.
+                patterns: rp
+                    .epc_patterns
+                    .iter()
+                    .filter_map(|p| tracegate_gs1::EpcPattern::parse(p).ok())
+                    .collect(),
             })
             .collect();
         let points = config
@@ -108,16 +115,43 @@ impl Pipeline {
             nfc_routes,
             filters,
             dedup: Dedup::new(config.dedup, points),
+            suspicion: Suspicion::new(
+                config
+                    .read_points
+                    .iter()
+                    .map(|rp| {
+                        rp.expect_patterns
+                            .iter()
+                            .filter_map(|p| tracegate_gs1::EpcPattern::parse(p).ok())
+                            .collect()
+                    })
+                    .collect(),
+                config.flags.over_scan_max_arrivals,
+                i64::try_from(config.flags.over_scan_window_secs.saturating_mul(1000))
+                    .unwrap_or(i64::MAX),
+            ),
             clock,
             taps,
         }
     }
 
-    fn drafts(&self, events: &[TagEvent], into: &mut Vec<EventDraft>) {
+    fn drafts(&mut self, events: &[TagEvent], into: &mut Vec<EventDraft>) {
         for e in events {
             if let Some(rp) = self.read_points.get(e.read_point) {
                 metrics::counter!("tracegate_events_total", "type" => e.kind.as_str()).increment(1);
-                into.push(event::tag_event_draft(&self.origin, rp, e));
+                let decoded = tracegate_gs1::decode_epc(&e.tag.epc);
+                let arrival = (e.kind == crate::dedup::Kind::Arrived).then_some(e.at.utc_ms);
+                let flags = self.suspicion.flags(
+                    e.read_point,
+                    &e.tag.epc,
+                    &decoded,
+                    e.tag.tid.as_deref(),
+                    arrival,
+                );
+                for f in &flags {
+                    metrics::counter!("tracegate_flags_total", "flag" => *f).increment(1);
+                }
+                into.push(event::tag_event_draft(&self.origin, rp, e, &flags));
             }
         }
     }

@@ -87,7 +87,7 @@ async fn broker_restarted_five_times_mid_stream_loses_nothing() {
     const N: u64 = 60_000;
     const RESTARTS: u64 = 5;
     let tx = writer.tx.clone().unwrap();
-    // A steady stream: 500 events every 20 ms (about 25,000/s) while the broker flaps.
+    // A steady stream: 500 events every 40 ms (about 12,500/s) while the broker flaps.
     let feeder = tokio::spawn(async move {
         let mut i = 0;
         while i < N {
@@ -96,11 +96,13 @@ async fn broker_restarted_five_times_mid_stream_loses_nothing() {
                 .await
                 .unwrap();
             i += 500;
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(40)).await;
         }
     });
+    // Up long enough (1 s) for the publisher's backoff (max 500 ms here) to
+    // reconnect in every up phase.
     for _ in 0..RESTARTS {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         tokio::task::block_in_place(|| broker.stop());
         tokio::time::sleep(Duration::from_millis(300)).await;
         tokio::task::block_in_place(|| broker.start_again());

@@ -13,7 +13,10 @@ fuzz_target!(|input: &[u8]| {
     let Some((&chunk, bytes)) = input.split_first() else {
         return;
     };
-    let chunk = usize::from(chunk).max(1);
+    // Low 7 bits: chunk size; high bit: give up on partial frames between
+    // chunks, as the driver does when the line goes quiet.
+    let stale = chunk & 0x80 != 0;
+    let chunk = usize::from(chunk & 0x7F).max(1);
 
     let mut responses = Decoder::<Response>::new();
     let mut accounted = 0usize;
@@ -40,6 +43,9 @@ fuzz_target!(|input: &[u8]| {
                 }
                 Event::BadCrc { .. } => accounted += 1,
             }
+        }
+        if stale && responses.skip_stale() {
+            accounted += 1;
         }
     }
     assert_eq!(accounted + responses.buffered(), bytes.len());

@@ -10,7 +10,8 @@ fuzz_target!(|input: &[u8]| {
     let Some((&ctl, bytes)) = input.split_first() else {
         return;
     };
-    let chunk = usize::from(ctl & 0x7F).max(1);
+    let chunk = usize::from(ctl & 0x3F).max(1);
+    let stale = ctl & 0x40 != 0;
     let mut dec = if ctl & 0x80 != 0 {
         Decoder::with_address(0x01)
     } else {
@@ -34,6 +35,9 @@ fuzz_target!(|input: &[u8]| {
                 }
                 Event::BadChecksum { .. } => accounted += 1,
             }
+        }
+        if stale && dec.skip_stale() {
+            accounted += 1;
         }
     }
     assert_eq!(accounted + dec.buffered(), bytes.len());

@@ -277,7 +277,11 @@ mod tests {
         let hb = Heartbeats::new(Clock::new());
         let store = hb.register("store");
         let cancel = CancellationToken::new();
-        let task = rt.spawn(watchdog(hb.clone(), Duration::from_millis(150), cancel.clone()));
+        let task = rt.spawn(watchdog(
+            hb.clone(),
+            Duration::from_millis(150),
+            cancel.clone(),
+        ));
         // The store makes progress every 10 ms until `beating` is cancelled.
         let beating = CancellationToken::new();
         {
@@ -293,13 +297,20 @@ mod tests {
 
         // Phase 1: healthy, pings every 50 ms.
         let msgs = sd.drain(Duration::from_millis(400));
-        assert!(count(&msgs, "WATCHDOG=1") >= 3, "pings while healthy: {msgs:?}");
+        assert!(
+            count(&msgs, "WATCHDOG=1") >= 3,
+            "pings while healthy: {msgs:?}"
+        );
 
         // Phase 2: the store stops; after 150 ms it is stale and pings stop.
         beating.cancel();
         let _ = sd.drain(Duration::from_millis(300));
         let msgs = sd.drain(Duration::from_millis(400));
-        assert_eq!(count(&msgs, "WATCHDOG=1"), 0, "no pings while stuck: {msgs:?}");
+        assert_eq!(
+            count(&msgs, "WATCHDOG=1"),
+            0,
+            "no pings while stuck: {msgs:?}"
+        );
 
         // Phase 3: progress again, pings resume.
         let beating = CancellationToken::new();

@@ -2,14 +2,17 @@
 //! rendering for `tracegate status`.
 //!
 //! The status JSON comes from the lead's [`super::StatusSource`] callback.
-//! Expected shape (missing keys are skipped, extra keys are shown as-is):
+//! Expected shape (missing keys are skipped, extra keys are shown as-is;
+//! `gateway`/`gateway_id` and `uptime_secs`/`uptime_s` are both accepted):
 //! ```json
-//! { "gateway_id": "dock-1", "version": "0.1.0", "uptime_s": 12.5,
+//! { "gateway": "dock-1", "site": "dc1", "version": "0.1.0", "uptime_secs": 12,
 //!   "readers": [ <tracegate_drivers::health::HealthSnapshot>, ... ],
 //!   "store": { "pending": 3, "oldest_pending_utc_ms": 1700000000000,
 //!              "dropped_total": 0, "bytes": 1048576, "last_seq": 41,
 //!              "published_upto": 38 },
-//!   "publisher": { "connected": true, ... } }
+//!   "publisher": { "connected": true, "reconnects": 0, "connection_errors": 0,
+//!                  "events_acked": 38,
+//!                  "publish_latency_ms": { "last": 3.1, "avg": 2.0, "max": 9.5 } } }
 //! ```
 //! The HTTP layer adds `"health"` and `"heartbeats"`.
 
@@ -288,18 +291,62 @@ pub(crate) fn derived_metrics(
         }
     }
 
-    if let Some(c) = status
-        .get("publisher")
-        .and_then(|p| p.get("connected"))
-        .and_then(Value::as_bool)
-    {
-        let mut f = Family::new(
-            "tracegate_mqtt_connected",
-            "gauge",
-            "1 while connected to the broker.",
-        );
-        f.push(&[], if c { 1.0 } else { 0.0 });
-        fams.push(f);
+    if let Some(p) = status.get("publisher").filter(|p| p.is_object()) {
+        if let Some(c) = p.get("connected").and_then(Value::as_bool) {
+            let mut f = Family::new(
+                "tracegate_mqtt_connected",
+                "gauge",
+                "1 while connected to the broker.",
+            );
+            f.push(&[], if c { 1.0 } else { 0.0 });
+            fams.push(f);
+        }
+        for (key, name, kind, help) in [
+            (
+                "reconnects",
+                "tracegate_mqtt_reconnects_total",
+                "counter",
+                "Connections to the broker after the first one.",
+            ),
+            (
+                "connection_errors",
+                "tracegate_mqtt_connection_errors_total",
+                "counter",
+                "Failed or lost broker connections.",
+            ),
+            (
+                "events_acked",
+                "tracegate_published_events_total",
+                "counter",
+                "Events acknowledged by the broker.",
+            ),
+        ] {
+            let mut f = Family::new(name, kind, help);
+            if let Some(v) = num(p, key) {
+                f.push(&[], v);
+            }
+            fams.push(f);
+        }
+        if let Some(lat) = p.get("publish_latency_ms") {
+            for (key, name, help) in [
+                (
+                    "last",
+                    "tracegate_publish_latency_last_seconds",
+                    "Commit-to-acknowledgement time of the last batch.",
+                ),
+                (
+                    "max",
+                    "tracegate_publish_latency_max_seconds",
+                    "Longest commit-to-acknowledgement time since start.",
+                ),
+            ] {
+                let mut f = Family::new(name, "gauge", help);
+                if let Some(v) = num(lat, key) {
+                    f.push(&[], v / 1000.0);
+                }
+                fams.push(f);
+            }
+        }
     }
 
     let mut out = String::new();
@@ -357,13 +404,23 @@ pub(crate) fn render_status_at(status: &Value, now_utc_ms: i64) -> String {
     let s = |k: &str| status.get(k).map(scalar).unwrap_or_else(|| "-".into());
     let health = status.get("health");
     let ok = health.and_then(|h| h.get("ok")).and_then(Value::as_bool);
+    let gateway = status
+        .get("gateway_id")
+        .or_else(|| status.get("gateway"))
+        .map(scalar)
+        .unwrap_or_else(|| "-".into());
+    let site = status
+        .get("site")
+        .and_then(Value::as_str)
+        .map(|x| format!(" (site {x})"))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
-        "tracegate {}  gateway {}  up {}  health: {}",
+        "tracegate {}  gateway {gateway}{site}  up {}  health: {}",
         s("version"),
-        s("gateway_id"),
         status
             .get("uptime_s")
+            .or_else(|| status.get("uptime_secs"))
             .and_then(Value::as_f64)
             .map_or("-".into(), fmt_age),
         match ok {
@@ -432,23 +489,39 @@ pub(crate) fn render_status_at(status: &Value, now_utc_ms: i64) -> String {
             parts.push(fmt_bytes(b));
         }
         for (k, v) in store {
-            if !matches!(k.as_str(), "pending" | "oldest_pending_utc_ms" | "bytes") {
+            if !matches!(
+                k.as_str(),
+                "pending" | "oldest_pending_utc_ms" | "oldest_pending_age_secs" | "bytes"
+            ) {
                 parts.push(format!("{} {}", k.replace('_', " "), scalar(v)));
             }
         }
         let _ = writeln!(out, "store: {}", parts.join(", "));
     }
 
-    if let Some(p) = status.get("publisher").and_then(Value::as_object) {
-        let parts: Vec<String> = p
-            .iter()
-            .map(|(k, v)| match (k.as_str(), v) {
-                ("connected", Value::Bool(true)) => "connected".to_owned(),
-                ("connected", Value::Bool(false)) => "DISCONNECTED".to_owned(),
-                _ => format!("{} {}", k.replace('_', " "), scalar(v)),
-            })
-            .collect();
-        let _ = writeln!(out, "publisher: {}", parts.join(", "));
+    match status.get("publisher") {
+        Some(Value::Object(p)) => {
+            let mut parts = Vec::new();
+            for (k, v) in p {
+                match (k.as_str(), v) {
+                    ("connected", Value::Bool(true)) => parts.push("connected".to_owned()),
+                    ("connected", Value::Bool(false)) => parts.push("DISCONNECTED".to_owned()),
+                    (_, Value::Object(inner)) => {
+                        let sub: Vec<String> = inner
+                            .iter()
+                            .map(|(ik, iv)| format!("{ik} {}", scalar(iv)))
+                            .collect();
+                        parts.push(format!("{} ({})", k.replace('_', " "), sub.join(", ")));
+                    }
+                    _ => parts.push(format!("{} {}", k.replace('_', " "), scalar(v))),
+                }
+            }
+            let _ = writeln!(out, "publisher: {}", parts.join(", "));
+        }
+        Some(Value::Null) => {
+            let _ = writeln!(out, "publisher: none (no [mqtt] section)");
+        }
+        _ => {}
     }
 
     if let Some(hbs) = status.get("heartbeats").and_then(Value::as_array) {
@@ -488,7 +561,9 @@ mod tests {
             ],
             "store": {"pending": 7, "oldest_pending_utc_ms": 990_000, "dropped_total": 3,
                       "bytes": 2_097_152, "last_seq": 50, "published_upto": 43},
-            "publisher": {"connected": false, "reconnects": 2}
+            "publisher": {"connected": false, "reconnects": 2, "connection_errors": 5,
+                          "events_acked": 43,
+                          "publish_latency_ms": {"last": 4.0, "avg": 3.0, "max": 250.0}}
         })
     }
 
@@ -546,6 +621,10 @@ mod tests {
             "tracegate_outbox_oldest_pending_age_seconds 10",
             "tracegate_store_dropped_total 3",
             "tracegate_mqtt_connected 0",
+            "tracegate_mqtt_reconnects_total 2",
+            "tracegate_mqtt_connection_errors_total 5",
+            "tracegate_published_events_total 43",
+            "tracegate_publish_latency_max_seconds 0.25",
             "tracegate_heartbeat_age_seconds{component=\"store\"} 1.5",
             "tracegate_healthy 1",
             "# TYPE tracegate_store_dropped_total counter",
@@ -593,10 +672,34 @@ mod tests {
         );
         assert!(text.contains("dropped total 3"), "{text}");
         assert!(
-            text.contains("publisher: DISCONNECTED, reconnects 2"),
+            text.contains("publisher: DISCONNECTED, connection errors 5,"),
+            "{text}"
+        );
+        assert!(
+            text.contains("publish latency ms (avg 3.0, last 4.0, max 250.0), reconnects 2"),
             "{text}"
         );
         assert!(text.contains("progress: store 0.2 s"), "{text}");
+    }
+
+    #[test]
+    fn human_status_reads_the_gateways_own_key_names() {
+        let s = json!({"gateway": "dc1-dock-07", "site": "dc1", "version": "0.1.0",
+                       "uptime_secs": 90, "readers": [],
+                       "store": {"pending": 0, "oldest_pending_utc_ms": null,
+                                 "oldest_pending_age_secs": 1.0},
+                       "publisher": null});
+        let text = render_status_at(&s, 0);
+        assert!(
+            text.starts_with("tracegate 0.1.0  gateway dc1-dock-07 (site dc1)  up 90 s"),
+            "{text}"
+        );
+        assert!(text.contains("(none configured)"), "{text}");
+        assert!(!text.contains("oldest pending age secs"), "{text}");
+        assert!(
+            text.contains("publisher: none (no [mqtt] section)"),
+            "{text}"
+        );
     }
 
     #[test]

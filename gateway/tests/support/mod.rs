@@ -518,6 +518,16 @@ pub fn store_ids(cfg: &StoreConfig) -> HashSet<String> {
     ids
 }
 
+/// Logs to stderr when RUST_LOG is set (debugging a failing test).
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 pub fn identity() -> GatewayIdentity {
     GatewayIdentity {
         gateway_id: GATEWAY.into(),
@@ -565,6 +575,7 @@ pub fn spawn_publisher(
     CancellationToken,
     tokio::task::JoinHandle<Result<(), tracegate::publish::PublishError>>,
 ) {
+    init_tracing();
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     let task = tokio::spawn(async move { tracegate::publish::run(&cfg, ctx, c).await });
