@@ -3,9 +3,9 @@
 # under qemu, checks the binary size and builds the .deb.
 #
 # Usage: bash .ci/arm64.sh
-# Takes about 6-10 min on 2 cores the first time (release build with LTO),
-# a few seconds when nothing changed. Needs root for apt-get.
-# Output: target/aarch64-unknown-linux-gnu/debian/tracegate_*_arm64.deb
+# Takes 10-20 min on 2 shared cores the first time (release build with LTO;
+# 19 min measured on a busy machine), about a minute when nothing changed. Needs root for apt-get.
+# Output: target/debian/tracegate_<version>-1_arm64.deb
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -34,6 +34,7 @@ if [ ! -e "$pcsc_dir/libpcsclite.so.1" ]; then
         apt-get update -qq
     fi
     dl="$(mktemp -d)"
+    chmod 755 "$dl" # apt's _apt user downloads into it
     (cd "$dl" && apt-get download -qq libpcsclite1:arm64)
     mkdir -p "$sysroot"
     dpkg -x "$dl"/libpcsclite1_*_arm64.deb "$sysroot"
@@ -46,7 +47,7 @@ echo "== cargo build --release --target $target -p tracegate"
 start=$(date +%s)
 cargo build --release --target "$target" -p tracegate
 echo "build took $(( $(date +%s) - start )) s"
-bin="$root/target/$target/release/tracegate"
+bin="${CARGO_TARGET_DIR:-$root/target}/$target/release/tracegate"
 file "$bin" 2>/dev/null || true
 
 run() {
@@ -82,10 +83,11 @@ deb="$(cargo deb --no-build --no-strip --target "$target" -p tracegate | tail -n
 echo "package: $deb"
 dpkg-deb --info "$deb" | sed -n '/Package:/,$p'
 contents="$(dpkg-deb --contents "$deb")"
-for f in ./usr/bin/tracegate ./lib/systemd/system/tracegate.service \
+# cargo-deb puts the unit in /usr/lib/systemd/system (merged /usr).
+for f in ./usr/bin/tracegate '(./usr)?/lib/systemd/system/tracegate.service' \
     ./etc/tracegate/tracegate.toml ./usr/share/polkit-1/rules.d/50-tracegate-pcscd.rules \
     ./usr/lib/modules-load.d/tracegate.conf; do
-    if ! grep -q " $f\$" <<<"$contents"; then
+    if ! grep -Eq " $f\$" <<<"$contents"; then
         echo "FAIL: $f missing from $deb" >&2
         echo "$contents" >&2
         exit 1

@@ -437,3 +437,41 @@ async fn an_injected_unplug_mid_stream_is_reported_as_an_io_failure() {
         "{got:02X?} vs {sent:02X?}"
     );
 }
+
+#[tokio::test]
+async fn the_driver_runs_over_any_byte_stream_not_only_a_serial_port() {
+    let sim = MercurySim::new(MercurySimParams {
+        tags: population(2),
+        cycle: Duration::from_millis(10),
+        ..MercurySimParams::default()
+    });
+    let (host, module) = tokio::io::duplex(4096);
+    let cancel = CancellationToken::new();
+    let sim_task = tokio::spawn({
+        let (sim, cancel) = (sim.clone(), cancel.clone());
+        async move { sim.serve(module, cancel).await }
+    });
+    let (sink, mut rx) = ReadSink::channel(64);
+    let health = ReaderHealth::new("m1", "mercury");
+    let config = MercuryConfig::new("m1", "in-memory");
+    let driver = tokio::spawn({
+        let (health, cancel) = (health.clone(), cancel.clone());
+        async move {
+            mercury::run_on(
+                host,
+                &config,
+                sink,
+                health,
+                tracegate_drivers::Clock::new(),
+                cancel,
+            )
+            .await
+        }
+    });
+    let mut reads = Vec::new();
+    collect_until(&mut rx, &mut reads, |rs| rs.len() >= 4).await;
+    assert!(reads.iter().all(|r| &*r.reader == "m1"));
+    cancel.cancel();
+    driver.await.unwrap().unwrap();
+    sim_task.await.unwrap().unwrap();
+}

@@ -13,7 +13,9 @@ use tracegate_drivers::{RawRead, ReadSink, ReaderHealth, ReaderMsg, ReaderState}
 
 fn epc(n: u8) -> Vec<u8> {
     // 0xA0 inside the EPC: the header byte must not confuse the decoder.
-    vec![0xE2, 0x00, 0xA0, 0x16, 0x66, 0x13, 0x01, 0x21, 0x15, 0x50, 0xA0, n]
+    vec![
+        0xE2, 0x00, 0xA0, 0x16, 0x66, 0x13, 0x01, 0x21, 0x15, 0x50, 0xA0, n,
+    ]
 }
 
 struct Running {
@@ -66,7 +68,10 @@ async fn collect_until(
 async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -145,7 +150,11 @@ async fn a_missing_antenna_is_counted_in_health_and_the_others_keep_reading() {
     let mut r = start(config(&path, &[1, 2]));
     let mut reads = Vec::new();
     collect_until(&mut r.rx, &mut reads, |rs| rs.len() >= 3).await;
-    wait_for(|| r.health.snapshot().protocol_errors >= 2, "antenna errors").await;
+    wait_for(
+        || r.health.snapshot().protocol_errors >= 2,
+        "antenna errors",
+    )
+    .await;
     assert!(reads.iter().all(|x| x.antenna == 1 && x.epc == epc(1)));
     let h = r.health.snapshot();
     let detail = h.details.iter().find(|(k, _)| k == "antenna_2").unwrap();
@@ -181,7 +190,10 @@ async fn fast_switch_covers_four_ports_and_reports_a_missing_one() {
     assert!(!sim.report().commands.contains(&0x74));
     let h = r.health.snapshot();
     assert!(h.protocol_errors >= 1);
-    assert!(h.details.iter().any(|(k, v)| k == "antenna_3" && v.contains("missing")));
+    assert!(h
+        .details
+        .iter()
+        .any(|(k, v)| k == "antenna_3" && v.contains("missing")));
     stop(r).await;
     cancel_sim.cancel();
 }
@@ -204,7 +216,12 @@ async fn power_and_region_are_written_only_when_they_differ() {
     collect_until(&mut r.rx, &mut Vec::new(), |rs| !rs.is_empty()).await;
     stop(r).await;
     let rep = sim.report();
-    assert_eq!((rep.power_writes, rep.region_writes), (0, 0), "{:02X?}", rep.commands);
+    assert_eq!(
+        (rep.power_writes, rep.region_writes),
+        (0, 0),
+        "{:02X?}",
+        rep.commands
+    );
 
     c.read_power_dbm = Some(25);
     c.region = Some(R2000Region::Etsi);
@@ -271,7 +288,10 @@ async fn a_stalled_reader_makes_run_fail_with_a_timeout() {
     let mut c = config(&path, &[1]);
     c.round_timeout_ms = 700;
     let r = start(c);
-    let res = tokio::time::timeout(Duration::from_secs(10), r.task).await.unwrap().unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), r.task)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(res, Err(R2000Error::Timeout { .. })), "{res:?}");
     cancel_sim.cancel();
 }
@@ -289,8 +309,14 @@ async fn unplug_fails_the_run_and_a_new_run_resumes_after_replug() {
     let mut r = start(config(&link, &[1]));
     collect_until(&mut r.rx, &mut Vec::new(), |rs| rs.len() >= 2).await;
     port.unplug().await.unwrap();
-    let res = tokio::time::timeout(Duration::from_secs(5), r.task).await.unwrap().unwrap();
-    assert!(matches!(res, Err(R2000Error::Io(_) | R2000Error::Disconnected)), "{res:?}");
+    let res = tokio::time::timeout(Duration::from_secs(5), r.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(res, Err(R2000Error::Io(_) | R2000Error::Disconnected)),
+        "{res:?}"
+    );
 
     let res = start(config(&link, &[1])).task.await.unwrap();
     assert!(matches!(res, Err(R2000Error::Open { .. })), "{res:?}");
@@ -319,4 +345,39 @@ async fn a_wrong_fixed_address_times_out_with_a_hint() {
     assert!(matches!(err, R2000Error::Timeout { .. }));
     assert!(err.to_string().contains("address"));
     cancel_sim.cancel();
+}
+
+#[tokio::test]
+async fn the_driver_runs_over_any_byte_stream_not_only_a_serial_port() {
+    let sim = R2000Sim::new(R2000SimParams {
+        tags: vec![SimTag::new(epc(1), 1, -50)],
+        ..R2000SimParams::default()
+    });
+    let (host, reader) = tokio::io::duplex(4096);
+    let cancel = CancellationToken::new();
+    let sim_task = tokio::spawn({
+        let (sim, cancel) = (sim.clone(), cancel.clone());
+        async move { sim.serve(reader, cancel).await }
+    });
+    let (sink, mut rx) = ReadSink::channel(64);
+    let health = ReaderHealth::new("g1", "r2000");
+    let config = R2000Config::new("g1", "in-memory");
+    let driver = tokio::spawn({
+        let (health, cancel) = (health.clone(), cancel.clone());
+        async move {
+            r2000::run_on(
+                host,
+                &config,
+                sink,
+                health,
+                tracegate_drivers::Clock::new(),
+                cancel,
+            )
+            .await
+        }
+    });
+    collect_until(&mut rx, &mut Vec::new(), |rs| rs.len() >= 2).await;
+    cancel.cancel();
+    driver.await.unwrap().unwrap();
+    sim_task.await.unwrap().unwrap();
 }

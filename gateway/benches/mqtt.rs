@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Outgoing, QoS};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio::sync::{mpsc, watch};
 
 use support::*;
@@ -69,7 +69,7 @@ async fn bare_rumqttc(addr: std::net::SocketAddr, n: u64, payload: usize) -> f64
                 acked += 1;
                 outstanding -= 1;
             }
-            Event::Outgoing(Outgoing::Publish(_)) | _ => {}
+            _ => {}
         }
     }
     n as f64 / start.elapsed().as_secs_f64()
@@ -186,7 +186,10 @@ async fn drain(broker: &Mosquitto) {
             i += 5_000;
         }
     }
-    println!("drain: stored {n} events in {:.1} s", fill_start.elapsed().as_secs_f64());
+    println!(
+        "drain: stored {n} events in {:.1} s",
+        fill_start.elapsed().as_secs_f64()
+    );
 
     let w = TimedWriter::start(&cfg);
     let live_from = *w.committed.borrow() + 1;
@@ -220,7 +223,10 @@ async fn drain(broker: &Mosquitto) {
                 break;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(900), "drain did not finish");
+        assert!(
+            start.elapsed() < Duration::from_secs(900),
+            "drain did not finish"
+        );
     }
     let drained = drained_at.unwrap();
     cancel.cancel();

@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch};
-use tracegate::store::{
-    spawn_writer, EventDraft, FullPolicy, Store, StoreConfig, WriteRequest,
-};
+use tracegate::store::{spawn_writer, EventDraft, FullPolicy, Store, StoreConfig, WriteRequest};
 
 fn draft(i: u64) -> EventDraft {
     let v = json!({
@@ -38,7 +36,7 @@ fn draft(i: u64) -> EventDraft {
     };
     EventDraft {
         event_type: "arrived".into(),
-        event_utc_ms: 1_795_737_599_123 + i as i64,
+        event_utc_ms: 1_795_823_999_123 + i as i64,
         body,
     }
 }

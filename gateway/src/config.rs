@@ -436,10 +436,14 @@ fn validate(raw: RawConfig, source: &str, hash: String) -> Result<Config, Config
                 ));
             }
         }
-        if let ReaderConfig::Sim(c) = r {
-            if let Err(e) = c.validate() {
-                p.push(format!("readers[{i}] ({}): {e}", r.name()));
-            }
+        let checked = match r {
+            ReaderConfig::Sim(c) => c.validate(),
+            ReaderConfig::Mercury(c) => c.validate().map_err(|e| e.to_string()),
+            ReaderConfig::R2000(c) => c.validate().map_err(|e| e.to_string()),
+            ReaderConfig::Pcsc(_) => Ok(()),
+        };
+        if let Err(e) = checked {
+            p.push(format!("readers[{i}] ({}): {e}", r.name()));
         }
     }
 

@@ -107,7 +107,13 @@ pub async fn run_with(
     );
     let (write_tx, write_rx) = mpsc::channel(WRITE_CHANNEL);
     let (committed_tx, committed_rx) = watch::channel(0u64);
-    let writer = store::spawn_writer(store, write_rx, committed_tx, options.on_commit);
+    let writer = store::spawn_writer_with_heartbeat(
+        store,
+        write_rx,
+        committed_tx,
+        options.on_commit,
+        heartbeats.register("store"),
+    );
     // A second connection for status and health: WAL readers never block
     // the writer.
     let status_store = Arc::new(std::sync::Mutex::new(Store::open_reader(
@@ -144,7 +150,12 @@ pub async fn run_with(
     ));
 
     let publisher_stats = Arc::new(publish::PublisherStats::default());
-    let status_source = status_source(&config, healths.clone(), status_store, publisher_stats.clone());
+    let status_source = status_source(
+        &config,
+        healths.clone(),
+        status_store,
+        publisher_stats.clone(),
+    );
     // Background services stop after the writer has committed everything.
     let services_cancel = CancellationToken::new();
     let services = TaskTracker::new();
@@ -216,14 +227,31 @@ pub async fn run_with(
 
     shutdown.cancelled().await;
     ops::notify_stopping();
-    tracing::info!(event = "gateway.stopping", "shutting down: stopping readers, committing in-flight events");
+    tracing::info!(
+        event = "gateway.stopping",
+        "shutting down: stopping readers, committing in-flight events"
+    );
     let deadline = tokio::time::Instant::now() + options.shutdown_deadline;
     readers_cancel.cancel();
-    if tokio::time::timeout_at(deadline, readers.wait()).await.is_err() {
-        tracing::warn!(event = "gateway.shutdown_timeout", stage = "readers", "readers did not stop in time");
+    if tokio::time::timeout_at(deadline, readers.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            event = "gateway.shutdown_timeout",
+            stage = "readers",
+            "readers did not stop in time"
+        );
     }
-    if tokio::time::timeout_at(deadline, pipeline_task).await.is_err() {
-        tracing::warn!(event = "gateway.shutdown_timeout", stage = "pipeline", "pipeline did not drain in time");
+    if tokio::time::timeout_at(deadline, pipeline_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            event = "gateway.shutdown_timeout",
+            stage = "pipeline",
+            "pipeline did not drain in time"
+        );
     }
     let joined = tokio::task::spawn_blocking(move || writer.thread.join());
     let result = match tokio::time::timeout_at(deadline, joined).await {
@@ -231,7 +259,11 @@ pub async fn run_with(
         Ok(Ok(Ok(Err(e)))) => Err(RunError::Writer(e.to_string())),
         Ok(Ok(Err(_))) | Ok(Err(_)) => Err(RunError::Writer("the writer thread panicked".into())),
         Err(_) => {
-            tracing::warn!(event = "gateway.shutdown_timeout", stage = "store", "store writer did not finish in time");
+            tracing::warn!(
+                event = "gateway.shutdown_timeout",
+                stage = "store",
+                "store writer did not finish in time"
+            );
             Ok(())
         }
     };
@@ -242,8 +274,15 @@ pub async fn run_with(
         .min(Duration::from_millis(500));
     tokio::time::sleep(publisher_grace).await;
     services_cancel.cancel();
-    if tokio::time::timeout_at(deadline + Duration::from_secs(1), services.wait()).await.is_err() {
-        tracing::warn!(event = "gateway.shutdown_timeout", stage = "services", "publisher or endpoints did not stop in time");
+    if tokio::time::timeout_at(deadline + Duration::from_secs(1), services.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            event = "gateway.shutdown_timeout",
+            stage = "services",
+            "publisher or endpoints did not stop in time"
+        );
     }
     tracing::info!(event = "gateway.stopped", "gateway stopped");
     result

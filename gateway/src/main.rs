@@ -160,7 +160,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { config: path, addr, json } => {
+        Command::Status {
+            config: path,
+            addr,
+            json,
+        } => {
             let addr = match addr {
                 Some(a) => a,
                 None => config::load(&path)?
@@ -239,6 +243,15 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
             t.cancel();
         });
     }
+    // A simulated Mercury module behind a real pseudo-terminal, so the demo
+    // exercises the serial path end to end: codec, driver, supervision.
+    let sim_cancel = CancellationToken::new();
+    let (pty, _sim) = tracegate_drivers::mercury::sim::spawn_pty(
+        tracegate_drivers::mercury::sim::MercurySimParams::demo(),
+        sim_cancel.clone(),
+    )
+    .context("cannot start the simulated Mercury reader on a pseudo-terminal")?;
+    add_serial_demo_reader(&mut config, pty.display().to_string());
     let registry = CancellationToken::new();
     let subscriber = start_registry(&mut config, registry.clone())?;
     eprintln!(
@@ -273,7 +286,9 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
     };
     tokio::spawn(async move {
         if let Ok(Some(addr)) = ready_rx.await {
-            eprintln!("tracegate demo: metrics on http://{addr}/metrics, status on http://{addr}/status");
+            eprintln!(
+                "tracegate demo: metrics on http://{addr}/metrics, status on http://{addr}/status"
+            );
         }
     });
     let result = tracegate::run_with(config, shutdown, options).await;
@@ -284,9 +299,32 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
         registry.cancel();
         let _ = sub.await;
     }
-    eprintln!("tracegate demo: {printed} events committed; removing {}", dir.display());
+    eprintln!(
+        "tracegate demo: {printed} events committed; removing {}",
+        dir.display()
+    );
     let _ = std::fs::remove_dir_all(&dir);
     result.map_err(Into::into)
+}
+
+/// Adds the pty-backed Mercury reader and a packing-station read point.
+fn add_serial_demo_reader(config: &mut config::Config, port: String) {
+    let reader = tracegate_drivers::mercury::MercuryConfig::new("packing-mercury", port);
+    config.read_points.push(config::ReadPoint {
+        name: "packing-station".into(),
+        reader: reader.name.clone(),
+        antennas: reader.antennas.clone(),
+        direction: None,
+        rssi_floor_dbm: None,
+        epc_patterns: Vec::new(),
+        expect_patterns: vec!["urn:epc:pat:sgtin-96:*.0614141.812345.*".into()],
+        biz_step: Some("packing".into()),
+        disposition: Some("in_progress".into()),
+        read_point_id: Some("urn:epc:id:sgln:0614141.00777.9".into()),
+        biz_location: Some("urn:epc:id:sgln:0614141.00777.0".into()),
+        action: config::EpcisAction::Observe,
+    });
+    config.readers.push(config::ReaderConfig::Mercury(reader));
 }
 
 /// Starts the in-process broker and a subscriber playing the registry, and

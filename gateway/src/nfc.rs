@@ -51,7 +51,9 @@ impl TapVerifier {
         if sun::replay_verdict(counter, last) {
             return Ok(true);
         }
-        store.set_sun_counter(uid, counter).map_err(|e| e.to_string())?;
+        store
+            .set_sun_counter(uid, counter)
+            .map_err(|e| e.to_string())?;
         Ok(false)
     }
 }
@@ -109,7 +111,11 @@ impl TapEnricher for TapVerifier {
             tracing::warn!(event = "nfc.sun_suspicious", reader = %tap.reader, uid = %hex::encode_upper(&tap.uid), %verdict, "NFC tap failed authenticity verification");
             let flags = body.entry("flags").or_insert_with(|| json!([]));
             if let Value::Array(list) = flags {
-                list.push(json!(if verdict == "replayed" { "replayed_nfc" } else { "forged_nfc" }));
+                list.push(json!(if verdict == "replayed" {
+                    "replayed_nfc"
+                } else {
+                    "forged_nfc"
+                }));
             }
         }
         body.insert("sun".into(), Value::Object(s));

@@ -18,8 +18,8 @@ use crate::config::{Config, ReadPoint};
 use crate::dedup::{Dedup, PointSettings, TagEvent};
 use crate::event::{self, Origin};
 use crate::heartbeat::Heartbeat;
-use crate::suspect::Suspicion;
 use crate::store::{EventDraft, WriteRequest};
+use crate::suspect::Suspicion;
 
 /// Everything the pipeline needs besides its channels.
 #[derive(Debug)]

@@ -73,7 +73,9 @@ pub async fn run_with_reload(
                     tracing::info!(event = "config.reloading", path = %path.display(), "SIGHUP: applying the new configuration");
                     crate::ops::notify_reloading();
                     generation.cancel();
-                    task.await.unwrap_or_else(|e| Err(RunError::Writer(format!("gateway task failed: {e}"))))?;
+                    task.await.unwrap_or_else(|e| {
+                        Err(RunError::Writer(format!("gateway task failed: {e}")))
+                    })?;
                     if let Some(new) = new {
                         config = new;
                     }
@@ -88,7 +90,8 @@ pub async fn run_with_reload(
 mod tests {
     use super::*;
 
-    const GOOD: &str = "[gateway]\nid = \"g\"\nsite = \"s\"\n[[readers]]\nname = \"r\"\nkind = \"sim\"\n";
+    const GOOD: &str =
+        "[gateway]\nid = \"g\"\nsite = \"s\"\n[[readers]]\nname = \"r\"\nkind = \"sim\"\n";
 
     #[test]
     fn an_invalid_file_is_rejected_and_an_identical_one_ignored() {

@@ -70,17 +70,17 @@ pub async fn supervise(
                     .map_err(|e| e.to_string())
             }
             ReaderConfig::Mercury(c) => {
-                tracegate_drivers::mercury::run(c, sink.clone(), health.clone(), cancel.clone())
+                tracegate_drivers::mercury::run_with_clock(c, sink.clone(), health.clone(), clock, cancel.clone())
                     .await
                     .map_err(|e| e.to_string())
             }
             ReaderConfig::R2000(c) => {
-                tracegate_drivers::r2000::run(c, sink.clone(), health.clone(), cancel.clone())
+                tracegate_drivers::r2000::run_with_clock(c, sink.clone(), health.clone(), clock, cancel.clone())
                     .await
                     .map_err(|e| e.to_string())
             }
             ReaderConfig::Pcsc(c) => {
-                tracegate_drivers::nfc::run(c, sink.clone(), health.clone(), cancel.clone())
+                tracegate_drivers::nfc::run_with_clock(c, sink.clone(), health.clone(), clock, cancel.clone())
                     .await
                     .map_err(|e| e.to_string())
             }

@@ -117,7 +117,9 @@ mod tests {
         let d = tracegate_gs1::decode_epc(&e);
         assert_eq!(s.flags(0, &e, &d, None, None), vec!["unknown"]);
         let e = epc(SGTIN);
-        assert!(s.flags(0, &e, &tracegate_gs1::decode_epc(&e), None, None).is_empty());
+        assert!(s
+            .flags(0, &e, &tracegate_gs1::decode_epc(&e), None, None)
+            .is_empty());
     }
 
     #[test]

@@ -51,7 +51,13 @@ fn publisher_child_process() {
 
 fn spawn_child(store_dir: &std::path::Path, url: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "publisher_child_process", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "publisher_child_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ENV_DB, store_dir)
         .env(ENV_URL, url)
         .stdin(Stdio::null())
@@ -68,7 +74,11 @@ fn sigkill(child: &mut Child) {
 }
 
 fn published_upto(cfg: &StoreConfig) -> u64 {
-    Store::open_reader(cfg, GATEWAY).unwrap().stats().unwrap().published_upto
+    Store::open_reader(cfg, GATEWAY)
+        .unwrap()
+        .stats()
+        .unwrap()
+        .published_upto
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,39 +113,48 @@ async fn publisher_killed_with_sigkill_and_restarted_loses_nothing() {
     }
     writer.wait_committed(appended).await;
     registry
-        .wait_until(Duration::from_secs(120), "everything after the kills", |r| {
-            r.unique.len() as u64 >= appended
-        })
+        .wait_until(
+            Duration::from_secs(120),
+            "everything after the kills",
+            |r| r.unique.len() as u64 >= appended,
+        )
         .await;
     tokio::task::block_in_place(|| sigkill(&mut child));
     writer.stop();
 
     let expected = store_ids(&store_cfg);
-    let got = registry.got.lock().unwrap();
-    let missing: HashSet<_> = expected.difference(&got.unique).collect();
-    assert!(missing.is_empty(), "{} events missing after SIGKILLs", missing.len());
-    assert_eq!(got.unique.len(), expected.len());
-    // The kills happened mid-stream, with the watermark between 0 and the end.
-    assert!(
-        watermarks.iter().all(|&w| w < appended),
-        "watermarks at the kills: {watermarks:?}"
-    );
-    assert!(
-        watermarks.windows(2).all(|w| w[0] <= w[1]),
-        "watermark went backwards: {watermarks:?}"
-    );
-    println!(
-        "kills={KILLS} events={appended} duplicates={} watermarks={watermarks:?}",
-        got.duplicates()
-    );
-    drop(got);
+    {
+        let got = registry.got.lock().unwrap();
+        let missing: HashSet<_> = expected.difference(&got.unique).collect();
+        assert!(
+            missing.is_empty(),
+            "{} events missing after SIGKILLs",
+            missing.len()
+        );
+        assert_eq!(got.unique.len(), expected.len());
+        // The kills happened mid-stream, with the watermark between 0 and the end.
+        assert!(
+            watermarks.iter().all(|&w| w < appended),
+            "watermarks at the kills: {watermarks:?}"
+        );
+        assert!(
+            watermarks.windows(2).all(|w| w[0] <= w[1]),
+            "watermark went backwards: {watermarks:?}"
+        );
+        println!(
+            "kills={KILLS} events={appended} duplicates={} watermarks={watermarks:?}",
+            got.duplicates()
+        );
+    }
     registry.stop().await;
 
     // The publisher vanished without DISCONNECT: the broker published the
     // last will, retained, so a newcomer learns the gateway is offline.
     let late = Registry::start(broker.addr(), "tracegate/+/+/status").await;
-    late.wait_until(Duration::from_secs(10), "retained status", |r| !r.statuses.is_empty())
-        .await;
+    late.wait_until(Duration::from_secs(10), "retained status", |r| {
+        !r.statuses.is_empty()
+    })
+    .await;
     let st = late.got.lock().unwrap().statuses[0].clone();
     assert_eq!(st["online"], false, "{st}");
     assert_eq!(st["reason"], "connection lost", "{st}");

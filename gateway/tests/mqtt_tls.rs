@@ -36,18 +36,28 @@ async fn probe(cfg: &MqttConfig) -> Result<(), PublishError> {
 async fn client_with_a_certificate_from_the_trusted_ca_connects() {
     let pki = make_pki();
     let broker = mtls_broker(&pki);
-    probe(&tls_config(broker.port, &pki, &pki.client_cert, &pki.client_key))
-        .await
-        .unwrap();
+    probe(&tls_config(
+        broker.port,
+        &pki,
+        &pki.client_cert,
+        &pki.client_key,
+    ))
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
 async fn client_certificate_from_another_ca_is_refused() {
     let pki = make_pki();
     let broker = mtls_broker(&pki);
-    let e = probe(&tls_config(broker.port, &pki, &pki.rogue_cert, &pki.rogue_key))
-        .await
-        .unwrap_err();
+    let e = probe(&tls_config(
+        broker.port,
+        &pki,
+        &pki.rogue_cert,
+        &pki.rogue_key,
+    ))
+    .await
+    .unwrap_err();
     assert!(matches!(e, PublishError::Connection(_)), "{e}");
 }
 
@@ -92,7 +102,11 @@ async fn broker_certificate_not_signed_by_the_configured_ca_is_refused() {
 #[tokio::test]
 async fn unreadable_key_file_is_a_clear_config_error_without_its_content() {
     let pki = make_pki();
-    std::fs::write(&pki.client_key, "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n").unwrap();
+    std::fs::write(
+        &pki.client_key,
+        "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     let cfg = tls_config(1, &pki, &pki.client_cert, &pki.client_key);
     let e = probe(&cfg).await.unwrap_err();
     let text = e.to_string();
@@ -115,8 +129,16 @@ async fn events_flow_over_mutual_tls() {
     writer.append(0, 2_000, 100).await;
     writer.wait_committed(2_000).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while stats.published_upto.load(std::sync::atomic::Ordering::Relaxed) < 2_000 {
-        assert!(std::time::Instant::now() < deadline, "not acknowledged over TLS: {}", stats.snapshot());
+    while stats
+        .published_upto
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 2_000
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not acknowledged over TLS: {}",
+            stats.snapshot()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cancel.cancel();

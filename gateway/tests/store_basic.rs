@@ -366,3 +366,15 @@ fn reader_sees_writer_commits_and_can_raise_the_watermark() {
     assert_eq!(writer.stats().unwrap().published_upto, 3);
     assert_eq!(writer.events_after(0, 10, true).unwrap().len(), 2);
 }
+
+#[test]
+fn an_empty_append_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, 1 << 20, FullPolicy::DropOldest);
+    let mut store = Store::open(&cfg, "dock-01").unwrap();
+    store.append(vec![draft(1)]).unwrap();
+    assert!(store.append(Vec::new()).unwrap().is_empty());
+    let out = store.append_detailed(&[]).unwrap();
+    assert_eq!(out.last_seq, 1);
+    assert_eq!(store.append(vec![draft(2)]).unwrap()[0].seq, 2);
+}

@@ -4,11 +4,14 @@
 //! with gap-free seqs, and pass `quick_check`.
 //!
 //! The child is this test binary re-executed on the ignored test
-//! `crash_child` with `STORE_CRASH_CHILD_DB` naming the database.
+//! `crash_child`, with `STORE_CRASH_CHILD_DB` naming the database and
+//! `STORE_CRASH_MODE` choosing a roomy store (nothing may go missing) or a
+//! small one with a slow publisher (drops happen; each must be accounted for).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod store_common;
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -21,14 +24,35 @@ use tokio::sync::{mpsc, watch};
 use tracegate::store::{spawn_writer, FullPolicy, Store, StoreConfig, WriteRequest};
 
 const CHILD_ENV: &str = "STORE_CRASH_CHILD_DB";
-const KILLS: usize = 24;
+const MODE_ENV: &str = "STORE_CRASH_MODE";
 /// What the child prints after each commit, followed by the committed seq.
 const MARK: &str = "committed ";
 
-fn crash_config(path: std::path::PathBuf) -> StoreConfig {
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// 256 MiB, publisher keeps up: nothing is ever deleted.
+    Roomy,
+    /// 1 MiB, publisher marks rarely: published events are pruned on full,
+    /// pending ones dropped (drop_oldest).
+    Small,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Roomy => "roomy",
+            Mode::Small => "small",
+        }
+    }
+}
+
+fn crash_config(path: std::path::PathBuf, mode: Mode) -> StoreConfig {
     StoreConfig {
         path,
-        max_bytes: 256 << 20,
+        max_bytes: match mode {
+            Mode::Roomy => 256 << 20,
+            Mode::Small => 1 << 20,
+        },
         full_policy: FullPolicy::DropOldest,
         commit_interval_ms: 5,
         commit_max_events: 200,
@@ -37,10 +61,18 @@ fn crash_config(path: std::path::PathBuf) -> StoreConfig {
 }
 
 #[test]
-#[ignore = "child process of committed_events_survive_sigkill, which runs it"]
+#[ignore = "child process of the SIGKILL tests, which run it"]
 fn crash_child() {
-    let path = std::env::var(CHILD_ENV).expect("run by committed_events_survive_sigkill");
-    let cfg = crash_config(path.into());
+    let Ok(path) = std::env::var(CHILD_ENV) else {
+        // `--include-ignored` runs land here: this is only an entry point.
+        eprintln!("crash_child is run by the SIGKILL tests; nothing to do on its own");
+        return;
+    };
+    let mode = match std::env::var(MODE_ENV).as_deref() {
+        Ok("small") => Mode::Small,
+        _ => Mode::Roomy,
+    };
+    let cfg = crash_config(path.into(), mode);
     let store = Store::open(&cfg, "crash-gw").unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -53,13 +85,17 @@ fn crash_child() {
 
     // A second connection raising the watermark, as the publisher does.
     let mut reader = Store::open_reader(&cfg, "crash-gw").unwrap();
+    let pause = match mode {
+        Mode::Roomy => Duration::from_millis(3),
+        Mode::Small => Duration::from_millis(100),
+    };
     std::thread::spawn(move || loop {
         if let Ok(evs) = reader.events_after(0, 50, true) {
             if let Some(e) = evs.last() {
                 reader.mark_published(e.seq).unwrap();
             }
         }
-        std::thread::sleep(Duration::from_millis(3));
+        std::thread::sleep(pause);
     });
 
     rt.block_on(async move {
@@ -88,11 +124,9 @@ fn crash_child() {
     });
 }
 
-#[test]
-fn committed_events_survive_sigkill() {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        return; // a child never spawns children
-    }
+/// Runs the child `kills` times, killing it at a random moment each time,
+/// and checks the store after each kill.
+fn kill_loop(mode: Mode, kills: usize) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.db");
     let exe = std::env::current_exe().unwrap();
@@ -100,11 +134,13 @@ fn committed_events_survive_sigkill() {
     let mut store_id: Option<String> = None;
     let mut reported_max = 0u64;
     let mut rounds_with_progress = 0;
+    let mut dropped_total = 0;
 
-    for round in 0..KILLS {
+    for round in 0..kills {
         let mut child = Command::new(&exe)
             .args(["--exact", "crash_child", "--ignored", "--nocapture"])
             .env(CHILD_ENV, &path)
+            .env(MODE_ENV, mode.name())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -137,9 +173,11 @@ fn committed_events_survive_sigkill() {
         }
 
         // The parent opens like the daemon does on restart.
-        let cfg = crash_config(path.clone());
-        let store = Store::open(&cfg, "crash-gw").unwrap();
-        assert!(store.quick_check().unwrap(), "round {round}: quick_check failed");
+        let store = Store::open(&crash_config(path.clone(), mode), "crash-gw").unwrap();
+        assert!(
+            store.quick_check().unwrap(),
+            "round {round}: quick_check failed"
+        );
         // Never moved aside as corrupt: the same store every time.
         match &store_id {
             None => store_id = Some(store.store_id().to_owned()),
@@ -154,25 +192,84 @@ fn committed_events_survive_sigkill() {
         assert!(stats.published_upto <= stats.last_seq);
         let events = store.events_after(0, usize::MAX, false).unwrap();
         let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
-        assert_eq!(
-            seqs,
-            (1..=stats.last_seq).collect::<Vec<_>>(),
-            "round {round}: seqs are not gap-free"
-        );
+        match mode {
+            Mode::Roomy => assert_eq!(
+                seqs,
+                (1..=stats.last_seq).collect::<Vec<_>>(),
+                "round {round}: seqs are not gap-free"
+            ),
+            Mode::Small => {
+                // Every pending seq is present or inside an overflow record's
+                // range; the records account for every drop.
+                let present: BTreeSet<u64> = seqs.iter().copied().collect();
+                let mut covered = BTreeSet::new();
+                let mut counted = 0;
+                for e in events.iter().filter(|e| e.event_type == "overflow") {
+                    let v: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+                    let (a, b) = (
+                        v["first_seq"].as_u64().unwrap(),
+                        v["last_seq"].as_u64().unwrap(),
+                    );
+                    let gone: Vec<u64> = (a..=b).filter(|s| !present.contains(s)).collect();
+                    let count = v["count"].as_u64().unwrap();
+                    if a > stats.published_upto {
+                        assert_eq!(count, gone.len() as u64, "{v}");
+                    } else {
+                        // Overflow records kept inside the range may since
+                        // have been published and pruned.
+                        assert!(count <= gone.len() as u64, "{v}");
+                    }
+                    counted += count;
+                    covered.extend(gone);
+                }
+                for s in stats.published_upto + 1..=stats.last_seq {
+                    assert!(
+                        present.contains(&s) || covered.contains(&s),
+                        "round {round}: pending seq {s} vanished without a record"
+                    );
+                }
+                // Records below the watermark may have been published and
+                // pruned, so the present ones account for at most the total.
+                assert!(counted <= stats.dropped_total);
+                assert!(
+                    stats.bytes <= 1 << 20,
+                    "round {round}: {} bytes",
+                    stats.bytes
+                );
+                dropped_total = stats.dropped_total;
+            }
+        }
         for e in events.iter().rev().take(50) {
             let v: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
             assert_eq!(v["seq"], e.seq);
             assert_eq!(v["id"], format!("crash-gw:{}:{}", store.store_id(), e.seq));
         }
-        drop(store);
     }
     eprintln!(
-        "{KILLS} kills: {rounds_with_progress} rounds with new commits, \
-         {reported_max} events reported committed"
+        "{} store, {kills} kills: {rounds_with_progress} rounds with new commits, \
+         {reported_max} events reported committed, {dropped_total} dropped by policy",
+        mode.name()
     );
     // Kills must have landed while events were being committed.
     assert!(
-        rounds_with_progress >= KILLS / 2,
-        "only {rounds_with_progress} of {KILLS} rounds committed anything"
+        rounds_with_progress >= kills / 2,
+        "only {rounds_with_progress} of {kills} rounds committed anything"
     );
+    if mode == Mode::Small {
+        assert!(dropped_total > 0, "the small store never overflowed");
+    }
+}
+
+#[test]
+fn committed_events_survive_sigkill() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        kill_loop(Mode::Roomy, 24);
+    }
+}
+
+#[test]
+fn drops_stay_accounted_for_across_sigkill() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        kill_loop(Mode::Small, 8);
+    }
 }

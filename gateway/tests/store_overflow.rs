@@ -213,7 +213,8 @@ fn reject_new_refuses_what_does_not_fit_without_using_a_seq() {
     }
     let s = store.stats().unwrap();
     assert_eq!(s.dropped_total, refused);
-    assert!(recorded <= refused);
+    // The headroom filled with records, later refusals wait in meta.
+    assert!(recorded < refused, "recorded {recorded} of {refused}");
 
     // Publish everything: room comes back, the accumulated refusals are
     // written as one record, and new events are accepted again.
@@ -221,7 +222,7 @@ fn reject_new_refuses_what_does_not_fit_without_using_a_seq() {
     let out = store.append_detailed(&[draft(t + 1)]).unwrap();
     assert_eq!(out.rejected, 0);
     assert_eq!(out.accepted_groups, 1);
-    if recorded < refused {
+    {
         let rec = out
             .events
             .iter()

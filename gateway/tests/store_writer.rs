@@ -43,7 +43,10 @@ async fn writer_fires_acks_reports_seq_and_streams_committed_events() {
         acks.push(ack);
     }
     for ack in acks {
-        tokio::time::timeout(EVENTUALLY, ack).await.unwrap().unwrap();
+        tokio::time::timeout(EVENTUALLY, ack)
+            .await
+            .unwrap()
+            .unwrap();
     }
     // Every ack fired means every event is committed and reported.
     tokio::time::timeout(EVENTUALLY, committed.wait_for(|s| *s == 600))
@@ -89,7 +92,10 @@ async fn writer_commits_as_soon_as_commit_max_events_are_waiting() {
     let writer = spawn_writer(store, rx, committed_tx, None);
     let (req, ack) = request(10, T0);
     tx.send(req).await.unwrap();
-    tokio::time::timeout(EVENTUALLY, ack).await.unwrap().unwrap();
+    tokio::time::timeout(EVENTUALLY, ack)
+        .await
+        .unwrap()
+        .unwrap();
     drop(tx);
     tokio::task::spawn_blocking(move || writer.join())
         .await
@@ -110,7 +116,10 @@ async fn writer_commits_a_lone_event_after_the_interval() {
     let (req, ack) = request(1, T0);
     tx.send(req).await.unwrap();
     // The channel stays open: only the interval can trigger this commit.
-    tokio::time::timeout(EVENTUALLY, ack).await.unwrap().unwrap();
+    tokio::time::timeout(EVENTUALLY, ack)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(*committed.borrow_and_update(), 1);
     drop(tx);
     tokio::task::spawn_blocking(move || writer.join())
@@ -212,7 +221,10 @@ fn reader_and_writer_work_concurrently_without_busy_errors() {
         let mut last = 0;
         let deadline = std::time::Instant::now() + EVENTUALLY;
         while last < N {
-            assert!(std::time::Instant::now() < deadline, "reader stuck at {last}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reader stuck at {last}"
+            );
             let evs = reader.events_after(last, 100, true).unwrap();
             for e in &evs {
                 assert!(e.seq > last, "out of order");
@@ -247,4 +259,62 @@ fn reader_and_writer_work_concurrently_without_busy_errors() {
     let store = Store::open(&cfg, "dock-01").unwrap();
     let s = store.stats().unwrap();
     assert_eq!((s.last_seq, s.published_upto, s.pending), (N, N, 0));
+}
+
+#[test]
+fn idle_writer_keeps_its_heartbeat_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, 10 << 20, FullPolicy::DropOldest);
+    let store = Store::open(&cfg, "dock-01").unwrap();
+    let beats = tracegate::heartbeat::Heartbeats::new(tracegate_drivers::Clock::new());
+    let hb = beats.register("store-writer");
+    let (tx, rx) = mpsc::channel(4);
+    let (committed_tx, _committed) = watch::channel(0u64);
+    let writer = tracegate::store::spawn_writer_with_heartbeat(store, rx, committed_tx, None, hb);
+    // Idle for several wake periods: the writer is alive, so it must beat.
+    std::thread::sleep(Duration::from_millis(3500));
+    let (_, age) = beats.ages()[0];
+    assert!(age < 3000, "writer idle for 3.5 s, heartbeat {age} ms old");
+    drop(tx);
+    writer.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_prunes_published_events_past_retention_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir, 10 << 20, FullPolicy::DropOldest);
+    cfg.retention_secs = 1;
+    let store = Store::open(&cfg, "dock-01").unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let (committed_tx, mut committed) = watch::channel(0u64);
+    let writer = spawn_writer(store, rx, committed_tx, None);
+    let (req, ack) = request(10, chrono::Utc::now().timestamp_millis() - 60_000);
+    tx.send(req).await.unwrap();
+    ack.await.unwrap();
+    committed.wait_for(|s| *s == 10).await.unwrap();
+    let mut reader = Store::open_reader(&cfg, "dock-01").unwrap();
+    reader.mark_published(6).unwrap();
+    // The writer prunes every 10 s; nobody calls prune here.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: Vec<u64> = reader
+            .events_after(0, 100, false)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        if left == (7..=10).collect::<Vec<_>>() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never pruned: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(tx);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -1,13 +1,13 @@
 //! GS1 Digital Link URI parsing for GTIN-based links (as found in NFC NDEF URI
 //! records), e.g. `https://id.example.com/01/09506000134352/21/ABC%2F1?17=261231`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::check::gs1_check_digit_valid;
 use crate::escape::{dl_escape, is_cs82, urn_escape, urn_unescape};
 
 /// A parsed GTIN-based GS1 Digital Link. Strings are percent-decoded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DigitalLink {
     /// GTIN-14 (GTIN-8/12/13 are left-padded with zeros), check digit verified.
     pub gtin: String,

@@ -1,10 +1,10 @@
 //! Gen2 TID memory decoding (TDS 1.13 §16): allocation class, MDID, TMN, XTID header
 //! and serial, chip maker and model names.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Decoded TID bank. Fields that the supplied bytes do not cover are `None`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TidInfo {
     /// ISO/IEC 15963 allocation class (0xE2 = GS1 EPCglobal).
     pub class: Option<u8>,

@@ -214,12 +214,14 @@ fn tid_vectors_decode_mdid_tmn_and_serial() {
 fn decoded_json_has_stable_snake_case_keys_and_display_lists_every_form() {
     let d = decode_epc_hex("3074257BF7194E4000001A85").unwrap();
     let json: Value = serde_json::from_str(&d.to_json()).unwrap();
-    let keys: Vec<&str> = json
+    // Sorted so the check holds whether or not serde_json's preserve_order is enabled.
+    let mut keys: Vec<&str> = json
         .as_object()
         .unwrap()
         .keys()
         .map(String::as_str)
         .collect();
+    keys.sort_unstable();
     assert_eq!(
         keys,
         [
@@ -251,6 +253,43 @@ fn decoded_json_has_stable_snake_case_keys_and_display_lists_every_form() {
     ] {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
     }
+    assert_eq!(d.identity(), Some("urn:epc:id:sgtin:0614141.812345.6789"));
     let raw = decode_epc_hex("E2000019060C02090690D3C2").unwrap();
     assert!(raw.to_string().contains("not decodable:"));
+    assert_eq!(raw.identity(), None);
+    let back: tracegate_gs1::Decoded = serde_json::from_str(&d.to_json()).unwrap();
+    assert_eq!(back, d);
+}
+
+#[test]
+fn tds2_sgtin_plus_and_dsgtin_plus_decode_to_digital_links() {
+    let v = load("epc_tds_vectors.json");
+    let cases = v["tds2_plus_derived"].as_array().unwrap();
+    assert_eq!(cases.len(), 4);
+    for c in cases {
+        let hex = s(c, "hex");
+        let d = decode_epc_hex(hex).unwrap();
+        assert_eq!(d.scheme, s(c, "scheme").to_lowercase(), "{c}");
+        assert_eq!(u64::from(d.filter.unwrap()), c["filter"].as_u64().unwrap());
+        assert_eq!(d.gtin.as_deref(), Some(s(c, "gtin")));
+        assert_eq!(d.serial.as_deref(), Some(s(c, "serial")));
+        assert_eq!(d.digital_link.as_deref(), Some(s(c, "digital_link")), "{c}");
+        assert_eq!(
+            &d.pure_identity_uri,
+            s(c, "digital_link").split('?').next().unwrap()
+        );
+        assert_eq!(d.tag_uri, format!("urn:epc:raw:{}.x{hex}", hex.len() * 4));
+        assert!(d.company_prefix.is_none() && d.raw_reason.is_none());
+    }
+    let dated = decode_epc_hex("FB342CDE795211411234538566CB0AFC4000").unwrap();
+    assert_eq!(
+        dated.element_string.as_deref(),
+        Some("(01)79521141123453(17)220630(21)32a/b")
+    );
+    // The TDS 2.3 '++' schemes (hostname appended) stay raw.
+    let pp = decode_epc_hex("FD3795211411234538566CB0AFC525065F1876F0D996D800").unwrap();
+    assert!(pp.is_raw());
+    // A wrong GTIN check digit makes an SGTIN+ raw rather than a false identity.
+    let bad = decode_epc_hex("F7380614141123459046A140").unwrap();
+    assert!(bad.is_raw(), "{bad}");
 }

@@ -100,6 +100,7 @@ fn documents_satisfy_the_epcis_2_schema_requirements() {
         vec![
             "urn:epc:id:sscc:0614141.1234567890".into(),
             "https://id.gs1.org/01/09506000134352/21/ABC%2F1".into(),
+            "urn:epc:id:sscc:0614141.1234567890".into(),
         ],
         T0 + 123,
         Action::Observe,
@@ -139,6 +140,9 @@ fn documents_satisfy_the_epcis_2_schema_requirements() {
         assert!(valid_tz_offset(e["eventTimeZoneOffset"].as_str().unwrap()));
         let epcs = e["epcList"].as_array().unwrap();
         assert!(!epcs.is_empty() && epcs.iter().all(is_uri));
+        let unique: std::collections::BTreeSet<&str> =
+            epcs.iter().map(|e| e.as_str().unwrap()).collect();
+        assert_eq!(unique.len(), epcs.len(), "epcList must have unique items");
         let id = e["eventID"].as_str().unwrap();
         assert!(
             id.starts_with("ni:///sha-256;")
@@ -174,6 +178,7 @@ fn documents_satisfy_the_epcis_2_schema_requirements() {
         }
     }
     assert_eq!(events[1]["eventTime"], "2024-05-01T10:00:00.123Z");
+    assert_eq!(events[1]["epcList"].as_array().unwrap().len(), 2);
     assert_eq!(events[1]["gw:reader"]["antennas"], json!([1, 2]));
 }
 

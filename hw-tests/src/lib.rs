@@ -46,8 +46,14 @@ impl TempGateway {
     pub fn new(id: &str, body: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("tracegate.toml");
+        // Tests run in parallel: no shared metrics port unless the body asks.
+        let ops = if body.contains("[ops]") {
+            ""
+        } else {
+            "\n[ops]\nmetrics_addr = \"off\"\n"
+        };
         let text = format!(
-            "[gateway]\nid = \"{id}\"\nsite = \"test-site\"\ndata_dir = \"{}\"\n\n{body}\n",
+            "[gateway]\nid = \"{id}\"\nsite = \"test-site\"\ndata_dir = \"{}\"\n\n{body}\n{ops}",
             dir.path().join("data").display()
         );
         std::fs::write(&config, text)?;

@@ -22,7 +22,11 @@ use tracegate_hw_tests::{signal, wait_exit, wait_for, TempGateway};
 /// EPCs the simulators serve: SGTIN-96 with serials 1..=3.
 fn sim_epcs() -> Vec<Vec<u8>> {
     (1u8..=3)
-        .map(|s| vec![0x30, 0x34, 0x25, 0x7B, 0xF7, 0x19, 0x4E, 0x40, 0x00, 0x00, 0x1A, s])
+        .map(|s| {
+            vec![
+                0x30, 0x34, 0x25, 0x7B, 0xF7, 0x19, 0x4E, 0x40, 0x00, 0x00, 0x1A, s,
+            ]
+        })
         .collect()
 }
 
@@ -46,6 +50,10 @@ departure_timeout_ms = 300
 
 [store]
 commit_interval_ms = 20
+
+# Tests run in parallel: no fixed metrics port.
+[ops]
+metrics_addr = "off"
 "#
     )
 }
@@ -75,7 +83,8 @@ fn run_gateway_until_arrivals(kind: &str, port: &str, extra: &str, want: &BTreeS
     });
     signal(&child, Signal::SIGTERM).unwrap();
     let status = wait_exit(&mut child, Duration::from_secs(10));
-    let got = got.unwrap_or_else(|| panic!("no arrivals from the {kind} reader; log:\n{}", gw.log()));
+    let got =
+        got.unwrap_or_else(|| panic!("no arrivals from the {kind} reader; log:\n{}", gw.log()));
     if !want.is_empty() {
         assert_eq!(&got, want, "only the simulated EPCs may arrive");
     }
@@ -105,7 +114,10 @@ fn mercury_reads_become_arrival_events() {
     let rt = runtime();
     let _enter = rt.enter();
     let sim = MercurySim::new(MercurySimParams {
-        tags: sim_epcs().into_iter().map(|e| SimTag::new(e, 1, -55)).collect(),
+        tags: sim_epcs()
+            .into_iter()
+            .map(|e| SimTag::new(e, 1, -55))
+            .collect(),
         ..MercurySimParams::default()
     });
     let cancel = CancellationToken::new();
@@ -125,7 +137,10 @@ fn mercury_tag_buffer_mode_reads_become_arrival_events() {
     let rt = runtime();
     let _enter = rt.enter();
     let sim = MercurySim::new(MercurySimParams {
-        tags: sim_epcs().into_iter().map(|e| SimTag::new(e, 1, -55)).collect(),
+        tags: sim_epcs()
+            .into_iter()
+            .map(|e| SimTag::new(e, 1, -55))
+            .collect(),
         ..MercurySimParams::default()
     });
     let cancel = CancellationToken::new();
@@ -146,7 +161,10 @@ fn r2000_reads_become_arrival_events() {
     let rt = runtime();
     let _enter = rt.enter();
     let sim = R2000Sim::new(R2000SimParams {
-        tags: sim_epcs().into_iter().map(|e| SimTag::new(e, 1, -55)).collect(),
+        tags: sim_epcs()
+            .into_iter()
+            .map(|e| SimTag::new(e, 1, -55))
+            .collect(),
         ..R2000SimParams::default()
     });
     let cancel = CancellationToken::new();
@@ -178,8 +196,10 @@ fn the_gateway_resumes_reading_after_the_reader_is_unplugged_and_replugged() {
 
     let gw = TempGateway::new("gw-uhf", &body("mercury", link.to_str().unwrap(), "")).unwrap();
     let mut child = gw.spawn().unwrap();
-    wait_for(Duration::from_secs(30), || (!arrived_epcs(&gw).is_empty()).then_some(()))
-        .unwrap_or_else(|| panic!("no first arrival; log:\n{}", gw.log()));
+    wait_for(Duration::from_secs(30), || {
+        (!arrived_epcs(&gw).is_empty()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no first arrival; log:\n{}", gw.log()));
 
     rt.block_on(port.unplug()).unwrap();
     // Unplugged longer than the departure timeout: the tag departs.

@@ -20,7 +20,7 @@ use crate::{Clock, RawRead, ReadSink, ReaderHealth, ReaderState};
 const MAX_BATCH: usize = 64;
 
 /// Longest silence inside a frame before the partial frame is dropped.
-const INTER_BYTE_GAP: Duration = Duration::from_millis(100);
+const INTER_BYTE_GAP: Duration = Duration::from_millis(250);
 
 pub(super) struct Driver<'a, T> {
     io: T,
@@ -170,6 +170,7 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
     pub(super) async fn run(mut self, cancel: CancellationToken) -> Result<(), MercuryError> {
         self.health.set_state(ReaderState::Starting);
         let started = tokio::select! {
+            biased;
             _ = cancel.cancelled() => return Ok(()),
             r = self.start_up() => r,
         };
@@ -178,8 +179,11 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
             MercuryMode::Streaming => self.stream(&cancel).await,
             MercuryMode::TagBuffer => self.tag_buffer(&cancel).await,
         };
-        if result.is_ok() {
+        // A failure racing with shutdown (the port closing as the process
+        // exits) is not a reader fault.
+        if result.is_ok() || cancel.is_cancelled() {
             self.health.set_state(ReaderState::Stopped);
+            return Ok(());
         }
         result
     }
@@ -363,6 +367,7 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
                     self.flush(&mut batch).await?;
                     let deadline = Instant::now() + idle;
                     tokio::select! {
+                        biased;
                         _ = cancel.cancelled() => {
                             self.stop_stream().await;
                             return Ok(());

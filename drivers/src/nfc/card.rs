@@ -8,6 +8,7 @@
 //! Type 4 tags.
 
 use super::ndef::{self, TlvScan};
+use super::originality;
 use super::tag::{self, AtrInfo, TagType};
 
 /// A failed exchange with the card or reader.
@@ -43,6 +44,9 @@ pub struct TagInfo {
     /// Why the NDEF content could not be read, when it could not; the tap is
     /// still reported with UID and type.
     pub ndef_error: Option<String>,
+    /// NTAG21x only: whether READ_SIG returned NXP's originality signature
+    /// for this UID (`None`: not an NTAG21x, or the reader cannot send READ_SIG).
+    pub nxp_signature_valid: Option<bool>,
 }
 
 const SW_OK: u16 = 0x9000;
@@ -75,6 +79,8 @@ fn send_ok<T: Transmit + ?Sized>(t: &mut T, apdu: &[u8]) -> Result<Option<Vec<u8
 pub const GET_UID: [u8; 5] = [0xFF, 0xCA, 0x00, 0x00, 0x00];
 /// NTAG/Ultralight GET_VERSION through the ACR122U's PN532 InCommunicateThru.
 pub const DIRECT_GET_VERSION: [u8; 8] = [0xFF, 0x00, 0x00, 0x00, 0x03, 0xD4, 0x42, 0x60];
+/// NTAG21x READ_SIG (originality signature) through the same wrapper.
+pub const DIRECT_READ_SIG: [u8; 9] = [0xFF, 0x00, 0x00, 0x00, 0x04, 0xD4, 0x42, 0x3C, 0x00];
 /// ISO SELECT of the NFC Forum NDEF application (D2760000850101).
 pub const SELECT_NDEF_APP: [u8; 13] = [
     0x00, 0xA4, 0x04, 0x00, 0x07, 0xD2, 0x76, 0x00, 0x00, 0x85, 0x01, 0x01, 0x00,
@@ -91,6 +97,7 @@ pub fn read_tag<T: Transmit + ?Sized>(atr: &[u8], t: &mut T) -> Result<TagInfo, 
         return Err(ReadError::NoUid { sw });
     }
     let uid = uid.to_vec();
+    let mut signature = None;
     let (tag_type, ndef) = match tag::parse_atr(atr) {
         AtrInfo::StorageCard { card_name, .. } => {
             let family = tag::storage_card_type(card_name);
@@ -101,6 +108,13 @@ pub fn read_tag<T: Transmit + ?Sized>(atr: &[u8], t: &mut T) -> Result<TagInfo, 
                 let tag_type = direct_get_version(t)?
                     .and_then(|v| tag::from_get_version(&v))
                     .unwrap_or(family);
+                if matches!(
+                    tag_type,
+                    TagType::Ntag213 | TagType::Ntag215 | TagType::Ntag216
+                ) {
+                    signature = direct_read_sig(t)?
+                        .map(|sig| originality::ntag21x_signature_valid(&uid, &sig));
+                }
                 (tag_type, ndef)
             } else {
                 (family, Ok(None))
@@ -135,6 +149,7 @@ pub fn read_tag<T: Transmit + ?Sized>(atr: &[u8], t: &mut T) -> Result<TagInfo, 
         ndef_uri: summary.uri,
         ndef_text: summary.text,
         ndef_error,
+        nxp_signature_valid: signature,
     })
 }
 
@@ -158,6 +173,17 @@ fn direct_get_version<T: Transmit + ?Sized>(t: &mut T) -> Result<Option<Vec<u8>>
     // D5 43 <PN532 status> <8 version bytes>; status 00 = the tag answered.
     Ok(match data.as_slice() {
         [0xD5, 0x43, 0x00, v @ ..] if v.len() >= 8 => Some(v[..8].to_vec()),
+        _ => None,
+    })
+}
+
+/// NTAG21x READ_SIG through the direct-transmit wrapper: 32 bytes `r ‖ s`.
+fn direct_read_sig<T: Transmit + ?Sized>(t: &mut T) -> Result<Option<Vec<u8>>, ReadError> {
+    let Some(data) = send_ok(t, &DIRECT_READ_SIG)? else {
+        return Ok(None);
+    };
+    Ok(match data.as_slice() {
+        [0xD5, 0x43, 0x00, sig @ ..] if sig.len() >= 32 => Some(sig[..32].to_vec()),
         _ => None,
     })
 }

@@ -54,7 +54,11 @@ pub(super) async fn run(
         .name(format!("pcsc-{}", config.name))
         .spawn(move || {
             let res = driver.run();
-            driver.health.set_state(HealthState::Stopped);
+            match &res {
+                Ok(()) => driver.health.set_state(HealthState::Stopped),
+                // The supervisor restarts the driver; show why meanwhile.
+                Err(e) => driver.health.record_failure(e),
+            }
             let _ = tx.send(res);
         })
         .map_err(PcscError::Spawn)?;
@@ -132,9 +136,13 @@ impl Driver {
             let ctx = match Context::establish(Scope::User) {
                 Ok(c) => c,
                 Err(e) => {
-                    self.health.record_failure(&format_args!(
-                        "cannot connect to pcscd: {e}; is pcscd running (systemctl status pcscd)?"
-                    ));
+                    let hint = if e == PErr::SecurityViolation {
+                        "pcscd refused this user: add the polkit rule from docs/nfc.md"
+                    } else {
+                        "is pcscd running (systemctl status pcscd)?"
+                    };
+                    self.health
+                        .record_failure(&format_args!("cannot connect to pcscd: {e}; {hint}"));
                     warn!(reader = %self.reader_name, error = %e, retry_in_ms = backoff.as_millis() as u64, "pcscd unavailable");
                     if self.sleep(backoff) {
                         return Ok(());
@@ -275,7 +283,15 @@ impl Driver {
                 }
                 Err(e) if service_lost(e) => return End::ServiceLost(e),
                 Err(PErr::UnknownReader | PErr::ReaderUnavailable) => {
+                    // The reader went away under us: forget it and list again,
+                    // pausing so a reader stuck in this state cannot spin the loop.
+                    reader = None;
+                    present = false;
+                    states.truncate(1);
                     relist = true;
+                    if self.sleep(Duration::from_millis(250)) {
+                        return End::Cancelled;
+                    }
                     continue;
                 }
                 Err(e) => {
@@ -377,11 +393,20 @@ impl Driver {
             uid = %hex::encode_upper(&info.uid),
             tag_type = info.tag_type.as_str(),
             uri = info.ndef_uri.as_deref().unwrap_or(""),
+            nxp_signature_valid = ?info.nxp_signature_valid,
             "tag tapped"
         );
         self.health.count_reads(1, host.utc_ms);
         self.health
             .set_detail("last_tag_type", info.tag_type.as_str());
+        if let Some(valid) = info.nxp_signature_valid {
+            // Not in Tap (yet): a clone's UID is worth an operator's attention.
+            let shown = if valid { "valid" } else { "invalid" };
+            self.health.set_detail("last_nxp_signature", shown);
+            if !valid {
+                warn!(reader = %self.reader_name, uid = %hex::encode_upper(&info.uid), "NTAG21x without a valid NXP originality signature (clone or non-NXP part)");
+            }
+        }
         let tap = Tap {
             reader: Arc::clone(&self.reader_name),
             uid: info.uid,

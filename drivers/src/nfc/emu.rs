@@ -83,6 +83,7 @@ pub struct Ntag21x {
     uid: [u8; 7],
     version: [u8; 8],
     mem: Vec<u8>,
+    signature: [u8; 32],
 }
 
 impl Ntag21x {
@@ -107,7 +108,15 @@ impl Ntag21x {
             uid,
             version: model.version(),
             mem,
+            // No NXP signature unless one is given: all zero, as on some clones.
+            signature: [0; 32],
         }
+    }
+
+    /// Sets what READ_SIG returns (a real tag's originality signature).
+    pub fn with_signature(mut self, signature: [u8; 32]) -> Self {
+        self.signature = signature;
+        self
     }
 
     /// An NTAG215 whose only record is this URI.
@@ -131,8 +140,7 @@ impl Ntag21x {
         let mut out = vec![0xD5, 0x43, 0x00];
         match cmd {
             [0x60] => out.extend_from_slice(&self.version),
-            // No originality signature on an emulated tag: all zero, as on some clones.
-            [0x3C, 0x00] => out.extend_from_slice(&[0u8; 32]),
+            [0x3C, 0x00] => out.extend_from_slice(&self.signature),
             [0x30, p] if usize::from(*p) < pages => out.extend(self.read4(usize::from(*p))),
             _ => return vec![0xD5, 0x43, 0x01, 0x90, 0x00],
         }
@@ -364,6 +372,30 @@ mod tests {
         assert_eq!(info.tag_type, TagType::Ntag215);
         assert_eq!(info.ndef_uri.as_deref(), Some(DL));
         assert_eq!(info.ndef_error, None);
+    }
+
+    #[test]
+    fn ntag21x_originality_signature_is_checked_against_the_uid() {
+        // UID and signature of a real NTAG21x (proxmark3 recover_pk.py sample).
+        let uid = [0x04, 0xE1, 0x0C, 0xDA, 0x99, 0x3C, 0x80];
+        let sig: [u8; 32] =
+            hex::decode("8B76052EE42F5567BEB53238B3E3F9950707C0DCC956B5C5EFCFDB709B2D82B3")
+                .unwrap()
+                .try_into()
+                .unwrap();
+        let mut genuine = Ntag21x::ntag215_with_uri(uid, DL).with_signature(sig);
+        let info = read_tag(&genuine.atr(), &mut genuine).unwrap();
+        assert_eq!(info.nxp_signature_valid, Some(true));
+        let mut clone = Ntag21x::ntag215_with_uri(UID, DL).with_signature(sig);
+        let info = read_tag(&clone.atr(), &mut clone).unwrap();
+        assert_eq!(info.nxp_signature_valid, Some(false));
+        let mut tag424 = Ntag424::new(UID, keys(), DL, 0, SunBehaviour::Genuine);
+        assert_eq!(
+            read_tag(&tag424.atr(), &mut tag424)
+                .unwrap()
+                .nxp_signature_valid,
+            None
+        );
     }
 
     #[test]

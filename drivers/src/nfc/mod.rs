@@ -1,9 +1,10 @@
 //! NFC over PC/SC: tag identification, NDEF, NTAG 424 DNA SUN verification.
 //!
 //! # Layout
-//! - [`driver`] (behind [`run`]): the PC/SC event loop on its own thread.
+//! - `driver` (behind [`run`]): the PC/SC event loop on its own thread.
 //! - [`card`]: reading UID, type and NDEF from a tag over any APDU transport.
 //! - [`tag`], [`ndef`]: sans-IO identification and NDEF parsing.
+//! - [`originality`]: NTAG21x originality signature check (secp128r1).
 //! - [`sun`]: NTAG 424 DNA SUN verification and key files, sans-IO.
 //! - [`emu`], [`vpcd`]: emulated tags and the bridge into vsmartcard's
 //!   virtual reader, for tests and `tracegate demo`.
@@ -19,6 +20,7 @@ pub mod card;
 mod driver;
 pub mod emu;
 pub mod ndef;
+pub mod originality;
 pub mod sun;
 pub mod tag;
 pub mod vpcd;

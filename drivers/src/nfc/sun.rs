@@ -759,6 +759,29 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Changing any one hex digit of the PICC data or the MAC of a
+        /// genuine URL must never leave it genuine.
+        #[test]
+        fn no_single_digit_change_of_a_genuine_url_verifies(
+            uid in proptest::array::uniform7(proptest::prelude::any::<u8>()),
+            ctr in 0u32..=0xFF_FFFF,
+            pos in 0usize..48,
+            delta in 1u8..16,
+        ) {
+            let keys = keys_with("0102030405060708090A0B0C0D0E0F10", "A0A1A2A3A4A5A6A7A8A9AAABACADAEAF", MacInput::Auto);
+            let url = sun_url("https://id.example.org/01/09506000134352", &keys.products[0], &uid, ctr);
+            let picc_at = url.find("picc_data=").unwrap() + 10;
+            let mac_at = url.find("cmac=").unwrap() + 5;
+            let at = if pos < 32 { picc_at + pos } else { mac_at + pos - 32 };
+            let digit = u8::from_str_radix(&url[at..at + 1], 16).unwrap();
+            let changed = format!("{:X}", (digit + delta) % 16);
+            let mut forged = url.clone();
+            forged.replace_range(at..at + 1, &changed);
+            proptest::prop_assert_ne!(verify(&forged, &keys).outcome, SunOutcome::Genuine);
+        }
+    }
+
     #[test]
     fn replay_verdict_flags_counters_not_above_the_last_seen() {
         assert!(!replay_verdict(0, None));

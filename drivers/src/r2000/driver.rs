@@ -14,7 +14,7 @@ use super::{R2000Config, R2000Error, R2000Mode};
 use crate::{Clock, RawRead, ReadSink, ReaderHealth, ReaderState};
 
 /// Longest silence inside a frame before the partial frame is dropped.
-const INTER_BYTE_GAP: Duration = Duration::from_millis(100);
+const INTER_BYTE_GAP: Duration = Duration::from_millis(250);
 
 pub(super) struct Driver<'a, T> {
     io: T,
@@ -58,7 +58,9 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
     }
 
     async fn send(&mut self, f: &Frame) -> Result<(), R2000Error> {
-        let bytes = f.encode().map_err(|e| R2000Error::Protocol(e.to_string()))?;
+        let bytes = f
+            .encode()
+            .map_err(|e| R2000Error::Protocol(e.to_string()))?;
         tracing::trace!(reader = %self.reader, cmd = f.cmd, "r2000 send");
         self.io.write_all(&bytes).await.map_err(R2000Error::Io)?;
         self.io.flush().await.map_err(R2000Error::Io)
@@ -160,7 +162,9 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
         self.health.protocol_errors.fetch_add(1, Ordering::Relaxed);
         let text = format!("0x{c:02X} {}", code::meaning(c));
         match antenna {
-            Some(a) => self.health.set_detail(&format!("antenna_{a}"), text.clone()),
+            Some(a) => self
+                .health
+                .set_detail(&format!("antenna_{a}"), text.clone()),
             None => self.health.set_detail("last_error_code", text.clone()),
         }
         tracing::warn!(reader = %self.reader, code = c, antenna, meaning = code::meaning(c), "r2000 reader reported an error");
@@ -169,6 +173,7 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
     pub(super) async fn run(mut self, cancel: CancellationToken) -> Result<(), R2000Error> {
         self.health.set_state(ReaderState::Starting);
         tokio::select! {
+            biased;
             _ = cancel.cancelled() => return Ok(()),
             r = self.start_up() => r?,
         }
@@ -183,13 +188,17 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
             };
             // Rounds are short and the reader stops by itself at their end,
             // so abandoning one mid-way on shutdown leaves nothing running.
-            tokio::select! {
-                _ = cancel.cancelled() => {
-                    self.health.set_state(ReaderState::Stopped);
-                    return Ok(());
-                }
-                r = round => r?,
+            let r = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Ok(()),
+                r = round => r,
+            };
+            // A failure racing with shutdown is not a reader fault.
+            if cancel.is_cancelled() {
+                self.health.set_state(ReaderState::Stopped);
+                return Ok(());
             }
+            r?;
         }
     }
 
@@ -206,7 +215,8 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
         };
         let version = format!("{major}.{minor}");
         self.health.set_detail("firmware", version.clone());
-        self.health.set_detail("address", format!("0x{:02X}", fw.address));
+        self.health
+            .set_detail("address", format!("0x{:02X}", fw.address));
         tracing::info!(reader = %self.reader, firmware = %version, address = fw.address, "r2000 reader identified");
 
         if let Some(region) = self.config.region {
@@ -228,9 +238,8 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
                 .call(build::get_output_power(a), "GET_OUTPUT_POWER")
                 .await?;
             let ports = usize::from(self.config.ports);
-            let matches = !cur.data.is_empty()
-                && cur.data.len() <= ports
-                && cur.data.iter().all(|&v| v == p);
+            let matches =
+                !cur.data.is_empty() && cur.data.len() <= ports && cur.data.iter().all(|&v| v == p);
             if !matches {
                 // 0x76 writes flash (and takes 100 ms+): only when needed.
                 tracing::info!(reader = %self.reader, dbm = p, "setting r2000 output power");
@@ -303,7 +312,9 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
         let f = build::fast_switch(self.config.address, slots, 0, self.config.repeat);
         self.send(&f).await?;
         let first = self.config.antennas.first().copied().unwrap_or(1);
-        let reads = self.collect_round(cmd::FAST_SWITCH_ANT_INVENTORY, first).await?;
+        let reads = self
+            .collect_round(cmd::FAST_SWITCH_ANT_INVENTORY, first)
+            .await?;
         self.deliver(reads).await
     }
 

@@ -164,16 +164,15 @@ impl R2000Config {
     pub fn validate(&self) -> Result<(), R2000Error> {
         let bad = |m: String| Err(R2000Error::Config(m));
         if self.ports != 4 && self.ports != 8 {
-            return bad(format!("ports = {} but R2000 readers have 4 or 8", self.ports));
+            return bad(format!(
+                "ports = {} but R2000 readers have 4 or 8",
+                self.ports
+            ));
         }
         if self.antennas.is_empty() {
             return bad("antennas is empty; list at least one port, e.g. antennas = [1]".into());
         }
-        if let Some(a) = self
-            .antennas
-            .iter()
-            .find(|&&a| a == 0 || a > self.ports)
-        {
+        if let Some(a) = self.antennas.iter().find(|&&a| a == 0 || a > self.ports) {
             return bad(format!("antenna {a} is out of range 1..={}", self.ports));
         }
         if self.mode == R2000Mode::FastSwitch
@@ -249,12 +248,11 @@ pub async fn run_with_clock(
 ) -> Result<(), R2000Error> {
     config.validate()?;
     health.set_state(crate::ReaderState::Starting);
-    let port = crate::serial::open(&config.port, config.baud).map_err(|source| {
-        R2000Error::Open {
+    let port =
+        crate::serial::open(&config.port, config.baud).map_err(|source| R2000Error::Open {
             port: config.port.clone(),
             source,
-        }
-    })?;
+        })?;
     tracing::info!(reader = %config.name, port = %config.port, baud = config.baud, "r2000 port open");
     run_on(port, config, sink, health, clock, cancel).await
 }

@@ -493,6 +493,14 @@ pub async fn run(
             let poll = el.poll();
             tokio::pin!(poll);
             loop {
+                // Read the committed seq directly as well: during a drain the
+                // poll branch is always ready and, being first in the biased
+                // select, would starve the watch branch (live events would
+                // then wait for the whole backlog).
+                if committed_open {
+                    let c = *committed_rx.borrow_and_update();
+                    p.committed = p.committed.max(c);
+                }
                 p.feed(&client).await?;
                 p.housekeeping(&client);
                 let wake = p.next_wake();
@@ -525,6 +533,14 @@ pub async fn run(
             }
             Outcome::Polled(Err(e)) => {
                 let was_connected = p.connected;
+                // rumqttc keeps events it buffered before the error (PUBACKs
+                // read in the same burst, Outgoing::Publish of a write that
+                // failed) and would return them after the next CONNACK,
+                // where they would be matched against the new session. Apply
+                // them to the old session now, then forget the session.
+                for ev in std::mem::take(&mut el.state.events) {
+                    p.on_event(&ev);
+                }
                 p.on_disconnect();
                 ctx.stats.connection_errors.fetch_add(1, Ordering::Relaxed);
                 // rumqttc keeps a collided publish across a clean session and
@@ -625,10 +641,8 @@ impl Publisher<'_> {
 
     fn on_event(&mut self, ev: &Event) {
         match ev {
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
-                if !self.tracker.on_outgoing(*pkid) {
-                    tracing::warn!(pkid, "MQTT publish not handed by the publisher");
-                }
+            Event::Outgoing(Outgoing::Publish(pkid)) if !self.tracker.on_outgoing(*pkid) => {
+                tracing::warn!(pkid, "MQTT publish not handed by the publisher");
             }
             Event::Incoming(Incoming::PubAck(ack)) => {
                 if let Some(item) = self.tracker.on_puback(ack.pkid) {
@@ -752,12 +766,19 @@ impl Publisher<'_> {
     fn next_wake(&self) -> Instant {
         let now = Instant::now();
         let mut wake = now + Duration::from_secs(1);
-        if let Some(d) = self.linger_deadline {
-            wake = wake.min(d);
-        }
         if self.connected {
             wake = wake.min(self.next_health);
-            if self.backlog_cursor < self.backlog_end {
+            // Linger and rate-limit timers only matter while the window has
+            // room; otherwise the next PUBACK is what allows progress (and an
+            // expired timer would spin the loop).
+            let in_flight = self.tracker.in_flight();
+            if in_flight < self.window {
+                if let Some(d) = self.linger_deadline {
+                    wake = wake.min(d);
+                }
+            }
+            if in_flight < self.window - self.live_reserve && self.backlog_cursor < self.backlog_end
+            {
                 if let Some(b) = &self.bucket {
                     wake = wake.min(b.ready_at(1));
                 }
@@ -850,54 +871,55 @@ impl Publisher<'_> {
     }
 
     async fn take_backlog(&mut self, now: Instant) -> Result<Option<Batch>, PublishError> {
-        self.backlog_cursor = self.acked.skip_from(self.backlog_cursor);
-        if self.backlog_cursor >= self.backlog_end {
-            return Ok(None);
-        }
-        let mut n = self.cfg.batch_max_events;
-        if let Some(b) = &mut self.bucket {
-            n = n.min(b.available(now));
-            if n == 0 {
+        loop {
+            self.backlog_cursor = self.acked.skip_from(self.backlog_cursor);
+            if self.backlog_cursor >= self.backlog_end {
                 return Ok(None);
             }
-        }
-        // Stop before the next acknowledged range and at the end of the backlog.
-        let stop = self
-            .acked
-            .next_start_after(self.backlog_cursor + 1)
-            .unwrap_or(u64::MAX)
-            .min(self.backlog_end);
-        if self.backlog_buf.is_empty() {
-            let limit = (stop - self.backlog_cursor).min(n as u64 * 4) as usize;
-            let got = self
-                .store
-                .read_after(self.backlog_cursor, limit.max(1))
-                .await?;
-            self.backlog_buf.extend(got);
-        }
-        let batch = pack(
-            &mut self.backlog_buf,
-            self.backlog_cursor,
-            stop,
-            n,
-            self.cfg.batch_max_bytes,
-        );
-        match batch {
-            Some(b) => {
-                self.backlog_cursor = b.last;
-                if let Some(bucket) = &mut self.bucket {
-                    bucket.take(b.events.len());
+            let mut n = self.cfg.batch_max_events;
+            if let Some(b) = &mut self.bucket {
+                n = n.min(b.available(now));
+                if n == 0 {
+                    return Ok(None);
                 }
-                Ok(Some(b))
             }
-            None => {
-                // No stored event in (cursor, stop]: deleted by the full
-                // policy or by retention; nothing to deliver there.
-                let after = self.backlog_cursor;
-                self.acked.insert(after, stop);
-                self.backlog_cursor = stop;
-                self.backlog_buf.retain(|e| e.seq > stop);
-                Ok(None)
+            // Stop before the next acknowledged range and at the end of the backlog.
+            let stop = self
+                .acked
+                .next_start_after(self.backlog_cursor + 1)
+                .unwrap_or(u64::MAX)
+                .min(self.backlog_end);
+            if self.backlog_buf.is_empty() {
+                let limit = (stop - self.backlog_cursor).min(n as u64 * 4) as usize;
+                let got = self
+                    .store
+                    .read_after(self.backlog_cursor, limit.max(1))
+                    .await?;
+                self.backlog_buf.extend(got);
+            }
+            let batch = pack(
+                &mut self.backlog_buf,
+                self.backlog_cursor,
+                stop,
+                n,
+                self.cfg.batch_max_bytes,
+            );
+            match batch {
+                Some(b) => {
+                    self.backlog_cursor = b.last;
+                    if let Some(bucket) = &mut self.bucket {
+                        bucket.take(b.events.len());
+                    }
+                    return Ok(Some(b));
+                }
+                None => {
+                    // No stored event in (cursor, stop]: deleted by the full
+                    // policy or by retention; nothing to deliver there.
+                    let after = self.backlog_cursor;
+                    self.acked.insert(after, stop);
+                    self.backlog_cursor = stop;
+                    self.backlog_buf.retain(|e| e.seq > stop);
+                }
             }
         }
     }

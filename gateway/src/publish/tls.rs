@@ -63,15 +63,13 @@ pub fn client_config(cfg: &MqttConfig) -> Result<Arc<ClientConfig>, PublishError
             // The error text of a key file never includes its content.
             let key = PrivateKeyDer::from_pem_file(key_path)
                 .map_err(|e| tls_err(key_path, "cannot load the client key", e))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| {
-                    PublishError::Tls(format!(
-                        "client certificate {} and key {} are unusable together: {e}",
-                        cert_path.display(),
-                        key_path.display()
-                    ))
-                })?
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                PublishError::Tls(format!(
+                    "client certificate {} and key {} are unusable together: {e}",
+                    cert_path.display(),
+                    key_path.display()
+                ))
+            })?
         }
         _ => builder.with_no_client_auth(),
     };

@@ -312,6 +312,15 @@ impl Store {
             }
             group_ends.push(rows.len());
         }
+        if rows.is_empty() && meta.overflow_pending.is_none() {
+            // Nothing to write (ack-only requests): no fsync needed.
+            tx.commit().map_err(err.clone())?;
+            return Ok(AppendOutcome {
+                accepted_groups: groups.len(),
+                last_seq: meta.last_seq,
+                ..AppendOutcome::default()
+            });
+        }
         let est_total: u64 = rows.iter().map(Row::estimate).sum();
 
         let mut used = used_bytes(&tx, page_size).map_err(err.clone())?;
@@ -534,4 +543,77 @@ fn write_overflow(
     insert_row(conn, &row)?;
     meta.last_seq = row.seq;
     Ok(row.into_event())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_timestamps_are_utc_with_milliseconds() {
+        assert_eq!(iso_ms(1_795_823_999_123), "2026-11-27T23:59:59.123Z");
+        assert_eq!(iso_ms(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn lost_ranges_widen_and_count_every_addition() {
+        let mut r = LostRange::default();
+        r.add(Some((10, 20)), 11, 500, 900);
+        r.add(Some((21, 25)), 5, 400, 950);
+        r.add(None, 3, 1000, 1100);
+        r.add(None, 0, 1, 2); // nothing lost: no effect on the time range
+        assert_eq!(
+            r,
+            LostRange {
+                count: 19,
+                first_seq: Some(10),
+                last_seq: Some(25),
+                from_ms: 400,
+                to_ms: 1100,
+            }
+        );
+    }
+
+    #[test]
+    fn used_bytes_sees_the_open_transactions_own_inserts() {
+        // The size bound relies on this: the check runs before commit.
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+        let before = used_bytes(&conn, 4096).unwrap();
+        let tx = conn.transaction().unwrap();
+        for _ in 0..100 {
+            tx.execute("INSERT INTO t VALUES (zeroblob(1000))", [])
+                .unwrap();
+        }
+        let inside = used_bytes(&tx, 4096).unwrap();
+        assert!(inside >= before + 100 * 1000, "{before} -> {inside}");
+        tx.execute("DELETE FROM t", []).unwrap();
+        let after_delete = used_bytes(&tx, 4096).unwrap();
+        assert!(
+            after_delete < inside,
+            "freed pages leave the count: {after_delete}"
+        );
+        tx.rollback().unwrap();
+    }
+
+    #[test]
+    fn overflow_body_has_the_documented_fields() {
+        let lost = LostRange {
+            count: 3,
+            first_seq: None,
+            last_seq: None,
+            from_ms: 1_795_823_999_000,
+            to_ms: 1_795_823_999_123,
+        };
+        let d = overflow_draft("dock-01", FullPolicy::RejectNew, &lost, 1_795_824_000_000);
+        assert_eq!(d.event_type, "overflow");
+        let b = Value::Object(d.body);
+        assert_eq!(b["type"], "overflow");
+        assert_eq!(b["policy"], "reject_new");
+        assert_eq!(b["count"], 3);
+        assert!(b["first_seq"].is_null() && b["last_seq"].is_null());
+        assert_eq!(b["from"], "2026-11-27T23:59:59.000Z");
+        assert_eq!(b["to"], "2026-11-27T23:59:59.123Z");
+        assert_eq!(b["time"], "2026-11-28T00:00:00.000Z");
+    }
 }

@@ -24,14 +24,16 @@
 //! publisher and the CLI. Second connections read without blocking the
 //! writer (WAL) and may also write the watermark ([`Store::mark_published`])
 //! and SUN counters; write locks are taken with `BEGIN IMMEDIATE` and wait up
-//! to [`schema::BUSY_TIMEOUT`]. Only the writer creates, migrates and checks
-//! the file.
+//! to [`BUSY_TIMEOUT`]. Only the writer creates, migrates and checks the
+//! file.
 //!
 //! **Corruption.** If opening, `quick_check` or the migration fails with
 //! SQLite's corruption codes ("file is not a database", "database disk image
 //! is malformed") or `quick_check` reports problems, the file and its
 //! `-wal`/`-shm` are renamed to `{path}.corrupt-{UTC timestamp}` (never
 //! deleted), `tracing::error!` names both paths, and a fresh store starts.
+//! A file without the SQLite header is caught before SQLite opens it, since
+//! SQLite would otherwise discard a `-wal` lying next to it on close.
 //! Other failures (permissions, locks, a schema newer than this build) are
 //! returned as errors and the file is left alone.
 //!
@@ -76,8 +78,8 @@
 //!   `count` is exactly how many events were deleted; earlier `overflow`
 //!   records inside the range are kept, not deleted or counted (only when
 //!   nothing but overflow records is pending are they dropped, oldest first).
-//!   So every seq missing from the table lies in the range of an overflow
-//!   record. Acks fire: the data was committed and then dropped by policy.
+//!   So every pending seq missing from the table lies in the range of a
+//!   (pending) overflow record. Acks fire: the data was committed and then dropped by policy.
 //! - `reject_new`: new events that do not fit are refused before they get a
 //!   seq, so seq stays gap-free; `first_seq` and `last_seq` are `null`.
 //!   Refusal is per write request (per draft for [`Store::append`]): a
@@ -96,12 +98,25 @@
 //! whose `event_utc_ms` is older than `retention_secs`, as one seq range; it
 //! stops at the first young published event, so its cost is proportional to
 //! what it deletes. The writer thread calls it every 10 s.
+//!
+//! **Writer.** [`spawn_writer`] owns the writer `Store` on its own thread
+//! (with a small current-thread runtime for timed receives). A batch starts
+//! with the first request and is committed when `commit_max_events` drafts
+//! are waiting or `commit_interval_ms` has passed since that first request,
+//! in one transaction. After the commit it sends the new `last_seq` on
+//! `committed` (also once at start, with the store's current `last_seq`),
+//! sends the stored events on `on_commit`, then fires the acks. A failing
+//! commit is logged and retried with backoff (50 ms doubling to 5 s);
+//! nothing is acknowledged until it succeeds. When `rx` closes, queued
+//! requests are committed, the WAL is checkpointed, and the thread returns.
+//! [`spawn_writer_with_heartbeat`] also beats a watchdog heartbeat.
 
 mod append;
 mod schema;
 mod writer;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rusqlite::{Connection, OptionalExtension};
@@ -577,5 +592,19 @@ pub fn spawn_writer(
     committed: watch::Sender<u64>,
     on_commit: Option<mpsc::UnboundedSender<Vec<StoredEvent>>>,
 ) -> WriterHandle {
-    writer::spawn(store, rx, committed, on_commit)
+    writer::spawn(store, rx, committed, on_commit, None)
+}
+
+/// [`spawn_writer`] with a watchdog heartbeat: the writer beats it after
+/// every commit and at least once a second while idle, and stops beating
+/// while a commit keeps failing (so systemd restarts the daemon, whose next
+/// open checks the database).
+pub fn spawn_writer_with_heartbeat(
+    store: Store,
+    rx: mpsc::Receiver<WriteRequest>,
+    committed: watch::Sender<u64>,
+    on_commit: Option<mpsc::UnboundedSender<Vec<StoredEvent>>>,
+    heartbeat: Arc<crate::heartbeat::Heartbeat>,
+) -> WriterHandle {
+    writer::spawn(store, rx, committed, on_commit, Some(heartbeat))
 }

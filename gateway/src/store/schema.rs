@@ -160,6 +160,12 @@ pub fn open_second(path: &Path) -> Result<(Connection, String), StoreError> {
     set_common_pragmas(&conn, path)?;
     let version =
         user_version(&conn).map_err(|e| StoreError::sqlite("reading user_version", path, e))?;
+    if version == 0 {
+        // Created but not yet initialised by the writer.
+        return Err(StoreError::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
     if version != SCHEMA_VERSION {
         return Err(StoreError::SchemaMismatch {
             path: path.to_path_buf(),
@@ -291,4 +297,39 @@ pub fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
         })?;
     }
     Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_check_accepts_new_and_sqlite_files_and_flags_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.db");
+        assert!(check_header(&missing).is_ok());
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(check_header(&empty).is_ok());
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, [0x42u8; 4096]).unwrap();
+        assert!(matches!(
+            check_header(&garbage),
+            Err(OpenFailure::Corrupt(_))
+        ));
+        let short = dir.path().join("short.db");
+        std::fs::write(&short, SQLITE_MAGIC).unwrap();
+        assert!(matches!(check_header(&short), Err(OpenFailure::Corrupt(_))));
+        let real = dir.path().join("real.db");
+        Connection::open(&real)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        assert!(check_header(&real).is_ok());
+    }
+
+    #[test]
+    fn every_schema_version_has_a_migration_step() {
+        assert_eq!(MIGRATIONS.len() as i64, SCHEMA_VERSION);
+    }
 }

@@ -1,11 +1,14 @@
 //! The group-commit writer thread.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, watch};
 
 use super::append::now_utc_ms;
+use crate::heartbeat::Heartbeat;
+
 use super::{EventDraft, Store, StoreError, StoredEvent, WriteRequest, WriterHandle};
 
 /// How often the writer deletes published events past their retention.
@@ -19,15 +22,19 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// so shutdown cannot hang; the unfired acks tell drivers to keep the data.
 const SHUTDOWN_ATTEMPTS: u32 = 5;
 
+/// While idle the writer still wakes this often, to beat its heartbeat.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
 pub fn spawn(
     store: Store,
     rx: mpsc::Receiver<WriteRequest>,
     committed: watch::Sender<u64>,
     on_commit: Option<mpsc::UnboundedSender<Vec<StoredEvent>>>,
+    heartbeat: Option<Arc<Heartbeat>>,
 ) -> WriterHandle {
     let spawned = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || run(store, rx, committed, on_commit));
+        .spawn(move || run(store, rx, committed, on_commit, heartbeat));
     let thread = match spawned {
         Ok(t) => t,
         Err(e) => {
@@ -43,7 +50,13 @@ fn run(
     mut rx: mpsc::Receiver<WriteRequest>,
     committed: watch::Sender<u64>,
     on_commit: Option<mpsc::UnboundedSender<Vec<StoredEvent>>>,
+    heartbeat: Option<Arc<Heartbeat>>,
 ) -> Result<(), StoreError> {
+    let beat = || {
+        if let Some(h) = &heartbeat {
+            h.beat();
+        }
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -57,14 +70,17 @@ fn run(
     while !closed {
         let mut batch: Vec<WriteRequest> = Vec::new();
         let mut waiting = 0usize;
-        let until_prune = next_prune.saturating_duration_since(Instant::now());
-        match rt.block_on(async { tokio::time::timeout(until_prune, rx.recv()).await }) {
+        beat();
+        let wait = next_prune
+            .saturating_duration_since(Instant::now())
+            .min(IDLE_WAKE);
+        match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
             Ok(Some(req)) => {
                 waiting += req.drafts.len();
                 batch.push(req);
             }
             Ok(None) => closed = true,
-            Err(_) => {} // time to prune
+            Err(_) => {} // idle: beat, maybe prune
         }
         if !batch.is_empty() {
             // The interval counts from the first uncommitted request.
@@ -77,7 +93,9 @@ fn run(
                         break;
                     }
                     Err(TryRecvError::Empty) => {
-                        match rt.block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await }) {
+                        match rt
+                            .block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await })
+                        {
                             Ok(Some(req)) => Some(req),
                             Ok(None) => {
                                 closed = true;

@@ -102,7 +102,7 @@ impl Mosquitto {
              persistence true\n\
              persistence_location {}/\n\
              max_queued_messages 0\n\
-             max_inflight_messages 100\n\
+             max_inflight_messages 20\n\
              log_dest file {}/mosquitto.log\n\
              log_type error\nlog_type warning\nlog_type notice\n",
             dir.path().display(),
@@ -412,10 +412,9 @@ pub fn draft(i: u64) -> EventDraft {
 
 /// The store writer plus the channel the pipeline would feed.
 ///
-/// Uses `spawn_writer` when `TRACEGATE_TEST_SPAWN_WRITER=1`; otherwise a
-/// plain thread that commits each request with `Store::append` (same store
-/// code path for seq, ids and the full policy) and publishes the committed
-/// seq, like the writer does.
+/// The real group-commit writer (`spawn_writer`). With
+/// `TRACEGATE_TEST_SIMPLE_WRITER=1`, a plain thread that commits each batch
+/// with `Store::append` instead (to tell writer problems from publisher ones).
 pub struct Writer {
     pub tx: Option<mpsc::Sender<WriteRequest>>,
     pub committed: watch::Receiver<u64>,
@@ -428,7 +427,7 @@ impl Writer {
         let mut store = Store::open(cfg, GATEWAY).expect("cannot open the test store");
         let (tx, mut rx) = mpsc::channel::<WriteRequest>(1024);
         let (ctx, crx) = watch::channel(0u64);
-        if std::env::var("TRACEGATE_TEST_SPAWN_WRITER").as_deref() == Ok("1") {
+        if std::env::var("TRACEGATE_TEST_SIMPLE_WRITER").as_deref() != Ok("1") {
             let handle = spawn_writer(store, rx, ctx, None);
             return Writer {
                 tx: Some(tx),

@@ -7,7 +7,7 @@ use tracegate_gs1::{decode_epc, decode_gen2, decode_tid, encode_tag_uri};
 
 fuzz_target!(|data: &[u8]| {
     let d = decode_epc(data);
-    if d.raw_reason.is_none() {
+    if d.raw_reason.is_none() && !d.tag_uri.starts_with("urn:epc:raw:") {
         let again = encode_tag_uri(&d.tag_uri).expect("decoded tag URI must re-encode");
         assert_eq!(&again[..d.bits / 8], &data[..d.bits / 8], "{}", d.tag_uri);
         assert_eq!(decode_epc(&again).tag_uri, d.tag_uri);

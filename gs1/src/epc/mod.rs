@@ -3,10 +3,11 @@
 
 pub mod encode;
 pub mod identity;
+mod plus;
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::bits;
 use crate::escape::is_cs82;
@@ -210,9 +211,9 @@ pub(crate) const POW10: [u64; 20] = {
 /// The result of decoding an EPC. Decoding never fails: an EPC that is not a valid
 /// TDS 1.13 encoding of a supported scheme has `scheme == "raw"` and carries its EPC
 /// Raw URI in both `pure_identity_uri` and `tag_uri`, with the reason in `raw_reason`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decoded {
-    /// Coding scheme, e.g. `"sgtin-96"`, or `"raw"`.
+    /// Coding scheme, e.g. `"sgtin-96"`, `"sgtin+"`, `"dsgtin+"`, or `"raw"`.
     pub scheme: String,
     /// Number of EPC bits the scheme uses (for raw: the bits the URI covers).
     pub bits: usize,
@@ -226,12 +227,14 @@ pub struct Decoded {
     /// Serial part, unescaped: SGTIN/GRAI serial, SSCC extension digit + serial
     /// reference, SGLN extension, GIAI individual asset reference.
     pub serial: Option<String>,
-    /// GTIN-14 with check digit (SGTIN only).
+    /// GTIN-14 with check digit (SGTIN, SGTIN+, DSGTIN+).
     pub gtin: Option<String>,
-    /// `urn:epc:id:...` (the EPC Raw URI for raw reads).
+    /// `urn:epc:id:...` (the EPC Raw URI for raw reads). For the TDS 2.x SGTIN+/DSGTIN+
+    /// schemes, which carry no company-prefix length, the canonical GS1 Digital Link
+    /// without query string (EPCIS 2.0 accepts it in `epcList` and hashes it like the URN).
     pub pure_identity_uri: String,
     /// `urn:epc:tag:...` including control fields when decoded with a PC word
-    /// (the EPC Raw URI for raw reads).
+    /// (the EPC Raw URI for raw reads and for SGTIN+/DSGTIN+).
     pub tag_uri: String,
     /// GS1 element string, e.g. `(01)80614141123458(21)6789`.
     pub element_string: Option<String>,
@@ -247,6 +250,12 @@ impl Decoded {
     /// True if the EPC did not decode and is represented by its raw URI.
     pub fn is_raw(&self) -> bool {
         self.raw_reason.is_some()
+    }
+
+    /// The identifier to publish (e.g. in an EPCIS `epcList`): the pure identity URI,
+    /// or `None` for raw reads, which are not identities.
+    pub fn identity(&self) -> Option<&str> {
+        (!self.is_raw()).then_some(self.pure_identity_uri.as_str())
     }
 
     /// Compact JSON with stable snake_case keys (for `tracegate decode --json`).
@@ -405,7 +414,35 @@ fn raw(epc: &[u8], uri: String, reason: String) -> Decoded {
     }
 }
 
+fn raw_uri(epc: &[u8], ctl: &str) -> String {
+    if epc.is_empty() {
+        format!("urn:epc:raw:{ctl}0")
+    } else {
+        format!("urn:epc:raw:{ctl}{}.x{}", epc.len() * 8, to_hex(epc))
+    }
+}
+
 fn decode_with_ctl(epc: &[u8], ctl: &str) -> Decoded {
+    if matches!(epc.first(), Some(0xF7 | 0xFB)) {
+        return match plus::decode(epc) {
+            Ok(p) => Decoded {
+                scheme: p.scheme.into(),
+                bits: p.bits,
+                filter: Some(p.filter),
+                company_prefix: None,
+                item_reference: None,
+                serial: Some(p.serial.clone()),
+                gtin: Some(p.gtin.clone()),
+                pure_identity_uri: p.identity_link(),
+                tag_uri: raw_uri(epc, ctl),
+                element_string: Some(p.element_string()),
+                digital_link: Some(p.digital_link()),
+                hex: to_hex(epc),
+                raw_reason: None,
+            },
+            Err(reason) => raw(epc, raw_uri(epc, ctl), reason),
+        };
+    }
     let result = match epc.first() {
         None => Err("no EPC bits".to_string()),
         Some(&h) => match scheme_by_header(h) {
@@ -429,14 +466,7 @@ fn decode_with_ctl(epc: &[u8], ctl: &str) -> Decoded {
             hex: to_hex(epc),
             raw_reason: None,
         },
-        Err(reason) => {
-            let uri = if epc.is_empty() {
-                format!("urn:epc:raw:{ctl}0")
-            } else {
-                format!("urn:epc:raw:{ctl}{}.x{}", epc.len() * 8, to_hex(epc))
-            };
-            raw(epc, uri, reason)
-        }
+        Err(reason) => raw(epc, raw_uri(epc, ctl), reason),
     }
 }
 
@@ -447,7 +477,9 @@ fn header_reason(h: u8) -> String {
         0x2C..=0x2F | 0x35 | 0x3A..=0x3F | 0x40 | 0x41 => {
             "a TDS 1.13 scheme this decoder does not support"
         }
-        0xE6..=0xFD => "a TDS 2.x '+'/'++' scheme (not TDS 1.13)",
+        0xE6..=0xFD => {
+            "a TDS 2.x '+'/'++' scheme this decoder does not support (only SGTIN+ and DSGTIN+ are)"
+        }
         _ => "reserved / not in TDS 1.13 Table 14-1",
     };
     format!("header 0x{h:02X}: {what}")

@@ -143,8 +143,9 @@ impl std::str::FromStr for Action {
 /// Plain inputs for one ObjectEvent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectEvent {
-    /// EPC pure identity URIs (or GS1 Digital Link URIs). Raw URIs are accepted by the
-    /// schema but are not identities; keep them out of published events.
+    /// EPC pure identity URIs (or GS1 Digital Link URIs). Exact duplicates are dropped
+    /// (the schema requires unique items). Raw URIs are accepted by the schema but are
+    /// not identities; keep them out of published events.
     pub epcs: Vec<String>,
     /// Event time, UTC milliseconds since the Unix epoch.
     pub event_time_ms: i64,
@@ -317,7 +318,17 @@ impl EpcisDocument {
             "eventTimeZoneOffset".into(),
             ev.event_time_zone_offset.clone().into(),
         );
-        m.insert("epcList".into(), ev.epcs.clone().into());
+        // The schema requires uniqueItems; repeated reads of one tag are one EPC.
+        let mut epcs: Vec<&String> = Vec::with_capacity(ev.epcs.len());
+        for e in &ev.epcs {
+            if !epcs.contains(&e) {
+                epcs.push(e);
+            }
+        }
+        m.insert(
+            "epcList".into(),
+            epcs.into_iter().cloned().collect::<Vec<String>>().into(),
+        );
         m.insert("action".into(), ev.action.as_str().into());
         if let Some(b) = &ev.biz_step {
             check_vocab("bizStep", b, &CBV_BIZ_STEPS)?;
