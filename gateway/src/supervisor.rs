@@ -69,21 +69,33 @@ pub async fn supervise(
                     .await
                     .map_err(|e| e.to_string())
             }
-            ReaderConfig::Mercury(c) => {
-                tracegate_drivers::mercury::run_with_clock(c, sink.clone(), health.clone(), clock, cancel.clone())
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            ReaderConfig::R2000(c) => {
-                tracegate_drivers::r2000::run_with_clock(c, sink.clone(), health.clone(), clock, cancel.clone())
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            ReaderConfig::Pcsc(c) => {
-                tracegate_drivers::nfc::run_with_clock(c, sink.clone(), health.clone(), clock, cancel.clone())
-                    .await
-                    .map_err(|e| e.to_string())
-            }
+            ReaderConfig::Mercury(c) => tracegate_drivers::mercury::run_with_clock(
+                c,
+                sink.clone(),
+                health.clone(),
+                clock,
+                cancel.clone(),
+            )
+            .await
+            .map_err(|e| e.to_string()),
+            ReaderConfig::R2000(c) => tracegate_drivers::r2000::run_with_clock(
+                c,
+                sink.clone(),
+                health.clone(),
+                clock,
+                cancel.clone(),
+            )
+            .await
+            .map_err(|e| e.to_string()),
+            ReaderConfig::Pcsc(c) => tracegate_drivers::nfc::run_with_clock(
+                c,
+                sink.clone(),
+                health.clone(),
+                clock,
+                cancel.clone(),
+            )
+            .await
+            .map_err(|e| e.to_string()),
         };
         match result {
             Ok(()) if cancel.is_cancelled() => break,

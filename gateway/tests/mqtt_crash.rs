@@ -90,14 +90,24 @@ async fn publisher_killed_with_sigkill_and_restarted_loses_nothing() {
     let mut writer = Writer::start(&store_cfg);
 
     const KILLS: u64 = 3;
-    const CHUNK: u64 = 20_000;
-    let mut appended = 0;
-    writer.append(0, CHUNK, 200).await;
-    appended += CHUNK;
+    const TOTAL: u64 = 80_000;
+    // Events keep committing the whole time (500 every 20 ms), so every
+    // kill lands while the publisher has messages in flight.
+    let tx = writer.tx.clone().unwrap();
+    let feeder = tokio::spawn(async move {
+        let mut i = 0;
+        while i < TOTAL {
+            let drafts = (i..i + 500).map(draft).collect();
+            tx.send(tracegate::store::WriteRequest { drafts, ack: None })
+                .await
+                .unwrap();
+            i += 500;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
     let mut child = spawn_child(dir.path(), &broker.url());
     let mut watermarks = Vec::new();
     for _ in 0..KILLS {
-        // Kill while events are flowing: after some progress, before the end.
         let seen = registry.got.lock().unwrap().unique.len();
         registry
             .wait_until(Duration::from_secs(60), "progress before the kill", |r| {
@@ -105,12 +115,19 @@ async fn publisher_killed_with_sigkill_and_restarted_loses_nothing() {
             })
             .await;
         tokio::task::block_in_place(|| sigkill(&mut child));
+        let committed_at_kill = *writer.committed.borrow();
         watermarks.push(published_upto(&store_cfg));
-        // Events keep committing while the publisher is dead.
-        writer.append(appended, CHUNK, 200).await;
-        appended += CHUNK;
+        assert!(
+            committed_at_kill < TOTAL,
+            "the stream ended before kill {}",
+            watermarks.len()
+        );
+        // Dead for a while: events pile up.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         child = spawn_child(dir.path(), &broker.url());
     }
+    feeder.await.unwrap();
+    let appended = TOTAL;
     writer.wait_committed(appended).await;
     registry
         .wait_until(

@@ -16,6 +16,7 @@
 pub mod config;
 #[cfg(feature = "demo-broker")]
 pub mod embedded;
+pub mod epcis;
 pub mod render;
 mod store_io;
 mod tls;

@@ -67,9 +67,7 @@ impl BatchRenderer for JsonRenderer {
 pub fn renderer_for(format: PayloadFormat) -> Result<Box<dyn BatchRenderer>, PublishError> {
     match format {
         PayloadFormat::Json => Ok(Box::new(JsonRenderer)),
-        PayloadFormat::Epcis2 => Err(PublishError::Config(
-            "mqtt.payload_format = \"epcis2\" is not available in this build; use \"json\"".into(),
-        )),
+        PayloadFormat::Epcis2 => Ok(Box::new(super::epcis::EpcisRenderer)),
     }
 }
 
