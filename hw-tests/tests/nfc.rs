@@ -24,7 +24,10 @@ const FILE: &str = "F0E0D0C0B0A090807060504030201000";
 fn pcscd_available() -> bool {
     let found = pcsc::Context::establish(pcsc::Scope::User)
         .and_then(|ctx| ctx.list_readers_owned())
-        .map(|rs| rs.iter().any(|r| r.to_string_lossy().contains(SLOT0_READER)));
+        .map(|rs| {
+            rs.iter()
+                .any(|r| r.to_string_lossy().contains(SLOT0_READER))
+        });
     if matches!(found, Ok(true)) {
         return true;
     }
@@ -49,7 +52,12 @@ fn keys() -> SunKeys {
 fn tap<C: EmulatedCard + 'static>(gw: &TempGateway, card: C, taps_before: usize) -> C {
     let inserted = vpcd::insert(VPCD_SLOT0, card, Duration::from_secs(5)).unwrap();
     wait_for(Duration::from_secs(20), || {
-        let n = gw.events(&[]).ok()?.iter().filter(|e| e["type"] == "tap").count();
+        let n = gw
+            .events(&[])
+            .ok()?
+            .iter()
+            .filter(|e| e["type"] == "tap")
+            .count();
         (n > taps_before).then_some(())
     })
     .unwrap_or_else(|| panic!("no tap event stored; log:\n{}", gw.log()));
@@ -86,18 +94,41 @@ fn taps_carry_uid_digital_link_and_sun_verdicts() {
 
     let uid215 = [0x04, 0x11, 0x22, 0x33, 0x44, 0x55, 0x80];
     tap(&gw, Ntag21x::ntag215_with_uri(uid215, DL), 0);
-    let genuine = Ntag424::new([0x04, 0x01, 0x02, 0x03, 0x04, 0x05, 0x80], keys(), DL, 10, SunBehaviour::Genuine);
+    let genuine = Ntag424::new(
+        [0x04, 0x01, 0x02, 0x03, 0x04, 0x05, 0x80],
+        keys(),
+        DL,
+        10,
+        SunBehaviour::Genuine,
+    );
     let genuine = tap(&gw, genuine, 1);
     tap(&gw, genuine, 2);
-    let forged = Ntag424::new([0x04, 0x0A, 0x0B, 0x0C, 0x0D, 0x0E, 0x80], keys(), DL, 3, SunBehaviour::ForgedMac);
+    let forged = Ntag424::new(
+        [0x04, 0x0A, 0x0B, 0x0C, 0x0D, 0x0E, 0x80],
+        keys(),
+        DL,
+        3,
+        SunBehaviour::ForgedMac,
+    );
     tap(&gw, forged, 3);
-    let replay = Ntag424::new([0x04, 0x21, 0x22, 0x23, 0x24, 0x25, 0x80], keys(), DL, 5, SunBehaviour::Replay);
+    let replay = Ntag424::new(
+        [0x04, 0x21, 0x22, 0x23, 0x24, 0x25, 0x80],
+        keys(),
+        DL,
+        5,
+        SunBehaviour::Replay,
+    );
     let replay = tap(&gw, replay, 4);
     tap(&gw, replay, 5);
 
     signal(&child, Signal::SIGTERM).unwrap();
     wait_exit(&mut child, Duration::from_secs(8)).expect("gateway did not stop");
-    let taps: Vec<_> = gw.events(&[]).unwrap().into_iter().filter(|e| e["type"] == "tap").collect();
+    let taps: Vec<_> = gw
+        .events(&[])
+        .unwrap()
+        .into_iter()
+        .filter(|e| e["type"] == "tap")
+        .collect();
     assert_eq!(taps.len(), 6, "one tap per placement: {taps:#?}");
 
     let t215 = &taps[0];
@@ -107,9 +138,18 @@ fn taps_carry_uid_digital_link_and_sun_verdicts() {
     assert_eq!(t215["tap"]["tag_type"], "ntag215");
     assert!(t215.get("sun").is_none(), "a plain URL has no SUN verdict");
 
-    let verdict = |i: usize| taps[i]["sun"]["verdict"].as_str().unwrap_or("none").to_owned();
+    let verdict = |i: usize| {
+        taps[i]["sun"]["verdict"]
+            .as_str()
+            .unwrap_or("none")
+            .to_owned()
+    };
     assert_eq!(verdict(1), "genuine");
-    assert_eq!(verdict(2), "genuine", "the counter moved on, so the second tap is genuine too");
+    assert_eq!(
+        verdict(2),
+        "genuine",
+        "the counter moved on, so the second tap is genuine too"
+    );
     assert!(taps[2]["sun"]["counter"].as_u64() > taps[1]["sun"]["counter"].as_u64());
     assert_eq!(verdict(3), "invalid_mac");
     assert_eq!(taps[3]["flags"][0], "forged_nfc");

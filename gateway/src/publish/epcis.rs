@@ -70,15 +70,20 @@ pub fn object_event(event: &Value) -> Option<ObjectEvent> {
 }
 
 impl BatchRenderer for EpcisRenderer {
-    fn render(&self, source: &BatchSource, events: &[StoredEvent]) -> Result<Vec<u8>, PublishError> {
+    fn render(
+        &self,
+        source: &BatchSource,
+        events: &[StoredEvent],
+    ) -> Result<Vec<u8>, PublishError> {
         let now = tracegate_drivers::clock::utc_now_ms();
         let mut doc = EpcisDocument::new(now)
             .with_namespace("tg", NAMESPACE)
             .map_err(|e| PublishError::Render(e.to_string()))?;
         let mut others = Vec::new();
         for stored in events {
-            let event: Value = serde_json::from_str(&stored.payload)
-                .map_err(|e| PublishError::Render(format!("stored event {} is not JSON: {e}", stored.id)))?;
+            let event: Value = serde_json::from_str(&stored.payload).map_err(|e| {
+                PublishError::Render(format!("stored event {} is not JSON: {e}", stored.id))
+            })?;
             match object_event(&event) {
                 Some(ev) => {
                     if let Err(e) = doc.push(&ev) {
@@ -128,9 +133,14 @@ mod tests {
 
     #[test]
     fn tag_events_become_object_events_with_reproducible_hash_ids() {
-        let src = BatchSource { gateway: "gw".into(), site: "s".into() };
+        let src = BatchSource {
+            gateway: "gw".into(),
+            site: "s".into(),
+        };
         let overflow = json!({"id": "gw:s:2", "seq": 2, "type": "overflow", "count": 5});
-        let out = EpcisRenderer.render(&src, &[stored(1, arrived()), stored(2, overflow)]).unwrap();
+        let out = EpcisRenderer
+            .render(&src, &[stored(1, arrived()), stored(2, overflow)])
+            .unwrap();
         let doc: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(doc["type"], "EPCISDocument");
         let ev = &doc["epcisBody"]["eventList"][0];
@@ -141,12 +151,17 @@ mod tests {
         assert_eq!(ev["tg:eventId"], "gw:s:1");
         // The hash is recomputed by the reference algorithm's port in gs1.
         let id = ev["eventID"].as_str().unwrap();
-        assert!(id.starts_with("ni:///sha-256;") && id.ends_with("?ver=CBV2.0"), "{id}");
+        assert!(
+            id.starts_with("ni:///sha-256;") && id.ends_with("?ver=CBV2.0"),
+            "{id}"
+        );
         let hashes = tracegate_gs1::epcis::document_hashes(&doc).unwrap();
         assert_eq!(hashes[0], id);
         assert_eq!(doc["tg:otherEvents"][0]["type"], "overflow");
         // Same event, same ID: the registry can deduplicate on eventID too.
-        let again: Value = serde_json::from_slice(&EpcisRenderer.render(&src, &[stored(1, arrived())]).unwrap()).unwrap();
+        let again: Value =
+            serde_json::from_slice(&EpcisRenderer.render(&src, &[stored(1, arrived())]).unwrap())
+                .unwrap();
         assert_eq!(again["epcisBody"]["eventList"][0]["eventID"], ev["eventID"]);
     }
 
