@@ -42,6 +42,8 @@ step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "tests"
+# hw-tests run the real binary: make sure it is current.
+cargo build -p tracegate --bin tracegate
 cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/tracegate-test.log
 test "${PIPESTATUS[0]}" -eq 0
 

@@ -582,19 +582,35 @@ pub async fn run(
         {
             p.tracker.handed(Item::Control);
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        // Up to 2 s for outstanding PUBACKs, then DISCONNECT regardless (a
+        // clean disconnect keeps the broker from publishing the last will
+        // over the "shutdown" status), and 1 s more for it to go out.
+        let start = tokio::time::Instant::now();
+        let ack_deadline = start + Duration::from_secs(2);
+        let final_deadline = start + Duration::from_secs(3);
         let mut disconnect_sent = false;
         loop {
-            if p.tracker.in_flight() == 0 && !disconnect_sent {
+            if !disconnect_sent
+                && (p.tracker.in_flight() == 0 || tokio::time::Instant::now() >= ack_deadline)
+            {
                 let _ = client.try_disconnect();
                 disconnect_sent = true;
             }
+            let wake = if disconnect_sent {
+                final_deadline
+            } else {
+                ack_deadline
+            };
             tokio::select! {
                 r = el.poll() => match r {
                     Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
                     Ok(ev) => p.on_event(&ev),
                 },
-                _ = tokio::time::sleep_until(deadline) => break,
+                _ = tokio::time::sleep_until(wake) => {
+                    if disconnect_sent {
+                        break;
+                    }
+                }
             }
         }
     }
