@@ -4,6 +4,8 @@
 mod support;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
@@ -88,13 +90,15 @@ async fn broker_restarted_five_times_mid_stream_loses_nothing() {
     let (ctx, stats) = context(&store_cfg, writer.committed.clone());
     let (cancel, task) = spawn_publisher(cfg, ctx);
 
-    const N: u64 = 60_000;
     const RESTARTS: u64 = 5;
     let tx = writer.tx.clone().unwrap();
-    // A steady stream: 500 events every 40 ms (about 12,500/s) while the broker flaps.
+    // A steady stream, 500 events every 40 ms (about 12,500/s), that runs
+    // until every outage is over: all outages happen mid-stream.
+    let streaming = Arc::new(AtomicBool::new(true));
+    let go = streaming.clone();
     let feeder = tokio::spawn(async move {
-        let mut i = 0;
-        while i < N {
+        let mut i = 0u64;
+        while go.load(Ordering::Relaxed) || i < 20_000 {
             let drafts = (i..i + 500).map(draft).collect();
             tx.send(tracegate::store::WriteRequest { drafts, ack: None })
                 .await
@@ -102,22 +106,35 @@ async fn broker_restarted_five_times_mid_stream_loses_nothing() {
             i += 500;
             tokio::time::sleep(Duration::from_millis(40)).await;
         }
+        i
     });
-    // Up long enough (1 s) for the publisher's backoff (max 500 ms here) to
-    // reconnect in every up phase.
+    // Each cycle: stream for a while, stop the broker, start it again, and
+    // wait until the publisher is back before the next outage, so every
+    // outage really cuts a live session.
+    let connects = |stats: &tracegate::publish::PublisherStats| {
+        stats.connects.load(std::sync::atomic::Ordering::Relaxed)
+    };
     for _ in 0..RESTARTS {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = connects(&stats);
         tokio::task::block_in_place(|| broker.stop());
-        eprintln!("{} broker stopped", chrono::Utc::now());
         tokio::time::sleep(Duration::from_millis(300)).await;
         tokio::task::block_in_place(|| broker.start_again());
-        eprintln!("{} broker started", chrono::Utc::now());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while connects(&stats) <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "publisher did not reconnect in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
-    feeder.await.unwrap();
-    writer.wait_committed(N).await;
+    streaming.store(false, Ordering::Relaxed);
+    let n_events = feeder.await.unwrap();
+    writer.wait_committed(n_events).await;
     registry
         .wait_until(Duration::from_secs(120), "all events after restarts", |r| {
-            r.unique.len() as u64 >= N
+            r.unique.len() as u64 >= n_events
         })
         .await;
     cancel.cancel();
@@ -137,7 +154,7 @@ async fn broker_restarted_five_times_mid_stream_loses_nothing() {
         );
         // The publisher resends at most its window per lost connection.
         let sent = stats.events_sent.load(std::sync::atomic::Ordering::Relaxed);
-        let resent = sent - N;
+        let resent = sent - n_events;
         assert!(
             resent <= reconnects * window * batch,
             "{resent} events resent over {reconnects} reconnects, window {window} x {batch}"
