@@ -164,12 +164,6 @@ impl MqttConfig {
         if self.protocol == MqttProtocol::V5 {
             return bad("mqtt.protocol = \"5\" is not supported yet; use \"3.1.1\"".into());
         }
-        if self.payload_format == PayloadFormat::Epcis2 {
-            return bad(
-                "mqtt.payload_format = \"epcis2\" is not available in this build; use \"json\""
-                    .into(),
-            );
-        }
         if self.topic_prefix.is_empty()
             || self.topic_prefix.contains(['+', '#', '\0'])
             || self.topic_prefix.ends_with('/')

@@ -112,6 +112,7 @@ impl PublisherStats {
         self.max_latency_us.fetch_max(us, Ordering::Relaxed);
         self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
         self.latency_count.fetch_add(1, Ordering::Relaxed);
+        metrics::histogram!("tracegate_publish_latency_seconds").record(d.as_secs_f64());
     }
 
     pub fn snapshot(&self) -> serde_json::Value {
