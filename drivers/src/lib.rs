@@ -14,6 +14,8 @@
 //! - [`sim`]: a deterministic simulated tag population (tests and `demo`).
 //! - [`mercury`], [`r2000`]: UHF serial protocols, drivers and simulators.
 //! - [`nfc`]: PC/SC tag reading, NDEF and NTAG 424 DNA SUN verification.
+//! - [`uhf`]: what the two UHF protocols share: the frame buffer with resync,
+//!   the driver's request/response link, simulator faults and config checks.
 //! - [`serial`]: opening serial ports and pseudo-terminal pairs.
 
 pub mod clock;
@@ -25,6 +27,7 @@ pub mod read;
 pub mod serial;
 pub mod sim;
 pub mod sink;
+pub mod uhf;
 
 pub use clock::{Clock, HostTime};
 pub use health::{ReaderHealth, ReaderState};

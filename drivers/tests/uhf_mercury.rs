@@ -2,15 +2,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracegate_drivers::mercury::sim::{Faults, MercurySim, MercurySimParams, SimTag};
 use tracegate_drivers::mercury::{self, MercuryConfig, MercuryError, MercuryMode};
-use tracegate_drivers::{RawRead, ReadSink, ReaderHealth, ReaderMsg, ReaderState};
+use tracegate_drivers::{Clock, ReaderMsg, ReaderState};
+
+mod uhf_common;
+use uhf_common::{collect_until, wait_for, Running};
 
 fn epc(n: u8) -> Vec<u8> {
     vec![
@@ -24,27 +24,11 @@ fn population(n: u8) -> Vec<SimTag> {
         .collect()
 }
 
-struct Running {
-    rx: mpsc::Receiver<ReaderMsg>,
-    health: Arc<ReaderHealth>,
-    cancel: CancellationToken,
-    task: JoinHandle<Result<(), MercuryError>>,
-}
-
-fn start(config: MercuryConfig) -> Running {
-    let (sink, rx) = ReadSink::channel(1024);
-    let health = ReaderHealth::new(config.name.clone(), "mercury");
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn({
-        let (health, cancel) = (health.clone(), cancel.clone());
-        async move { mercury::run(&config, sink, health, cancel).await }
-    });
-    Running {
-        rx,
-        health,
-        cancel,
-        task,
-    }
+fn start(config: MercuryConfig) -> Running<MercuryError> {
+    let name = config.name.clone();
+    uhf_common::start(&name, "mercury", move |sink, health, cancel| async move {
+        mercury::run(&config, sink, health, cancel).await
+    })
 }
 
 fn config(port: &std::path::Path) -> MercuryConfig {
@@ -53,39 +37,6 @@ fn config(port: &std::path::Path) -> MercuryConfig {
     c.response_timeout_ms = 1000;
     c.idle_timeout_ms = 2000;
     c
-}
-
-/// Collects reads until `done` says so, or fails after 20 s.
-async fn collect_until(
-    rx: &mut mpsc::Receiver<ReaderMsg>,
-    reads: &mut Vec<RawRead>,
-    mut done: impl FnMut(&[RawRead]) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !done(reads) {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(ReaderMsg::Reads { reads: r, ack })) => {
-                reads.extend(r);
-                if let Some(a) = ack {
-                    a.fire();
-                }
-            }
-            Ok(Some(ReaderMsg::Tap(_))) => panic!("a UHF driver produced a tap"),
-            Ok(None) => panic!("driver ended; {} reads so far", reads.len()),
-            Err(_) => panic!("timed out with {} reads", reads.len()),
-        }
-    }
-}
-
-async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -139,12 +90,7 @@ async fn streamed_reads_equal_the_epcs_sent_with_valid_crc_despite_faults() {
     assert!(reads.iter().all(|r| r.antenna == 1 || r.antenna == 2));
     assert!(reads.iter().all(|r| r.pc == Some(0x3000)));
 
-    r.cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(5), r.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    r.stop().await;
     // The driver stopped continuous reading on its way out.
     let cmds = sim.report().commands;
     assert_eq!(cmds.first(), Some(&0x03));
@@ -175,8 +121,7 @@ async fn start_up_sends_protocol_antennas_region_power_and_session() {
         &[0x03, 0x0C, 0x93, 0x91, 0x97, 0x92, 0x9B, 0x9A, 0x2F],
         "{cmds:02X?}"
     );
-    r.cancel.cancel();
-    r.task.await.unwrap().unwrap();
+    r.stop().await;
     cancel_sim.cancel();
 }
 
@@ -194,8 +139,7 @@ async fn a_module_in_its_bootloader_is_booted_before_configuring() {
     collect_until(&mut r.rx, &mut reads, |rs| rs.len() >= 2).await;
     let cmds = sim.report().commands;
     assert_eq!(&cmds[..3], &[0x03, 0x0C, 0x04], "{cmds:02X?}");
-    r.cancel.cancel();
-    r.task.await.unwrap().unwrap();
+    r.stop().await;
     cancel_sim.cancel();
 }
 
@@ -236,8 +180,7 @@ async fn a_module_still_streaming_from_a_previous_run_is_stopped_first() {
         cmds[1..ours].contains(&0x2F),
         "no stop before our start: {cmds:02X?}"
     );
-    r.cancel.cancel();
-    r.task.await.unwrap().unwrap();
+    r.stop().await;
     cancel_sim.cancel();
 }
 
@@ -265,8 +208,7 @@ async fn tid_is_read_alongside_the_epc_when_configured() {
         let tag = tags.iter().find(|t| t.epc == read.epc).unwrap();
         assert_eq!(read.tid, tag.tid);
     }
-    r.cancel.cancel();
-    r.task.await.unwrap().unwrap();
+    r.stop().await;
     cancel_sim.cancel();
 }
 
@@ -315,10 +257,7 @@ async fn tag_buffer_is_cleared_only_after_the_reads_are_committed() {
         panic!("expected acked reads")
     };
     drop(ack);
-    let res = tokio::time::timeout(Duration::from_secs(5), r.task)
-        .await
-        .unwrap()
-        .unwrap();
+    let res = r.outcome(5).await;
     assert!(matches!(res, Err(MercuryError::NotCommitted)), "{res:?}");
     let rep = sim.report();
     assert_eq!(
@@ -345,11 +284,8 @@ async fn a_stalled_module_makes_run_fail_with_a_timeout() {
     let (path, _task) = sim.spawn_pty(cancel_sim.clone()).unwrap();
     let mut c = config(&path);
     c.idle_timeout_ms = 700;
-    let r = start(c);
-    let res = tokio::time::timeout(Duration::from_secs(10), r.task)
-        .await
-        .unwrap()
-        .unwrap();
+    let mut r = start(c);
+    let res = r.outcome(10).await;
     assert!(matches!(res, Err(MercuryError::Timeout { .. })), "{res:?}");
     assert_eq!(sim.report().stalls, 1);
     cancel_sim.cancel();
@@ -372,10 +308,7 @@ async fn unplug_fails_the_run_and_a_new_run_resumes_after_replug() {
     collect_until(&mut r.rx, &mut reads, |rs| rs.len() >= 4).await;
 
     port.unplug().await.unwrap();
-    let res = tokio::time::timeout(Duration::from_secs(5), r.task)
-        .await
-        .unwrap()
-        .unwrap();
+    let res = r.outcome(5).await;
     assert!(
         matches!(res, Err(MercuryError::Io(_) | MercuryError::Disconnected)),
         "{res:?}"
@@ -395,8 +328,7 @@ async fn unplug_fails_the_run_and_a_new_run_resumes_after_replug() {
     collect_until(&mut r2.rx, &mut more, |rs| rs.len() >= 4).await;
     assert!(sim.report().sent_epcs.len() > before);
     assert_eq!(sim.report().connections, 2);
-    r2.cancel.cancel();
-    r2.task.await.unwrap().unwrap();
+    r2.stop().await;
     port.unplug().await.unwrap();
 }
 
@@ -415,10 +347,7 @@ async fn an_injected_unplug_mid_stream_is_reported_as_an_io_failure() {
     let (path, sim_task) = sim.spawn_pty(cancel_sim.clone()).unwrap();
     let mut r = start(config(&path));
     sim_task.await.unwrap().unwrap();
-    let res = tokio::time::timeout(Duration::from_secs(5), &mut r.task)
-        .await
-        .unwrap()
-        .unwrap();
+    let res = r.outcome(5).await;
     assert!(
         matches!(res, Err(MercuryError::Io(_) | MercuryError::Disconnected)),
         "{res:?}"
@@ -445,33 +374,16 @@ async fn the_driver_runs_over_any_byte_stream_not_only_a_serial_port() {
         cycle: Duration::from_millis(10),
         ..MercurySimParams::default()
     });
-    let (host, module) = tokio::io::duplex(4096);
-    let cancel = CancellationToken::new();
-    let sim_task = tokio::spawn({
-        let (sim, cancel) = (sim.clone(), cancel.clone());
-        async move { sim.serve(module, cancel).await }
-    });
-    let (sink, mut rx) = ReadSink::channel(64);
-    let health = ReaderHealth::new("m1", "mercury");
     let config = MercuryConfig::new("m1", "in-memory");
-    let driver = tokio::spawn({
-        let (health, cancel) = (health.clone(), cancel.clone());
-        async move {
-            mercury::run_on(
-                host,
-                &config,
-                sink,
-                health,
-                tracegate_drivers::Clock::new(),
-                cancel,
-            )
-            .await
-        }
-    });
-    let mut reads = Vec::new();
-    collect_until(&mut rx, &mut reads, |rs| rs.len() >= 4).await;
+    let reads = uhf_common::reads_over_duplex(
+        "m1",
+        "mercury",
+        |module, cancel| async move { sim.serve(module, cancel).await },
+        |host, sink, health, cancel| async move {
+            mercury::run_on(host, &config, sink, health, Clock::new(), cancel).await
+        },
+        4,
+    )
+    .await;
     assert!(reads.iter().all(|r| &*r.reader == "m1"));
-    cancel.cancel();
-    driver.await.unwrap().unwrap();
-    sim_task.await.unwrap().unwrap();
 }

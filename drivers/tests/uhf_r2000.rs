@@ -1,15 +1,15 @@
 //! The R2000 driver against the R2000 simulator over real pseudo-terminals.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracegate_drivers::r2000::sim::{Faults, R2000Sim, R2000SimParams, SimTag};
 use tracegate_drivers::r2000::{self, R2000Config, R2000Error, R2000Mode, R2000Region};
-use tracegate_drivers::{RawRead, ReadSink, ReaderHealth, ReaderMsg, ReaderState};
+use tracegate_drivers::{Clock, ReaderState};
+
+mod uhf_common;
+use uhf_common::{collect_until, wait_for, Running};
 
 fn epc(n: u8) -> Vec<u8> {
     // 0xA0 inside the EPC: the header byte must not confuse the decoder.
@@ -18,27 +18,11 @@ fn epc(n: u8) -> Vec<u8> {
     ]
 }
 
-struct Running {
-    rx: mpsc::Receiver<ReaderMsg>,
-    health: Arc<ReaderHealth>,
-    cancel: CancellationToken,
-    task: JoinHandle<Result<(), R2000Error>>,
-}
-
-fn start(config: R2000Config) -> Running {
-    let (sink, rx) = ReadSink::channel(1024);
-    let health = ReaderHealth::new(config.name.clone(), "r2000");
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn({
-        let (health, cancel) = (health.clone(), cancel.clone());
-        async move { r2000::run(&config, sink, health, cancel).await }
-    });
-    Running {
-        rx,
-        health,
-        cancel,
-        task,
-    }
+fn start(config: R2000Config) -> Running<R2000Error> {
+    let name = config.name.clone();
+    uhf_common::start(&name, "r2000", move |sink, health, cancel| async move {
+        r2000::run(&config, sink, health, cancel).await
+    })
 }
 
 fn config(port: &std::path::Path, antennas: &[u8]) -> R2000Config {
@@ -47,42 +31,6 @@ fn config(port: &std::path::Path, antennas: &[u8]) -> R2000Config {
     c.response_timeout_ms = 1000;
     c.round_timeout_ms = 2000;
     c
-}
-
-async fn collect_until(
-    rx: &mut mpsc::Receiver<ReaderMsg>,
-    reads: &mut Vec<RawRead>,
-    mut done: impl FnMut(&[RawRead]) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !done(reads) {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(ReaderMsg::Reads { reads: r, .. })) => reads.extend(r),
-            Ok(Some(ReaderMsg::Tap(_))) => panic!("a UHF driver produced a tap"),
-            Ok(None) => panic!("driver ended; {} reads so far", reads.len()),
-            Err(_) => panic!("timed out with {} reads", reads.len()),
-        }
-    }
-}
-
-async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn stop(r: Running) {
-    r.cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(5), r.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
 }
 
 #[tokio::test]
@@ -134,7 +82,7 @@ async fn real_time_reads_equal_the_epcs_sent_with_valid_checksums_despite_faults
     assert!(h.resyncs >= 1, "{h:?}");
     assert!(h.details.iter().any(|(k, v)| k == "firmware" && v == "1.9"));
     assert_eq!(h.reads, want.len() as u64);
-    stop(r).await;
+    r.stop().await;
     cancel_sim.cancel();
 }
 
@@ -160,7 +108,7 @@ async fn a_missing_antenna_is_counted_in_health_and_the_others_keep_reading() {
     let detail = h.details.iter().find(|(k, _)| k == "antenna_2").unwrap();
     assert!(detail.1.contains("antenna missing"), "{detail:?}");
     assert_eq!(h.state, ReaderState::Running);
-    stop(r).await;
+    r.stop().await;
     cancel_sim.cancel();
 }
 
@@ -194,7 +142,7 @@ async fn fast_switch_covers_four_ports_and_reports_a_missing_one() {
         .details
         .iter()
         .any(|(k, v)| k == "antenna_3" && v.contains("missing")));
-    stop(r).await;
+    r.stop().await;
     cancel_sim.cancel();
 }
 
@@ -214,7 +162,7 @@ async fn power_and_region_are_written_only_when_they_differ() {
     c.region = Some(R2000Region::Fcc);
     let mut r = start(c.clone());
     collect_until(&mut r.rx, &mut Vec::new(), |rs| !rs.is_empty()).await;
-    stop(r).await;
+    r.stop().await;
     let rep = sim.report();
     assert_eq!(
         (rep.power_writes, rep.region_writes),
@@ -227,7 +175,7 @@ async fn power_and_region_are_written_only_when_they_differ() {
     c.region = Some(R2000Region::Etsi);
     let mut r = start(c);
     collect_until(&mut r.rx, &mut Vec::new(), |rs| !rs.is_empty()).await;
-    stop(r).await;
+    r.stop().await;
     let rep = sim.report();
     assert_eq!((rep.power_writes, rep.region_writes), (1, 1));
     cancel_sim.cancel();
@@ -251,7 +199,7 @@ async fn an_eight_port_reader_reports_antennas_above_four() {
         assert_eq!(x.epc, epc(x.antenna));
         assert_eq!(x.rssi_dbm, Some(if x.antenna == 6 { -48 } else { -70 }));
     }
-    stop(r).await;
+    r.stop().await;
     cancel_sim.cancel();
 }
 
@@ -269,7 +217,7 @@ async fn a_configured_session_uses_the_session_inventory_command() {
     collect_until(&mut r.rx, &mut Vec::new(), |rs| rs.len() >= 2).await;
     let cmds = sim.report().commands;
     assert!(cmds.contains(&0x8B) && !cmds.contains(&0x89), "{cmds:02X?}");
-    stop(r).await;
+    r.stop().await;
     cancel_sim.cancel();
 }
 
@@ -287,11 +235,8 @@ async fn a_stalled_reader_makes_run_fail_with_a_timeout() {
     let (path, _t) = sim.spawn_pty(cancel_sim.clone()).unwrap();
     let mut c = config(&path, &[1]);
     c.round_timeout_ms = 700;
-    let r = start(c);
-    let res = tokio::time::timeout(Duration::from_secs(10), r.task)
-        .await
-        .unwrap()
-        .unwrap();
+    let mut r = start(c);
+    let res = r.outcome(10).await;
     assert!(matches!(res, Err(R2000Error::Timeout { .. })), "{res:?}");
     cancel_sim.cancel();
 }
@@ -309,10 +254,7 @@ async fn unplug_fails_the_run_and_a_new_run_resumes_after_replug() {
     let mut r = start(config(&link, &[1]));
     collect_until(&mut r.rx, &mut Vec::new(), |rs| rs.len() >= 2).await;
     port.unplug().await.unwrap();
-    let res = tokio::time::timeout(Duration::from_secs(5), r.task)
-        .await
-        .unwrap()
-        .unwrap();
+    let res = r.outcome(5).await;
     assert!(
         matches!(res, Err(R2000Error::Io(_) | R2000Error::Disconnected)),
         "{res:?}"
@@ -325,7 +267,7 @@ async fn unplug_fails_the_run_and_a_new_run_resumes_after_replug() {
     let mut r2 = start(config(&link, &[1]));
     collect_until(&mut r2.rx, &mut Vec::new(), |rs| rs.len() >= 2).await;
     assert_eq!(sim.report().connections, 2);
-    stop(r2).await;
+    r2.stop().await;
     port.unplug().await.unwrap();
 }
 
@@ -353,31 +295,16 @@ async fn the_driver_runs_over_any_byte_stream_not_only_a_serial_port() {
         tags: vec![SimTag::new(epc(1), 1, -50)],
         ..R2000SimParams::default()
     });
-    let (host, reader) = tokio::io::duplex(4096);
-    let cancel = CancellationToken::new();
-    let sim_task = tokio::spawn({
-        let (sim, cancel) = (sim.clone(), cancel.clone());
-        async move { sim.serve(reader, cancel).await }
-    });
-    let (sink, mut rx) = ReadSink::channel(64);
-    let health = ReaderHealth::new("g1", "r2000");
     let config = R2000Config::new("g1", "in-memory");
-    let driver = tokio::spawn({
-        let (health, cancel) = (health.clone(), cancel.clone());
-        async move {
-            r2000::run_on(
-                host,
-                &config,
-                sink,
-                health,
-                tracegate_drivers::Clock::new(),
-                cancel,
-            )
-            .await
-        }
-    });
-    collect_until(&mut rx, &mut Vec::new(), |rs| rs.len() >= 2).await;
-    cancel.cancel();
-    driver.await.unwrap().unwrap();
-    sim_task.await.unwrap().unwrap();
+    let reads = uhf_common::reads_over_duplex(
+        "g1",
+        "r2000",
+        |reader, cancel| async move { sim.serve(reader, cancel).await },
+        |host, sink, health, cancel| async move {
+            r2000::run_on(host, &config, sink, health, Clock::new(), cancel).await
+        },
+        2,
+    )
+    .await;
+    assert!(reads.iter().all(|r| r.epc == epc(1)));
 }

@@ -24,7 +24,7 @@ impl Writer {
     pub(crate) fn push(&mut self, value: u64, n: usize) {
         for i in (0..n).rev() {
             let bit = if i >= 64 { 0 } else { ((value >> i) & 1) as u8 };
-            if self.len % 8 == 0 {
+            if self.len.is_multiple_of(8) {
                 self.bytes.push(0);
             }
             if bit == 1 {

@@ -67,7 +67,7 @@ pub fn parse(uri: &str) -> Option<DigitalLink> {
     // A DL may carry a path prefix before the primary key.
     let start = segs.iter().position(|s| *s == "01" || *s == "gtin")?;
     let pairs = &segs[start..];
-    if pairs.len() % 2 != 0 {
+    if !pairs.len().is_multiple_of(2) {
         return None;
     }
     let mut gtin = urn_unescape(pairs[1])?;

@@ -14,6 +14,9 @@
 
 use std::marker::PhantomData;
 
+use crate::uhf::link::{Decoded, FrameDecoder};
+use crate::uhf::{FrameBuffer, Scan};
+
 /// First byte of every frame in both directions.
 pub const HEADER: u8 = 0xFF;
 /// `TMR_SR_MAX_PACKET_SIZE`: no frame is longer than this.
@@ -428,8 +431,7 @@ pub enum Event<F> {
 /// between calls plus one frame.
 #[derive(Debug)]
 pub struct Decoder<F> {
-    buf: Vec<u8>,
-    pos: usize,
+    bytes: FrameBuffer,
     _kind: PhantomData<fn() -> F>,
 }
 
@@ -442,84 +444,49 @@ impl<F: FrameKind> Default for Decoder<F> {
 impl<F: FrameKind> Decoder<F> {
     pub fn new() -> Self {
         Self {
-            buf: Vec::with_capacity(2 * MAX_FRAME),
-            pos: 0,
+            bytes: FrameBuffer::with_capacity(2 * MAX_FRAME),
             _kind: PhantomData,
         }
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
-        if self.pos > 0 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        self.buf.extend_from_slice(bytes);
+        self.bytes.push(bytes);
     }
 
     /// Bytes held waiting for the rest of a frame.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.pos
+        self.bytes.buffered()
     }
 
     /// Drops everything buffered (after a port reopen).
     pub fn clear(&mut self) {
-        self.buf.clear();
-        self.pos = 0;
+        self.bytes.clear();
     }
 
-    /// Gives up on the partial frame at the front: skips its first byte so
-    /// the next [`Self::next_event`] rescans after it. Call this when the
-    /// line has gone quiet with bytes still buffered: a header-like byte in
-    /// garbage must not hold back the real reply behind it until the
-    /// command times out. Returns whether anything was skipped.
+    /// Gives up on the partial frame at the front (see
+    /// [`FrameBuffer::skip_stale`]). Returns whether anything was skipped.
     pub fn skip_stale(&mut self) -> bool {
-        if self.pos < self.buf.len() {
-            self.pos += 1;
-            true
-        } else {
-            false
-        }
+        self.bytes.skip_stale()
     }
 
-    fn plausible_header(&self, i: usize) -> bool {
-        if self.buf.get(i) != Some(&HEADER) {
-            return false;
-        }
-        if let Some(&len) = self.buf.get(i + 1) {
-            if usize::from(len) > F::MAX_DATA {
-                return false;
-            }
-        }
-        if let Some(&opcode) = self.buf.get(i + 2) {
-            if !op::is_known(opcode) {
-                return false;
-            }
-        }
-        true
+    fn plausible_header(w: &[u8]) -> bool {
+        w.first() == Some(&HEADER)
+            && w.get(1).is_none_or(|&len| usize::from(len) <= F::MAX_DATA)
+            && w.get(2).is_none_or(|&opcode| op::is_known(opcode))
     }
 
     pub fn next_event(&mut self) -> Option<Event<F>> {
-        let end = self.buf.len();
-        if self.pos >= end {
-            return None;
-        }
-        if !self.plausible_header(self.pos) {
-            let mut i = self.pos + 1;
-            while i < end && !self.plausible_header(i) {
-                i += 1;
-            }
-            let skipped = i - self.pos;
-            self.pos = i;
-            return Some(Event::Skipped(skipped));
-        }
-        let len = usize::from(*self.buf.get(self.pos + 1)?);
-        let total = len + F::OVERHEAD;
-        let frame = self.buf.get(self.pos..self.pos + total)?;
+        let frame = match self.bytes.scan(F::OVERHEAD, Self::plausible_header)? {
+            Scan::Skipped(n) => return Some(Event::Skipped(n)),
+            Scan::Frame(frame) => frame,
+        };
+        let total = frame.len();
+        let len = total - F::OVERHEAD;
         let body = frame.get(1..total - 2)?;
         let got = u16::from_be_bytes([*frame.get(total - 2)?, *frame.get(total - 1)?]);
         if crc(body) == got {
             let f = F::from_frame(frame);
-            self.pos += total;
+            self.bytes.advance(total);
             match f {
                 Some(f) => Some(Event::Frame(f)),
                 // Unreachable given the length checks above, but a decoder
@@ -528,9 +495,29 @@ impl<F: FrameKind> Decoder<F> {
             }
         } else {
             let opcode = frame.get(2).copied().unwrap_or(0);
-            self.pos += 1;
+            self.bytes.advance(1);
             Some(Event::BadCrc { opcode, len })
         }
+    }
+}
+
+impl<F: FrameKind> FrameDecoder for Decoder<F> {
+    type Frame = F;
+    fn push(&mut self, bytes: &[u8]) {
+        Decoder::push(self, bytes);
+    }
+    fn buffered(&self) -> usize {
+        Decoder::buffered(self)
+    }
+    fn skip_stale(&mut self) -> bool {
+        Decoder::skip_stale(self)
+    }
+    fn next_decoded(&mut self) -> Option<Decoded<F>> {
+        Some(match self.next_event()? {
+            Event::Frame(f) => Decoded::Frame(f),
+            Event::BadCrc { opcode, len } => Decoded::BadCheck { code: opcode, len },
+            Event::Skipped(n) => Decoded::Skipped(n),
+        })
     }
 }
 

@@ -5,27 +5,23 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{
     self, cmd, op, parse_read_multiple_count, parse_stream_frame, parse_tag_buffer, status,
-    Command, Decoder, Event, ReadMultiple, Response, StreamItem, TagRecord, VersionInfo,
+    Command, Decoder, ReadMultiple, Response, StreamItem, TagRecord, VersionInfo,
 };
 use super::{MercuryConfig, MercuryError, MercuryMode};
+use crate::uhf::link::FrameLink;
 use crate::{Clock, RawRead, ReadSink, ReaderHealth, ReaderState};
 
 /// Reads handed to the pipeline in one message at most.
 const MAX_BATCH: usize = 64;
 
-/// Longest silence inside a frame before the partial frame is dropped.
-const INTER_BYTE_GAP: Duration = Duration::from_millis(250);
-
 pub(super) struct Driver<'a, T> {
-    io: T,
-    dec: Decoder<Response>,
-    buf: Vec<u8>,
+    link: FrameLink<T, Decoder<Response>>,
     config: &'a MercuryConfig,
     sink: ReadSink,
     health: Arc<ReaderHealth>,
@@ -44,15 +40,21 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
         health: Arc<ReaderHealth>,
         clock: Clock,
     ) -> Self {
-        Self {
+        let reader: Arc<str> = Arc::from(config.name.as_str());
+        let link = FrameLink::new(
             io,
-            dec: Decoder::new(),
-            buf: vec![0; 1024],
+            Decoder::new(),
+            health.clone(),
+            reader.clone(),
+            "mercury",
+        );
+        Self {
+            link,
             config,
             sink,
             health,
             clock,
-            reader: Arc::from(config.name.as_str()),
+            reader,
             saw_stream: false,
         }
     }
@@ -66,29 +68,12 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
             .encode()
             .map_err(|e| MercuryError::Protocol(e.to_string()))?;
         tracing::trace!(reader = %self.reader, opcode = c.opcode, "mercury send");
-        self.io.write_all(&bytes).await.map_err(MercuryError::Io)?;
-        self.io.flush().await.map_err(MercuryError::Io)
+        self.link.send(&bytes).await.map_err(MercuryError::Io)
     }
 
-    /// The next valid frame already buffered, counting CRC errors and resyncs.
+    /// The next valid frame already buffered.
     fn buffered_frame(&mut self) -> Option<Response> {
-        while let Some(ev) = self.dec.next_event() {
-            match ev {
-                Event::Frame(r) => {
-                    self.health.frames_ok.fetch_add(1, Ordering::Relaxed);
-                    return Some(r);
-                }
-                Event::BadCrc { opcode, len } => {
-                    self.health.crc_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(reader = %self.reader, opcode, len, "mercury frame with bad CRC dropped");
-                }
-                Event::Skipped(n) => {
-                    self.health.resyncs.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(reader = %self.reader, skipped = n, "mercury decoder resynchronised");
-                }
-            }
-        }
-        None
+        self.link.buffered_frame()
     }
 
     /// Waits for the next valid frame until `deadline`.
@@ -97,38 +82,12 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
         deadline: Instant,
         what: &'static str,
     ) -> Result<Response, MercuryError> {
-        loop {
-            if let Some(r) = self.buffered_frame() {
-                return Ok(r);
-            }
-            // Bytes of a frame arrive back to back; a quiet line with a
-            // partial frame buffered means a false header (garbage).
-            let partial = self.dec.buffered() > 0;
-            let wait = if partial {
-                deadline.min(Instant::now() + INTER_BYTE_GAP)
-            } else {
-                deadline
-            };
-            let n = match tokio::time::timeout_at(wait, self.io.read(&mut self.buf)).await {
-                Err(_) if partial && Instant::now() < deadline => {
-                    if self.dec.skip_stale() {
-                        self.health.resyncs.fetch_add(1, Ordering::Relaxed);
-                    }
-                    continue;
-                }
-                Err(_) => {
-                    return Err(MercuryError::Timeout {
-                        what,
-                        baud: self.config.baud,
-                    })
-                }
-                Ok(Err(e)) => return Err(MercuryError::Io(e)),
-                Ok(Ok(0)) => return Err(MercuryError::Disconnected),
-                Ok(Ok(n)) => n,
-            };
-            let chunk = self.buf.get(..n).unwrap_or(&[]).to_vec();
-            self.dec.push(&chunk);
-        }
+        let baud = self.config.baud;
+        self.link.frame_until(deadline).await.map_err(|e| {
+            e.into_error(MercuryError::Io, MercuryError::Disconnected, || {
+                MercuryError::Timeout { what, baud }
+            })
+        })
     }
 
     /// Sends `c` and returns its reply (same opcode). Streamed frames still in

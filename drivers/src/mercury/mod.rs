@@ -45,6 +45,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+use crate::uhf::config as uhf_config;
 use crate::{Clock, ReadSink, ReaderHealth};
 
 /// `[[readers]]` entry with `kind = "mercury"`.
@@ -55,10 +56,10 @@ pub struct MercuryConfig {
     /// Serial device; prefer a stable `/dev/serial/by-id/...` path.
     pub port: String,
     /// Default 115200.
-    #[serde(default = "default_baud")]
+    #[serde(default = "uhf_config::default_baud")]
     pub baud: u32,
     /// Antenna ports to use, 1-based. Default `[1]`.
-    #[serde(default = "default_antennas")]
+    #[serde(default = "uhf_config::default_antennas")]
     pub antennas: Vec<u8>,
     /// Default `streaming`.
     #[serde(default)]
@@ -83,7 +84,7 @@ pub struct MercuryConfig {
     #[serde(default = "default_search_ms")]
     pub search_ms: u16,
     /// How long to wait for a reply to a command. Default 2000.
-    #[serde(default = "default_response_timeout_ms")]
+    #[serde(default = "uhf_config::default_response_timeout_ms")]
     pub response_timeout_ms: u64,
     /// While streaming, how long without any frame (the module sends a
     /// keep-alive every cycle) before the link counts as dead. Default 5000.
@@ -143,12 +144,6 @@ impl MercuryRegion {
     }
 }
 
-fn default_baud() -> u32 {
-    115_200
-}
-fn default_antennas() -> Vec<u8> {
-    vec![1]
-}
 fn default_power() -> i16 {
     2000
 }
@@ -157,9 +152,6 @@ fn default_tid_words() -> u8 {
 }
 fn default_search_ms() -> u16 {
     500
-}
-fn default_response_timeout_ms() -> u64 {
-    2000
 }
 fn default_idle_timeout_ms() -> u64 {
     5000
@@ -171,8 +163,8 @@ impl MercuryConfig {
         Self {
             name: name.into(),
             port: port.into(),
-            baud: default_baud(),
-            antennas: default_antennas(),
+            baud: uhf_config::default_baud(),
+            antennas: uhf_config::default_antennas(),
             mode: MercuryMode::default(),
             read_power_cdbm: default_power(),
             region: None,
@@ -180,39 +172,32 @@ impl MercuryConfig {
             tid_words: default_tid_words(),
             session: None,
             search_ms: default_search_ms(),
-            response_timeout_ms: default_response_timeout_ms(),
+            response_timeout_ms: uhf_config::default_response_timeout_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
         }
     }
 
     /// Checks values serde cannot; the gateway may call this at config load.
     pub fn validate(&self) -> Result<(), MercuryError> {
-        let bad = |m: String| Err(MercuryError::Config(m));
-        if self.antennas.is_empty() {
-            return bad("antennas is empty; list at least one port, e.g. antennas = [1]".into());
-        }
-        if let Some(a) = self.antennas.iter().find(|&&a| a == 0 || a > 15) {
-            return bad(format!("antenna {a} is out of range 1..=15"));
-        }
+        self.check().map_err(MercuryError::Config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        uhf_config::check_antennas(&self.antennas, 15)?;
         if !(0..=3300).contains(&self.read_power_cdbm) {
-            return bad(format!(
+            return Err(format!(
                 "read_power_cdbm {} is out of range 0..=3300 (centi-dBm)",
                 self.read_power_cdbm
             ));
         }
-        if let Some(s) = self.session.filter(|&s| s > 3) {
-            return bad(format!("session {s} is out of range 0..=3"));
-        }
+        uhf_config::check_session(self.session)?;
         if self.read_tid && !(1..=32).contains(&self.tid_words) {
-            return bad(format!(
+            return Err(format!(
                 "tid_words {} is out of range 1..=32",
                 self.tid_words
             ));
         }
-        if self.response_timeout_ms == 0 || self.idle_timeout_ms == 0 {
-            return bad("timeouts must be positive".into());
-        }
-        Ok(())
+        uhf_config::check_timeouts(&[self.response_timeout_ms, self.idle_timeout_ms])
     }
 }
 
@@ -270,12 +255,13 @@ pub async fn run_with_clock(
 ) -> Result<(), MercuryError> {
     config.validate()?;
     health.set_state(crate::ReaderState::Starting);
-    let port =
-        crate::serial::open(&config.port, config.baud).map_err(|source| MercuryError::Open {
-            port: config.port.clone(),
-            source,
-        })?;
-    tracing::info!(reader = %config.name, port = %config.port, baud = config.baud, "mercury port open");
+    let port = uhf_config::open_port(
+        "mercury",
+        &config.name,
+        &config.port,
+        config.baud,
+        |port, source| MercuryError::Open { port, source },
+    )?;
     run_on(port, config, sink, health, clock, cancel).await
 }
 

@@ -13,12 +13,10 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -27,46 +25,12 @@ use super::codec::{
     encode_stream_tag, encode_tag_buffer, op, parse_start_continuous, status, Command, Decoder,
     Event, ReadMultiple, Response, TagRecord, VersionInfo, MAX_RESPONSE_DATA,
 };
-use crate::serial::{open_pty, PluggablePty};
-
-/// One tag in the simulated field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SimTag {
-    pub epc: Vec<u8>,
-    /// 1-based antenna port that sees it.
-    pub antenna: u8,
-    pub rssi_dbm: i8,
-    /// TID bank, returned when the driver asks for an embedded TID read.
-    pub tid: Option<Vec<u8>>,
-}
-
-impl SimTag {
-    pub fn new(epc: impl Into<Vec<u8>>, antenna: u8, rssi_dbm: i8) -> Self {
-        Self {
-            epc: epc.into(),
-            antenna,
-            rssi_dbm,
-            tid: None,
-        }
-    }
-}
-
-/// Faults to inject. Counters ("every n-th") count frames the simulator
-/// writes; `None` disables a fault.
-#[derive(Debug, Clone, Default)]
-pub struct Faults {
-    /// Write every n-th frame in two pieces with a short pause between.
-    pub split_every: Option<u64>,
-    /// Write 1–16 random bytes before every n-th frame.
-    pub garbage_every: Option<u64>,
-    /// Corrupt the CRC of every n-th streamed tag frame.
-    pub bad_crc_every: Option<u64>,
-    /// Once `after` tag frames have been sent, send nothing for `for`.
-    pub stall: Option<(u64, Duration)>,
-    /// Drop the connection (serve returns) after this many tag frames:
-    /// the pty closes under the driver, as when a USB adapter is pulled.
-    pub unplug_after: Option<u64>,
-}
+use crate::serial::{PluggablePty, PtyMaster};
+use crate::uhf::sim::{
+    self as uhf_sim, fill_fault_fields, FaultPlan, Flow, Input, Locked, ServePty, SharedFaultLog,
+    SimPort,
+};
+pub use crate::uhf::sim::{Faults, SimTag};
 
 #[derive(Debug, Clone)]
 pub struct MercurySimParams {
@@ -151,23 +115,19 @@ struct Shared {
     report: SimReport,
     /// Tag buffer: survives reconnects, like the module's RAM.
     buffer: Vec<SimTag>,
-    /// Tag frames written so far (valid and corrupted).
-    tag_frames: u64,
-    stalled: bool,
 }
 
 /// A simulated module. Cloning shares the report and tag buffer.
 #[derive(Debug, Clone)]
 pub struct MercurySim {
     params: Arc<MercurySimParams>,
-    shared: Arc<Mutex<Shared>>,
+    shared: Locked<Shared>,
+    log: SharedFaultLog,
 }
 
 struct Conn<'a, T> {
-    io: T,
+    out: SimPort<T>,
     sim: &'a MercurySim,
-    rng: StdRng,
-    frames: u64,
     booted: bool,
     streaming: Option<ReadMultiple>,
     next_round: Instant,
@@ -177,33 +137,27 @@ struct Conn<'a, T> {
     sync_rm: Option<ReadMultiple>,
 }
 
-enum Flow {
-    Continue,
-    Unplug,
-}
-
 impl MercurySim {
     pub fn new(params: MercurySimParams) -> Self {
         Self {
             params: Arc::new(params),
-            shared: Arc::new(Mutex::new(Shared::default())),
+            shared: Locked::default(),
+            log: SharedFaultLog::default(),
         }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Shared) -> R) -> R {
-        let mut g = match self.shared.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        f(&mut g)
+        self.shared.with(f)
     }
 
     pub fn report(&self) -> SimReport {
-        self.with(|s| {
+        let mut r = self.with(|s| {
             let mut r = s.report.clone();
             r.buffer_len = s.buffer.len();
             r
-        })
+        });
+        fill_fault_fields!(r, self.log.snapshot());
+        r
     }
 
     /// Serves one connection until `cancel`, EOF/error, or an injected unplug.
@@ -211,16 +165,16 @@ impl MercurySim {
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
-        let conn_no = self.with(|s| {
-            s.report.connections += 1;
-            s.report.connections
-        });
+        let plan = FaultPlan {
+            faults: self.params.faults.clone(),
+            seed: self.params.seed,
+            max_tag_frames: self.params.max_tag_frames,
+            corrupt: |b| *b ^= 0x5A,
+        };
         let now = Instant::now();
         let mut c = Conn {
-            io,
+            out: SimPort::connect(io, plan, &self.log),
             sim: self,
-            rng: StdRng::seed_from_u64(self.params.seed.wrapping_add(conn_no)),
-            frames: 0,
             booted: !self.params.start_in_bootloader,
             streaming: None,
             next_round: now,
@@ -238,20 +192,19 @@ impl MercurySim {
         &self,
         cancel: CancellationToken,
     ) -> io::Result<(PathBuf, JoinHandle<io::Result<()>>)> {
-        let (master, path) = open_pty()?;
-        let sim = self.clone();
-        let task = tokio::spawn(async move { sim.serve(master, cancel).await });
-        Ok((path, task))
+        uhf_sim::spawn_pty(self, cancel)
     }
 
     /// A pty behind the stable symlink `link`, which tests can unplug and
     /// re-plug. Call `plug()` on the result to start.
     pub fn pluggable(&self, link: impl Into<PathBuf>) -> PluggablePty {
-        let sim = self.clone();
-        PluggablePty::new(link, move |master, cancel| {
-            let sim = sim.clone();
-            async move { sim.serve(master, cancel).await }
-        })
+        uhf_sim::pluggable(self, link)
+    }
+}
+
+impl ServePty for MercurySim {
+    async fn serve_pty(&self, master: PtyMaster, cancel: CancellationToken) -> io::Result<()> {
+        self.serve(master, cancel).await
     }
 }
 
@@ -267,7 +220,6 @@ pub fn spawn_pty(
 impl<T: AsyncRead + AsyncWrite + Unpin> Conn<'_, T> {
     async fn run(&mut self, cancel: CancellationToken) -> io::Result<()> {
         let mut dec = Decoder::<Command>::new();
-        let mut buf = vec![0u8; 512];
         loop {
             while let Some(ev) = dec.next_event() {
                 if let Event::Frame(c) = ev {
@@ -277,17 +229,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<'_, T> {
                     }
                 }
             }
-            let tick = tokio::time::sleep_until(self.next_round);
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                n = self.io.read(&mut buf) => {
-                    let n = n?;
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    dec.push(buf.get(..n).unwrap_or(&[]));
-                }
-                _ = tick, if self.streaming.is_some() => {
+            let tick = self.streaming.is_some().then_some(self.next_round);
+            match self.out.next_input(&mut dec, &cancel, tick).await? {
+                Input::Closed => return Ok(()),
+                Input::Pushed => {}
+                Input::Tick => {
                     if let Flow::Unplug = self.round().await? {
                         return Ok(());
                     }
@@ -319,74 +265,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<'_, T> {
     }
 
     async fn write_frame(&mut self, resp: &Response, tag_epc: Option<&[u8]>) -> io::Result<()> {
-        let mut bytes = resp
+        let bytes = resp
             .encode()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        self.frames += 1;
-        let f = self.sim.params.faults.clone();
-        let hit = |every: Option<u64>, n: u64| every.is_some_and(|e| e > 0 && n % e == 0);
-        if hit(f.garbage_every, self.frames) {
-            let len = self.rng.gen_range(1..=16);
-            let garbage: Vec<u8> = (0..len).map(|_| self.rng.gen()).collect();
-            self.sim.with(|s| {
-                s.report.garbage_bursts += 1;
-                s.report.garbage_bytes += len;
-            });
-            self.io.write_all(&garbage).await?;
-        }
-        if let Some(epc) = tag_epc {
-            let tag_no = self.sim.with(|s| {
-                s.tag_frames += 1;
-                s.tag_frames
-            });
-            if hit(f.bad_crc_every, tag_no) {
-                if let Some(last) = bytes.last_mut() {
-                    *last ^= 0x5A;
-                }
-                self.sim.with(|s| s.report.bad_crc_epcs.push(epc.to_vec()));
-            } else {
-                self.sim.with(|s| s.report.sent_epcs.push(epc.to_vec()));
-            }
-        }
-        if hit(f.split_every, self.frames) && bytes.len() > 1 {
-            let cut = self.rng.gen_range(1..bytes.len());
-            self.sim.with(|s| s.report.split_frames += 1);
-            self.io.write_all(&bytes[..cut]).await?;
-            self.io.flush().await?;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            self.io.write_all(&bytes[cut..]).await?;
-        } else {
-            self.io.write_all(&bytes).await?;
-        }
-        self.io.flush().await
-    }
-
-    fn tags_exhausted(&self) -> bool {
-        let max = self.sim.params.max_tag_frames;
-        self.sim.with(|s| max.is_some_and(|m| s.tag_frames >= m))
-    }
-
-    /// Checks the stall and unplug faults after a tag frame.
-    async fn after_tag_frame(&mut self) -> Flow {
-        let f = &self.sim.params.faults;
-        let n = self.sim.with(|s| s.tag_frames);
-        if let Some((after, d)) = f.stall {
-            let stall_now = self.sim.with(|s| {
-                let go = !s.stalled && n >= after;
-                if go {
-                    s.stalled = true;
-                    s.report.stalls += 1;
-                }
-                go
-            });
-            if stall_now {
-                tokio::time::sleep(d).await;
-            }
-        }
-        if f.unplug_after.is_some_and(|u| n >= u) {
-            return Flow::Unplug;
-        }
-        Flow::Continue
+        self.out.write_frame(bytes, tag_epc).await
     }
 
     /// One streamed inventory round: a frame per tag, or a keep-alive.
@@ -398,7 +280,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<'_, T> {
         let mut sent_any = false;
         let tags = self.sim.params.tags.clone();
         for t in &tags {
-            if self.tags_exhausted() {
+            if self.out.tags_exhausted() {
                 break;
             }
             let rec = self.record(t, &rm);
@@ -406,7 +288,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<'_, T> {
             let resp = Response::new(op::READ_TAG_ID_MULTIPLE, status::SUCCESS, data);
             self.write_frame(&resp, Some(&t.epc)).await?;
             sent_any = true;
-            if let Flow::Unplug = self.after_tag_frame().await {
+            if let Flow::Unplug = self.out.after_tag_frame().await {
                 return Ok(Flow::Unplug);
             }
         }
@@ -491,7 +373,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<'_, T> {
         };
         // The module answers when the search time is up.
         tokio::time::sleep(Duration::from_millis(u64::from(rm.timeout_ms).min(2000))).await;
-        let exhausted = self.tags_exhausted();
+        let exhausted = self.out.tags_exhausted();
         let count = self.sim.with(|s| {
             if !exhausted {
                 for t in &self.sim.params.tags {
@@ -549,7 +431,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<'_, T> {
         let data = encode_tag_buffer(flags, &recs);
         self.write_frame(&Response::new(c.opcode, status::SUCCESS, data), None)
             .await?;
-        self.sim.with(|s| s.report.sent_epcs.extend(epcs));
+        self.out.log().with(|l| l.sent_epcs.extend(epcs));
         Ok(Flow::Continue)
     }
 }

@@ -222,7 +222,7 @@ pub fn parse_text_payload(payload: &[u8]) -> Result<Text, NdefError> {
 }
 
 fn decode_utf16(body: &[u8]) -> Result<String, NdefError> {
-    if body.len() % 2 != 0 {
+    if !body.len().is_multiple_of(2) {
         return Err(NdefError::BadText("UTF-16 text has an odd number of bytes"));
     }
     // Big-endian unless a byte-order mark says otherwise (Text RTD §3.4).

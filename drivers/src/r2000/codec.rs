@@ -10,6 +10,9 @@
 //! header included, so a valid frame sums to 0 mod 256. Replies have no
 //! status field: a one-byte DATA reply is a result code (0x10 = success).
 
+use crate::uhf::link::{Decoded, FrameDecoder};
+use crate::uhf::{FrameBuffer, Scan};
+
 /// First byte of every frame.
 pub const HEADER: u8 = 0xA0;
 /// Public (broadcast) reader address.
@@ -198,8 +201,7 @@ pub enum Event {
 /// Incremental decoder with resynchronisation. Never panics.
 #[derive(Debug, Default)]
 pub struct Decoder {
-    buf: Vec<u8>,
-    pos: usize,
+    bytes: FrameBuffer,
     address: Option<u8>,
 }
 
@@ -218,75 +220,38 @@ impl Decoder {
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
-        if self.pos > 0 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        self.buf.extend_from_slice(bytes);
+        self.bytes.push(bytes);
     }
 
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.pos
+        self.bytes.buffered()
     }
 
     pub fn clear(&mut self) {
-        self.buf.clear();
-        self.pos = 0;
+        self.bytes.clear();
     }
 
-    /// Gives up on the partial frame at the front: skips its first byte so
-    /// the next [`Self::next_event`] rescans after it. Call this when the
-    /// line has gone quiet with bytes still buffered: a header-like byte in
-    /// garbage must not hold back the real reply behind it until the
-    /// command times out. Returns whether anything was skipped.
+    /// Gives up on the partial frame at the front (see
+    /// [`FrameBuffer::skip_stale`]). Returns whether anything was skipped.
     pub fn skip_stale(&mut self) -> bool {
-        if self.pos < self.buf.len() {
-            self.pos += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn plausible_header(&self, i: usize) -> bool {
-        if self.buf.get(i) != Some(&HEADER) {
-            return false;
-        }
-        if let Some(&len) = self.buf.get(i + 1) {
-            if usize::from(len) < MIN_LEN {
-                return false;
-            }
-        }
-        if let (Some(want), Some(&addr)) = (self.address, self.buf.get(i + 2)) {
-            if addr != want {
-                return false;
-            }
-        }
-        if let Some(&c) = self.buf.get(i + 3) {
-            if !cmd::is_known(c) {
-                return false;
-            }
-        }
-        true
+        self.bytes.skip_stale()
     }
 
     pub fn next_event(&mut self) -> Option<Event> {
-        let end = self.buf.len();
-        if self.pos >= end {
-            return None;
-        }
-        if !self.plausible_header(self.pos) {
-            let mut i = self.pos + 1;
-            while i < end && !self.plausible_header(i) {
-                i += 1;
-            }
-            let skipped = i - self.pos;
-            self.pos = i;
-            return Some(Event::Skipped(skipped));
-        }
-        let len = usize::from(*self.buf.get(self.pos + 1)?);
-        let total = len + 2;
-        let frame = self.buf.get(self.pos..self.pos + total)?;
+        let address = self.address;
+        let plausible = |w: &[u8]| {
+            w.first() == Some(&HEADER)
+                && w.get(1).is_none_or(|&len| usize::from(len) >= MIN_LEN)
+                && w.get(2)
+                    .is_none_or(|&addr| address.is_none_or(|want| addr == want))
+                && w.get(3).is_none_or(|&c| cmd::is_known(c))
+        };
+        let frame = match self.bytes.scan(2, plausible)? {
+            Scan::Skipped(n) => return Some(Event::Skipped(n)),
+            Scan::Frame(frame) => frame,
+        };
+        let total = frame.len();
+        let len = total - 2;
         let sum = frame.iter().fold(0u8, |a, &b| a.wrapping_add(b));
         if sum == 0 {
             let f = Frame {
@@ -294,13 +259,33 @@ impl Decoder {
                 cmd: *frame.get(3)?,
                 data: frame.get(4..total - 1)?.to_vec(),
             };
-            self.pos += total;
+            self.bytes.advance(total);
             Some(Event::Frame(f))
         } else {
             let c = frame.get(3).copied().unwrap_or(0);
-            self.pos += 1;
+            self.bytes.advance(1);
             Some(Event::BadChecksum { cmd: c, len })
         }
+    }
+}
+
+impl FrameDecoder for Decoder {
+    type Frame = Frame;
+    fn push(&mut self, bytes: &[u8]) {
+        Decoder::push(self, bytes);
+    }
+    fn buffered(&self) -> usize {
+        Decoder::buffered(self)
+    }
+    fn skip_stale(&mut self) -> bool {
+        Decoder::skip_stale(self)
+    }
+    fn next_decoded(&mut self) -> Option<Decoded<Frame>> {
+        Some(match self.next_event()? {
+            Event::Frame(f) => Decoded::Frame(f),
+            Event::BadChecksum { cmd, len } => Decoded::BadCheck { code: cmd, len },
+            Event::Skipped(n) => Decoded::Skipped(n),
+        })
     }
 }
 

@@ -5,21 +5,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::codec::{self, build, cmd, code, parse_inventory, Decoder, Event, Frame, InventoryItem};
+use super::codec::{self, build, cmd, code, parse_inventory, Decoder, Frame, InventoryItem};
 use super::{R2000Config, R2000Error, R2000Mode};
+use crate::uhf::link::FrameLink;
 use crate::{Clock, RawRead, ReadSink, ReaderHealth, ReaderState};
 
-/// Longest silence inside a frame before the partial frame is dropped.
-const INTER_BYTE_GAP: Duration = Duration::from_millis(250);
-
 pub(super) struct Driver<'a, T> {
-    io: T,
-    dec: Decoder,
-    buf: Vec<u8>,
+    link: FrameLink<T, Decoder>,
     config: &'a R2000Config,
     sink: ReadSink,
     health: Arc<ReaderHealth>,
@@ -44,15 +40,15 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
         } else {
             Decoder::with_address(config.address)
         };
+        let reader: Arc<str> = Arc::from(config.name.as_str());
+        let link = FrameLink::new(io, dec, health.clone(), reader.clone(), "r2000");
         Self {
-            io,
-            dec,
-            buf: vec![0; 1024],
+            link,
             config,
             sink,
             health,
             clock,
-            reader: Arc::from(config.name.as_str()),
+            reader,
             work_antenna: None,
         }
     }
@@ -62,28 +58,7 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
             .encode()
             .map_err(|e| R2000Error::Protocol(e.to_string()))?;
         tracing::trace!(reader = %self.reader, cmd = f.cmd, "r2000 send");
-        self.io.write_all(&bytes).await.map_err(R2000Error::Io)?;
-        self.io.flush().await.map_err(R2000Error::Io)
-    }
-
-    fn buffered_frame(&mut self) -> Option<Frame> {
-        while let Some(ev) = self.dec.next_event() {
-            match ev {
-                Event::Frame(f) => {
-                    self.health.frames_ok.fetch_add(1, Ordering::Relaxed);
-                    return Some(f);
-                }
-                Event::BadChecksum { cmd, len } => {
-                    self.health.crc_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(reader = %self.reader, cmd, len, "r2000 frame with bad checksum dropped");
-                }
-                Event::Skipped(n) => {
-                    self.health.resyncs.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(reader = %self.reader, skipped = n, "r2000 decoder resynchronised");
-                }
-            }
-        }
-        None
+        self.link.send(&bytes).await.map_err(R2000Error::Io)
     }
 
     async fn frame_until(
@@ -91,38 +66,12 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
         deadline: Instant,
         what: &'static str,
     ) -> Result<Frame, R2000Error> {
-        loop {
-            if let Some(f) = self.buffered_frame() {
-                return Ok(f);
-            }
-            // Bytes of a frame arrive back to back; a quiet line with a
-            // partial frame buffered means a false header (garbage).
-            let partial = self.dec.buffered() > 0;
-            let wait = if partial {
-                deadline.min(Instant::now() + INTER_BYTE_GAP)
-            } else {
-                deadline
-            };
-            let n = match tokio::time::timeout_at(wait, self.io.read(&mut self.buf)).await {
-                Err(_) if partial && Instant::now() < deadline => {
-                    if self.dec.skip_stale() {
-                        self.health.resyncs.fetch_add(1, Ordering::Relaxed);
-                    }
-                    continue;
-                }
-                Err(_) => {
-                    return Err(R2000Error::Timeout {
-                        what,
-                        baud: self.config.baud,
-                    })
-                }
-                Ok(Err(e)) => return Err(R2000Error::Io(e)),
-                Ok(Ok(0)) => return Err(R2000Error::Disconnected),
-                Ok(Ok(n)) => n,
-            };
-            let chunk = self.buf.get(..n).unwrap_or(&[]).to_vec();
-            self.dec.push(&chunk);
-        }
+        let baud = self.config.baud;
+        self.link.frame_until(deadline).await.map_err(|e| {
+            e.into_error(R2000Error::Io, R2000Error::Disconnected, || {
+                R2000Error::Timeout { what, baud }
+            })
+        })
     }
 
     /// Sends `f` and returns the reply with the same command code.

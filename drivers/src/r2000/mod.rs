@@ -38,6 +38,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+use crate::uhf::config as uhf_config;
 use crate::{Clock, ReadSink, ReaderHealth};
 
 /// `[[readers]]` entry with `kind = "r2000"`.
@@ -48,10 +49,10 @@ pub struct R2000Config {
     /// Serial device; prefer a stable `/dev/serial/by-id/...` path.
     pub port: String,
     /// Default 115200.
-    #[serde(default = "default_baud")]
+    #[serde(default = "uhf_config::default_baud")]
     pub baud: u32,
     /// Antenna ports to use, 1-based. Default `[1]`.
-    #[serde(default = "default_antennas")]
+    #[serde(default = "uhf_config::default_antennas")]
     pub antennas: Vec<u8>,
     /// Reader address; 0xFF (default) is the public address every reader
     /// answers, whatever its stored address.
@@ -78,7 +79,7 @@ pub struct R2000Config {
     #[serde(default = "default_repeat")]
     pub repeat: u8,
     /// How long to wait for a reply to a command. Default 2000.
-    #[serde(default = "default_response_timeout_ms")]
+    #[serde(default = "uhf_config::default_response_timeout_ms")]
     pub response_timeout_ms: u64,
     /// How long an inventory round may take before the link counts as dead.
     /// Default 5000.
@@ -119,12 +120,6 @@ impl R2000Region {
     }
 }
 
-fn default_baud() -> u32 {
-    115_200
-}
-fn default_antennas() -> Vec<u8> {
-    vec![1]
-}
 fn default_address() -> u8 {
     codec::BROADCAST
 }
@@ -133,9 +128,6 @@ fn default_ports() -> u8 {
 }
 fn default_repeat() -> u8 {
     1
-}
-fn default_response_timeout_ms() -> u64 {
-    2000
 }
 fn default_round_timeout_ms() -> u64 {
     5000
@@ -147,8 +139,8 @@ impl R2000Config {
         Self {
             name: name.into(),
             port: port.into(),
-            baud: default_baud(),
-            antennas: default_antennas(),
+            baud: uhf_config::default_baud(),
+            antennas: uhf_config::default_antennas(),
             address: default_address(),
             ports: default_ports(),
             mode: R2000Mode::default(),
@@ -156,46 +148,39 @@ impl R2000Config {
             region: None,
             session: None,
             repeat: default_repeat(),
-            response_timeout_ms: default_response_timeout_ms(),
+            response_timeout_ms: uhf_config::default_response_timeout_ms(),
             round_timeout_ms: default_round_timeout_ms(),
         }
     }
 
     pub fn validate(&self) -> Result<(), R2000Error> {
-        let bad = |m: String| Err(R2000Error::Config(m));
+        self.check().map_err(R2000Error::Config)
+    }
+
+    fn check(&self) -> Result<(), String> {
         if self.ports != 4 && self.ports != 8 {
-            return bad(format!(
+            return Err(format!(
                 "ports = {} but R2000 readers have 4 or 8",
                 self.ports
             ));
         }
-        if self.antennas.is_empty() {
-            return bad("antennas is empty; list at least one port, e.g. antennas = [1]".into());
-        }
-        if let Some(a) = self.antennas.iter().find(|&&a| a == 0 || a > self.ports) {
-            return bad(format!("antenna {a} is out of range 1..={}", self.ports));
-        }
+        uhf_config::check_antennas(&self.antennas, self.ports)?;
         if self.mode == R2000Mode::FastSwitch
             && (self.antennas.len() > 4 || self.antennas.iter().any(|&a| a > 4))
         {
-            return bad(
+            return Err(
                 "fast_switch (0x8A) covers at most four of ports 1-4; use mode = \"real_time\" for ports 5-8"
                     .into(),
             );
         }
         if let Some(p) = self.read_power_dbm.filter(|&p| p > 33) {
-            return bad(format!("read_power_dbm {p} is out of range 0..=33"));
+            return Err(format!("read_power_dbm {p} is out of range 0..=33"));
         }
-        if let Some(s) = self.session.filter(|&s| s > 3) {
-            return bad(format!("session {s} is out of range 0..=3"));
-        }
+        uhf_config::check_session(self.session)?;
         if self.repeat == 0 {
-            return bad("repeat must be at least 1".into());
+            return Err("repeat must be at least 1".into());
         }
-        if self.response_timeout_ms == 0 || self.round_timeout_ms == 0 {
-            return bad("timeouts must be positive".into());
-        }
-        Ok(())
+        uhf_config::check_timeouts(&[self.response_timeout_ms, self.round_timeout_ms])
     }
 }
 
@@ -248,12 +233,13 @@ pub async fn run_with_clock(
 ) -> Result<(), R2000Error> {
     config.validate()?;
     health.set_state(crate::ReaderState::Starting);
-    let port =
-        crate::serial::open(&config.port, config.baud).map_err(|source| R2000Error::Open {
-            port: config.port.clone(),
-            source,
-        })?;
-    tracing::info!(reader = %config.name, port = %config.port, baud = config.baud, "r2000 port open");
+    let port = uhf_config::open_port(
+        "r2000",
+        &config.name,
+        &config.port,
+        config.baud,
+        |port, source| R2000Error::Open { port, source },
+    )?;
     run_on(port, config, sink, health, clock, cancel).await
 }
 

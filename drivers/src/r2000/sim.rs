@@ -9,19 +9,21 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{cmd, code, Decoder, Event, Frame, TagRead, BROADCAST};
-pub use crate::mercury::sim::{Faults, SimTag};
-use crate::serial::{open_pty, PluggablePty};
+use crate::serial::{PluggablePty, PtyMaster};
+use crate::uhf::sim::{
+    self as uhf_sim, fill_fault_fields, FaultPlan, Flow, Input, Locked, ServePty, SharedFaultLog,
+    SimPort,
+};
+pub use crate::uhf::sim::{Faults, SimTag};
 
 #[derive(Debug, Clone)]
 pub struct R2000SimParams {
@@ -84,8 +86,6 @@ pub struct SimReport {
 #[derive(Debug)]
 struct Shared {
     report: SimReport,
-    tag_frames: u64,
-    stalled: bool,
     power: u8,
     region: (u8, u8, u8),
 }
@@ -94,19 +94,13 @@ struct Shared {
 #[derive(Debug, Clone)]
 pub struct R2000Sim {
     params: Arc<R2000SimParams>,
-    shared: Arc<Mutex<Shared>>,
-}
-
-enum Flow {
-    Continue,
-    Unplug,
+    shared: Locked<Shared>,
+    log: SharedFaultLog,
 }
 
 struct Conn<'a, T> {
-    io: T,
+    out: SimPort<T>,
     sim: &'a R2000Sim,
-    rng: StdRng,
-    frames: u64,
     work_antenna: u8,
     hop: u8,
     started: Instant,
@@ -116,42 +110,39 @@ impl R2000Sim {
     pub fn new(params: R2000SimParams) -> Self {
         let shared = Shared {
             report: SimReport::default(),
-            tag_frames: 0,
-            stalled: false,
             power: params.power_dbm,
             region: params.region,
         };
         Self {
             params: Arc::new(params),
-            shared: Arc::new(Mutex::new(shared)),
+            shared: Locked::new(shared),
+            log: SharedFaultLog::default(),
         }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Shared) -> R) -> R {
-        let mut g = match self.shared.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        f(&mut g)
+        self.shared.with(f)
     }
 
     pub fn report(&self) -> SimReport {
-        self.with(|s| s.report.clone())
+        let mut r = self.with(|s| s.report.clone());
+        fill_fault_fields!(r, self.log.snapshot());
+        r
     }
 
     pub async fn serve<T>(&self, io: T, cancel: CancellationToken) -> io::Result<()>
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
-        let n = self.with(|s| {
-            s.report.connections += 1;
-            s.report.connections
-        });
+        let plan = FaultPlan {
+            faults: self.params.faults.clone(),
+            seed: self.params.seed,
+            max_tag_frames: self.params.max_tag_frames,
+            corrupt: |b| *b = b.wrapping_add(0x33),
+        };
         let mut c = Conn {
-            io,
+            out: SimPort::connect(io, plan, &self.log),
             sim: self,
-            rng: StdRng::seed_from_u64(self.params.seed.wrapping_add(n)),
-            frames: 0,
             work_antenna: 0,
             hop: 0,
             started: Instant::now(),
@@ -159,22 +150,24 @@ impl R2000Sim {
         c.run(cancel).await
     }
 
+    /// Opens a pty and serves its master in a task. Returns the slave path.
     pub fn spawn_pty(
         &self,
         cancel: CancellationToken,
     ) -> io::Result<(PathBuf, JoinHandle<io::Result<()>>)> {
-        let (master, path) = open_pty()?;
-        let sim = self.clone();
-        let task = tokio::spawn(async move { sim.serve(master, cancel).await });
-        Ok((path, task))
+        uhf_sim::spawn_pty(self, cancel)
     }
 
+    /// A pty behind the stable symlink `link`, which tests can unplug and
+    /// re-plug. Call `plug()` on the result to start.
     pub fn pluggable(&self, link: impl Into<PathBuf>) -> PluggablePty {
-        let sim = self.clone();
-        PluggablePty::new(link, move |master, cancel| {
-            let sim = sim.clone();
-            async move { sim.serve(master, cancel).await }
-        })
+        uhf_sim::pluggable(self, link)
+    }
+}
+
+impl ServePty for R2000Sim {
+    async fn serve_pty(&self, master: PtyMaster, cancel: CancellationToken) -> io::Result<()> {
+        self.serve(master, cancel).await
     }
 }
 
@@ -189,7 +182,6 @@ pub fn spawn_pty(
 impl<T: AsyncRead + AsyncWrite + Unpin> Conn<'_, T> {
     async fn run(&mut self, cancel: CancellationToken) -> io::Result<()> {
         let mut dec = Decoder::new();
-        let mut buf = vec![0u8; 512];
         loop {
             while let Some(ev) = dec.next_event() {
                 if let Event::Frame(f) = ev {
@@ -206,60 +198,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<'_, T> {
                     }
                 }
             }
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                n = self.io.read(&mut buf) => {
-                    let n = n?;
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    dec.push(buf.get(..n).unwrap_or(&[]));
-                }
+            if let Input::Closed = self.out.next_input(&mut dec, &cancel, None).await? {
+                return Ok(());
             }
         }
     }
 
     async fn write(&mut self, f: &Frame, tag_epc: Option<&[u8]>) -> io::Result<()> {
-        let mut bytes = f
+        let bytes = f
             .encode()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        self.frames += 1;
-        let faults = self.sim.params.faults.clone();
-        let hit = |every: Option<u64>, n: u64| every.is_some_and(|e| e > 0 && n % e == 0);
-        if hit(faults.garbage_every, self.frames) {
-            let len = self.rng.gen_range(1..=16);
-            let garbage: Vec<u8> = (0..len).map(|_| self.rng.gen()).collect();
-            self.sim.with(|s| {
-                s.report.garbage_bursts += 1;
-                s.report.garbage_bytes += len;
-            });
-            self.io.write_all(&garbage).await?;
-        }
-        if let Some(epc) = tag_epc {
-            let n = self.sim.with(|s| {
-                s.tag_frames += 1;
-                s.tag_frames
-            });
-            if hit(faults.bad_crc_every, n) {
-                if let Some(last) = bytes.last_mut() {
-                    *last = last.wrapping_add(0x33);
-                }
-                self.sim.with(|s| s.report.bad_crc_epcs.push(epc.to_vec()));
-            } else {
-                self.sim.with(|s| s.report.sent_epcs.push(epc.to_vec()));
-            }
-        }
-        if hit(faults.split_every, self.frames) && bytes.len() > 1 {
-            let cut = self.rng.gen_range(1..bytes.len());
-            self.sim.with(|s| s.report.split_frames += 1);
-            self.io.write_all(&bytes[..cut]).await?;
-            self.io.flush().await?;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            self.io.write_all(&bytes[cut..]).await?;
-        } else {
-            self.io.write_all(&bytes).await?;
-        }
-        self.io.flush().await
+        self.out.write_frame(bytes, tag_epc).await
     }
 
     async fn reply(&mut self, c: u8, data: Vec<u8>) -> io::Result<Flow> {
@@ -320,40 +269,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<'_, T> {
         }
     }
 
-    fn exhausted(&self) -> bool {
-        let max = self.sim.params.max_tag_frames;
-        self.sim.with(|s| max.is_some_and(|m| s.tag_frames >= m))
-    }
-
-    async fn after_tag_frame(&mut self) -> Flow {
-        let f = &self.sim.params.faults;
-        let n = self.sim.with(|s| s.tag_frames);
-        if let Some((after, d)) = f.stall {
-            let go = self.sim.with(|s| {
-                let go = !s.stalled && n >= after;
-                if go {
-                    s.stalled = true;
-                    s.report.stalls += 1;
-                }
-                go
-            });
-            if go {
-                tokio::time::sleep(d).await;
-            }
-        }
-        if f.unplug_after.is_some_and(|u| n >= u) {
-            return Flow::Unplug;
-        }
-        Flow::Continue
-    }
-
     /// Tag frames for every tag on `antenna_id`; returns how many.
     async fn tags_on(&mut self, c: u8, antenna_id: u8) -> io::Result<(u32, Flow)> {
         let tags = self.sim.params.tags.clone();
         let eight = self.sim.params.ports == 8;
         let mut n = 0;
         for t in tags.iter().filter(|t| t.antenna == antenna_id + 1) {
-            if self.exhausted() {
+            if self.out.tags_exhausted() {
                 break;
             }
             self.hop = (self.hop + 1) % 60;
@@ -369,7 +291,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<'_, T> {
             let frame = Frame::new(self.sim.params.address, c, read.encode(eight));
             self.write(&frame, Some(&t.epc)).await?;
             n += 1;
-            if let Flow::Unplug = self.after_tag_frame().await {
+            if let Flow::Unplug = self.out.after_tag_frame().await {
                 return Ok((n, Flow::Unplug));
             }
         }

@@ -4,12 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
-
-fn h(s: &str) -> Vec<u8> {
-    s.split_whitespace()
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect()
-}
+use crate::uhf::testing::{decode_in_pieces, hex as h};
 
 fn decode_all<F: FrameKind>(bytes: &[u8]) -> Vec<Event<F>> {
     let mut d = Decoder::<F>::new();
@@ -498,21 +493,9 @@ proptest! {
         for f in &frames {
             f.encode_into(&mut bytes).unwrap();
         }
-        let mut dec = Decoder::<Response>::new();
-        let mut got = Vec::new();
-        let mut skipped = 0;
-        for piece in bytes.chunks(chunk) {
-            dec.push(piece);
-            while let Some(e) = dec.next_event() {
-                match e {
-                    Event::Frame(f) => got.push(f),
-                    Event::Skipped(n) => skipped += n,
-                    Event::BadCrc { .. } => {}
-                }
-            }
-        }
-        prop_assert_eq!(skipped, garbage.len());
-        prop_assert_eq!(got, frames);
+        let t = decode_in_pieces(&mut Decoder::<Response>::new(), &bytes, chunk, |f| f.data.len() + 7);
+        prop_assert_eq!(t.skipped, garbage.len());
+        prop_assert_eq!(t.frames, frames);
     }
 
     #[test]
@@ -541,17 +524,9 @@ proptest! {
 
     #[test]
     fn the_decoder_never_panics_and_accounts_for_every_byte(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
-        let mut dec = Decoder::<Response>::new();
-        dec.push(&bytes);
-        let mut consumed = 0usize;
-        while let Some(e) = dec.next_event() {
-            consumed += match e {
-                Event::Frame(f) => f.data.len() + 7,
-                Event::Skipped(n) => n,
-                Event::BadCrc { .. } => 1,
-            };
-        }
-        prop_assert_eq!(consumed + dec.buffered(), bytes.len());
+        let len = bytes.len().max(1);
+        let t = decode_in_pieces(&mut Decoder::<Response>::new(), &bytes, len, |f| f.data.len() + 7);
+        prop_assert_eq!(t.consumed + t.buffered, bytes.len());
         let _ = parse_tag_buffer(&bytes);
         let _ = ReadMultiple::parse(&bytes);
         let _ = parse_start_continuous(&bytes);

@@ -1,0 +1,147 @@
+//! The driver side of a framed serial link: write a frame, then read until
+//! a valid frame arrives or a deadline passes, counting checksum failures
+//! and resyncs in the reader's health.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::ReaderHealth;
+
+/// Longest silence inside a frame before the partial frame is dropped.
+pub(crate) const INTER_BYTE_GAP: Duration = Duration::from_millis(250);
+
+/// One decoder event, in the terms the link needs.
+pub(crate) enum Decoded<F> {
+    Frame(F),
+    /// A frame-shaped run whose check failed; `code` is its opcode/command.
+    BadCheck {
+        code: u8,
+        len: usize,
+    },
+    Skipped(usize),
+}
+
+/// A protocol's incremental frame decoder.
+pub(crate) trait FrameDecoder {
+    type Frame;
+    fn push(&mut self, bytes: &[u8]);
+    fn buffered(&self) -> usize;
+    fn skip_stale(&mut self) -> bool;
+    fn next_decoded(&mut self) -> Option<Decoded<Self::Frame>>;
+}
+
+/// Why no frame came.
+#[derive(Debug)]
+pub(crate) enum LinkError {
+    Timeout,
+    Io(io::Error),
+    /// The stream ended (EOF): the port went away.
+    Disconnected,
+}
+
+impl LinkError {
+    /// Maps onto a protocol's error type; only the timeout needs context.
+    pub(crate) fn into_error<E>(
+        self,
+        io: impl FnOnce(io::Error) -> E,
+        disconnected: E,
+        timeout: impl FnOnce() -> E,
+    ) -> E {
+        match self {
+            Self::Timeout => timeout(),
+            Self::Io(e) => io(e),
+            Self::Disconnected => disconnected,
+        }
+    }
+}
+
+pub(crate) struct FrameLink<T, D> {
+    io: T,
+    dec: D,
+    buf: Vec<u8>,
+    health: Arc<ReaderHealth>,
+    reader: Arc<str>,
+    protocol: &'static str,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin, D: FrameDecoder> FrameLink<T, D> {
+    pub(crate) fn new(
+        io: T,
+        dec: D,
+        health: Arc<ReaderHealth>,
+        reader: Arc<str>,
+        protocol: &'static str,
+    ) -> Self {
+        Self {
+            io,
+            dec,
+            buf: vec![0; 1024],
+            health,
+            reader,
+            protocol,
+        }
+    }
+
+    pub(crate) async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.io.write_all(bytes).await?;
+        self.io.flush().await
+    }
+
+    /// The next valid frame already buffered, counting check failures and
+    /// resyncs.
+    pub(crate) fn buffered_frame(&mut self) -> Option<D::Frame> {
+        while let Some(ev) = self.dec.next_decoded() {
+            match ev {
+                Decoded::Frame(f) => {
+                    self.health.frames_ok.fetch_add(1, Ordering::Relaxed);
+                    return Some(f);
+                }
+                Decoded::BadCheck { code, len } => {
+                    self.health.crc_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(reader = %self.reader, protocol = self.protocol, code, len, "frame with bad checksum dropped");
+                }
+                Decoded::Skipped(n) => {
+                    self.health.resyncs.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(reader = %self.reader, protocol = self.protocol, skipped = n, "decoder resynchronised");
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits for the next valid frame until `deadline`.
+    pub(crate) async fn frame_until(&mut self, deadline: Instant) -> Result<D::Frame, LinkError> {
+        loop {
+            if let Some(f) = self.buffered_frame() {
+                return Ok(f);
+            }
+            // Bytes of a frame arrive back to back; a quiet line with a
+            // partial frame buffered means a false header (garbage).
+            let partial = self.dec.buffered() > 0;
+            let wait = if partial {
+                deadline.min(Instant::now() + INTER_BYTE_GAP)
+            } else {
+                deadline
+            };
+            let n = match tokio::time::timeout_at(wait, self.io.read(&mut self.buf)).await {
+                Err(_) if partial && Instant::now() < deadline => {
+                    if self.dec.skip_stale() {
+                        self.health.resyncs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                Err(_) => return Err(LinkError::Timeout),
+                Ok(Err(e)) => return Err(LinkError::Io(e)),
+                Ok(Ok(0)) => return Err(LinkError::Disconnected),
+                Ok(Ok(n)) => n,
+            };
+            let chunk = self.buf.get(..n).unwrap_or(&[]);
+            self.dec.push(chunk);
+        }
+    }
+}
