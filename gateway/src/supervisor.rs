@@ -63,40 +63,7 @@ pub async fn supervise(
         health.set_state(ReaderState::Starting);
         tracing::info!(event = "reader.starting", reader = %name, kind, "starting reader");
         let started = Instant::now();
-        let result: Result<(), String> = match &config {
-            ReaderConfig::Sim(c) => {
-                tracegate_drivers::sim::run(c, sink.clone(), health.clone(), clock, cancel.clone())
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            ReaderConfig::Mercury(c) => tracegate_drivers::mercury::run_with_clock(
-                c,
-                sink.clone(),
-                health.clone(),
-                clock,
-                cancel.clone(),
-            )
-            .await
-            .map_err(|e| e.to_string()),
-            ReaderConfig::R2000(c) => tracegate_drivers::r2000::run_with_clock(
-                c,
-                sink.clone(),
-                health.clone(),
-                clock,
-                cancel.clone(),
-            )
-            .await
-            .map_err(|e| e.to_string()),
-            ReaderConfig::Pcsc(c) => tracegate_drivers::nfc::run_with_clock(
-                c,
-                sink.clone(),
-                health.clone(),
-                clock,
-                cancel.clone(),
-            )
-            .await
-            .map_err(|e| e.to_string()),
-        };
+        let result = run_once(&config, &sink, &health, clock, &cancel).await;
         match result {
             Ok(()) if cancel.is_cancelled() => break,
             Ok(()) => {
@@ -123,6 +90,29 @@ pub async fn supervise(
     }
     health.set_state(ReaderState::Stopped);
     tracing::info!(event = "reader.stopped", reader = %name, kind, "reader stopped");
+}
+
+/// One run of the configured driver; its error rendered for logs and health.
+async fn run_once(
+    config: &ReaderConfig,
+    sink: &ReadSink,
+    health: &Arc<ReaderHealth>,
+    clock: Clock,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    use tracegate_drivers::{mercury, nfc, r2000, sim};
+    let (sink, health, cancel) = (sink.clone(), health.clone(), cancel.clone());
+    fn text<E: std::fmt::Display>(r: Result<(), E>) -> Result<(), String> {
+        r.map_err(|e| e.to_string())
+    }
+    match config {
+        ReaderConfig::Sim(c) => text(sim::run(c, sink, health, clock, cancel).await),
+        ReaderConfig::Mercury(c) => {
+            text(mercury::run_with_clock(c, sink, health, clock, cancel).await)
+        }
+        ReaderConfig::R2000(c) => text(r2000::run_with_clock(c, sink, health, clock, cancel).await),
+        ReaderConfig::Pcsc(c) => text(nfc::run_with_clock(c, sink, health, clock, cancel).await),
+    }
 }
 
 #[cfg(test)]
