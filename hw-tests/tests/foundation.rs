@@ -189,3 +189,68 @@ fn sighup_keeps_the_running_config_when_the_new_one_is_invalid_and_applies_a_val
         "seq stays gap-free across reloads"
     );
 }
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_running_gateway_serves_metrics_health_and_status() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let gw = TempGateway::new(
+        "gw-metrics",
+        &format!("{SIM}\n[ops]\nmetrics_addr = \"{addr}\"\n"),
+    )
+    .unwrap();
+    let mut child = gw.spawn().unwrap();
+    wait_for(Duration::from_secs(20), || {
+        gw.events(&[]).ok().filter(|e| e.len() > 5)
+    })
+    .unwrap_or_else(|| panic!("no events; log:\n{}", gw.log()));
+
+    let metrics = http_get(&addr, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    for needle in [
+        "tracegate_reads_total{reader=\"sim1\",antenna=\"1\"}",
+        "tracegate_events_total{type=\"arrived\"}",
+        "tracegate_outbox_depth",
+        "tracegate_outbox_oldest_pending_age_seconds",
+        "tracegate_store_dropped_total",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from /metrics:\n{metrics}"
+        );
+    }
+    let health = http_get(&addr, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+
+    let out = Command::new(bin().unwrap())
+        .args(["status", "--addr", &addr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("sim1") && text.contains("running"), "{text}");
+
+    signal(&child, Signal::SIGTERM).unwrap();
+    wait_exit(&mut child, Duration::from_secs(8)).expect("did not stop");
+}
