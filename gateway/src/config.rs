@@ -476,7 +476,6 @@ fn validate(raw: RawConfig, source: &str, hash: String) -> Result<Config, Config
             ));
             continue;
         };
-        let reader_ants = reader.antennas().unwrap_or(&[]);
         let antennas = match (&rp.antennas, reader.antennas()) {
             (Some(list), Some(all)) => {
                 for a in list {
@@ -523,7 +522,6 @@ fn validate(raw: RawConfig, source: &str, hash: String) -> Result<Config, Config
                 ));
             }
         }
-        let _ = reader_ants;
         read_points.push(ReadPoint {
             name: rp.name,
             reader: rp.reader,

@@ -20,6 +20,7 @@
 //!   `in` when the tag was first read by the outside antenna and last by the
 //!   inside one, `out` for the reverse, nothing otherwise.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 
 use tracegate_drivers::{HostTime, RawRead};
@@ -112,7 +113,9 @@ struct Tracked {
 pub struct Dedup {
     config: DedupConfig,
     points: Vec<PointSettings>,
-    ids: HashMap<Key, u64>,
+    /// Per read point: tag key → id. Split by read point so a read's key can
+    /// be looked up by reference, without allocating on the hot path.
+    ids: Vec<HashMap<Box<[u8]>, u64>>,
     tags: HashMap<u64, Tracked>,
     /// (last_seen mono ms, id): oldest first, for departures and eviction.
     by_last_seen: BTreeSet<(u64, u64)>,
@@ -129,7 +132,7 @@ impl Dedup {
         Self {
             config,
             points,
-            ids: HashMap::new(),
+            ids: Vec::new(),
             tags: HashMap::new(),
             by_last_seen: BTreeSet::new(),
             next_id: 0,
@@ -144,40 +147,57 @@ impl Dedup {
         }
     }
 
-    fn key_of(&self, read_point: usize, read: &RawRead) -> Option<Key> {
-        let bytes: Vec<u8> = match self.config.key {
-            DedupKey::Epc => read.epc.clone(),
-            DedupKey::Tid => read.tid.clone()?,
+    /// The read's tag key; borrowed unless it has to be composed (EPC+TID).
+    fn key_of<'r>(&self, read: &'r RawRead) -> Option<Cow<'r, [u8]>> {
+        match self.config.key {
+            DedupKey::Epc => Some(Cow::Borrowed(&read.epc)),
+            DedupKey::Tid => read.tid.as_deref().map(Cow::Borrowed),
             DedupKey::EpcTid => {
                 let tid = read.tid.as_ref()?;
                 let mut k = Vec::with_capacity(read.epc.len() + tid.len() + 1);
                 k.push(u8::try_from(read.epc.len()).unwrap_or(u8::MAX));
                 k.extend_from_slice(&read.epc);
                 k.extend_from_slice(tid);
-                k
+                Some(Cow::Owned(k))
             }
-        };
-        Some((read_point, bytes.into_boxed_slice()))
+        }
+    }
+
+    fn forget(&mut self, key: &Key) {
+        if let Some(ids) = self.ids.get_mut(key.0) {
+            ids.remove(&key.1);
+        }
     }
 
     /// Feeds one read seen at `read_point`. Reads without the configured key
     /// (no TID when keying by TID) are ignored and return no events.
     pub fn observe(&mut self, read_point: usize, read: &RawRead, out: &mut Vec<TagEvent>) {
         self.stats.reads += 1;
-        let Some(key) = self.key_of(read_point, read) else {
+        let Some(tag_key) = self.key_of(read) else {
             return;
         };
         let now = read.host.mono_ms;
         let window = ms(self.config.arrival_window);
-        let id = match self.ids.get(&key) {
-            Some(&id) => id,
+        let known = self
+            .ids
+            .get(read_point)
+            .and_then(|ids| ids.get(tag_key.as_ref()))
+            .copied();
+        let id = match known {
+            Some(id) => id,
             None => {
                 if self.tags.len() >= self.config.max_tags {
                     self.evict_oldest(read.host, out);
                 }
                 let id = self.next_id;
                 self.next_id += 1;
-                self.ids.insert(key.clone(), id);
+                if self.ids.len() <= read_point {
+                    self.ids.resize_with(read_point + 1, HashMap::new);
+                }
+                let key: Key = (read_point, tag_key.into_owned().into_boxed_slice());
+                if let Some(ids) = self.ids.get_mut(read_point) {
+                    ids.insert(key.1.clone(), id);
+                }
                 self.tags.insert(
                     id,
                     Tracked {
@@ -266,7 +286,7 @@ impl Dedup {
             }
             self.by_last_seen.pop_first();
             if let Some(t) = self.tags.remove(&id) {
-                self.ids.remove(&t.key);
+                self.forget(&t.key);
                 if t.arrived {
                     // The departure happened when the timeout ran out, which
                     // may be before this tick noticed it.
@@ -313,7 +333,7 @@ impl Dedup {
     fn evict_oldest(&mut self, now: HostTime, out: &mut Vec<TagEvent>) {
         if let Some((_, id)) = self.by_last_seen.pop_first() {
             if let Some(t) = self.tags.remove(&id) {
-                self.ids.remove(&t.key);
+                self.forget(&t.key);
                 self.stats.evictions += 1;
                 if t.arrived {
                     self.emit_departure(t, now, Some("evicted"), out);

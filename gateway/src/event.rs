@@ -6,7 +6,7 @@
 //! carries are the same bytes.
 
 use serde_json::{json, Map, Value};
-use tracegate_drivers::HostTime;
+use tracegate_gs1::Decoded;
 
 use crate::config::ReadPoint;
 use crate::dedup::{Kind, TagEvent};
@@ -30,10 +30,9 @@ pub fn iso_ms(utc_ms: i64) -> String {
 /// The identity block of a UHF tag: raw hex plus what GS1 decoding finds.
 /// Undecodable EPCs keep their hex and get an `urn:epc:raw:` identity and the
 /// `unknown_scheme` flag from [`suspicion_flags`]; no read is lost to decoding.
-pub fn uhf_identity(epc: &[u8], tid: Option<&[u8]>) -> Map<String, Value> {
+pub fn uhf_identity(epc: &[u8], d: &Decoded, tid: Option<&[u8]>) -> Map<String, Value> {
     let mut id = Map::new();
     id.insert("epc".into(), Value::String(hex::encode_upper(epc)));
-    let d = tracegate_gs1::decode_epc(epc);
     id.insert("scheme".into(), json!(d.scheme));
     id.insert("pure_identity".into(), json!(d.pure_identity_uri));
     id.insert("tag_uri".into(), json!(d.tag_uri));
@@ -101,6 +100,7 @@ pub fn tag_event_draft(
     origin: &Origin,
     point: &ReadPoint,
     e: &TagEvent,
+    decoded: &Decoded,
     flags: &[&str],
 ) -> EventDraft {
     let t = &e.tag;
@@ -117,7 +117,7 @@ pub fn tag_event_draft(
     );
     body.insert(
         "identity".into(),
-        Value::Object(uhf_identity(&t.epc, t.tid.as_deref())),
+        Value::Object(uhf_identity(&t.epc, decoded, t.tid.as_deref())),
     );
     body.insert("first_seen".into(), json!(iso_ms(t.first_seen.utc_ms)));
     body.insert("last_seen".into(), json!(iso_ms(t.last_seen.utc_ms)));
@@ -157,11 +157,6 @@ pub fn tag_event_draft(
         event_utc_ms: e.at.utc_ms,
         body,
     }
-}
-
-/// Host time now, for events the pipeline creates itself.
-pub fn now(clock: &tracegate_drivers::Clock) -> HostTime {
-    clock.now()
 }
 
 #[cfg(test)]

@@ -124,7 +124,7 @@ pub async fn run_with(
     let (sink, read_rx) = ReadSink::channel(READ_CHANNEL);
     let readers_cancel = shutdown.child_token();
     let readers = TaskTracker::new();
-    let mut healths: Healths = Vec::new();
+    let mut healths = Vec::new();
     for reader in &config.readers {
         let health = ReaderHealth::new(reader.name(), reader.kind());
         healths.push(health.clone());
@@ -150,12 +150,7 @@ pub async fn run_with(
     ));
 
     let publisher_stats = Arc::new(publish::PublisherStats::default());
-    let status_source = status_source(
-        &config,
-        healths.clone(),
-        status_store,
-        publisher_stats.clone(),
-    );
+    let status_source = status_source(&config, healths, status_store, publisher_stats.clone());
     // Background services stop after the writer has committed everything.
     let services_cancel = CancellationToken::new();
     let services = TaskTracker::new();
@@ -292,7 +287,7 @@ pub async fn run_with(
 /// messages, and printed by `tracegate status`.
 fn status_source(
     config: &Config,
-    healths: Healths,
+    healths: Vec<Arc<ReaderHealth>>,
     store: Arc<std::sync::Mutex<Store>>,
     publisher: Arc<publish::PublisherStats>,
 ) -> ops::StatusSource {
@@ -331,6 +326,3 @@ fn status_source(
         })
     })
 }
-
-/// Shared handle type for reader health, used by status and metrics.
-pub type Healths = Vec<Arc<ReaderHealth>>;

@@ -151,7 +151,13 @@ impl Pipeline {
                 for f in &flags {
                     metrics::counter!("tracegate_flags_total", "flag" => *f).increment(1);
                 }
-                into.push(event::tag_event_draft(&self.origin, rp, e, &flags));
+                into.push(event::tag_event_draft(
+                    &self.origin,
+                    rp,
+                    e,
+                    &decoded,
+                    &flags,
+                ));
             }
         }
     }
@@ -159,22 +165,38 @@ impl Pipeline {
     /// Processes reads; returns the drafts they produced.
     pub fn on_reads(&mut self, reads: &[RawRead]) -> Vec<EventDraft> {
         let mut events = Vec::new();
+        // Metrics are counted per batch: a labelled counter lookup per read
+        // would cost more than the dedup itself.
+        let mut per_antenna: Vec<(&str, u8, u64)> = Vec::new();
+        let (mut unrouted, mut deduped, mut filtered) = (0u64, 0u64, 0u64);
         for read in reads {
-            metrics::counter!("tracegate_reads_total", "reader" => read.reader.to_string(), "antenna" => read.antenna.to_string())
-                .increment(1);
+            match per_antenna
+                .iter_mut()
+                .find(|(r, a, _)| *a == read.antenna && *r == &*read.reader)
+            {
+                Some(slot) => slot.2 += 1,
+                None => per_antenna.push((&read.reader, read.antenna, 1)),
+            }
             let Some(points) = self.uhf_routes.get(&(read.reader.clone(), read.antenna)) else {
-                metrics::counter!("tracegate_reads_unrouted_total").increment(1);
+                unrouted += 1;
                 continue;
             };
             for &rp in points {
                 if self.filters.get(rp).is_some_and(|f| f.accepts(read)) {
-                    metrics::counter!("tracegate_dedup_reads_total").increment(1);
+                    deduped += 1;
                     self.dedup.observe(rp, read, &mut events);
                 } else {
-                    metrics::counter!("tracegate_reads_filtered_total").increment(1);
+                    filtered += 1;
                 }
             }
         }
+        for (reader, antenna, n) in per_antenna {
+            metrics::counter!("tracegate_reads_total", "reader" => reader.to_owned(), "antenna" => antenna.to_string())
+                .increment(n);
+        }
+        metrics::counter!("tracegate_reads_unrouted_total").increment(unrouted);
+        metrics::counter!("tracegate_dedup_reads_total").increment(deduped);
+        metrics::counter!("tracegate_reads_filtered_total").increment(filtered);
         let mut drafts = Vec::with_capacity(events.len());
         self.drafts(&events, &mut drafts);
         drafts
