@@ -54,10 +54,16 @@ impl TapEnricher for NoEnrichment {
 struct Filter {
     rssi_floor_dbm: Option<i16>,
     patterns: Vec<tracegate_gs1::EpcPattern>,
+    /// Pattern verdict per EPC: a tag is read many times a second, and
+    /// decoding it every time would cost more than deduplicating it.
+    verdicts: HashMap<Box<[u8]>, bool>,
 }
 
+/// Verdicts remembered per read point before the cache starts over.
+const VERDICT_CACHE: usize = 65_536;
+
 impl Filter {
-    fn accepts(&self, read: &RawRead) -> bool {
+    fn accepts(&mut self, read: &RawRead) -> bool {
         if let (Some(floor), Some(rssi)) = (self.rssi_floor_dbm, read.rssi_dbm) {
             if rssi < floor {
                 return false;
@@ -66,8 +72,17 @@ impl Filter {
         if self.patterns.is_empty() {
             return true;
         }
+        if let Some(&verdict) = self.verdicts.get(read.epc.as_slice()) {
+            return verdict;
+        }
         let decoded = tracegate_gs1::decode_epc(&read.epc);
-        self.patterns.iter().any(|p| p.matches(&decoded))
+        let verdict = self.patterns.iter().any(|p| p.matches(&decoded));
+        if self.verdicts.len() >= VERDICT_CACHE {
+            self.verdicts.clear();
+        }
+        self.verdicts
+            .insert(read.epc.clone().into_boxed_slice(), verdict);
+        verdict
     }
 }
 
@@ -96,6 +111,7 @@ impl Pipeline {
                     .iter()
                     .filter_map(|p| tracegate_gs1::EpcPattern::parse(p).ok())
                     .collect(),
+                verdicts: HashMap::new(),
             })
             .collect();
         let points = config
@@ -182,7 +198,7 @@ impl Pipeline {
                 continue;
             };
             for &rp in points {
-                if self.filters.get(rp).is_some_and(|f| f.accepts(read)) {
+                if self.filters.get_mut(rp).is_some_and(|f| f.accepts(read)) {
                     deduped += 1;
                     self.dedup.observe(rp, read, &mut events);
                 } else {
@@ -289,4 +305,78 @@ pub async fn run(
         event = "pipeline.stopped",
         "all readers stopped; pipeline drained"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracegate_drivers::HostTime;
+
+    const CONFIG: &str = r#"
+[gateway]
+id = "g"
+site = "s"
+
+[[readers]]
+name = "r"
+kind = "sim"
+antennas = [1, 2]
+
+[[read_points]]
+name = "door"
+reader = "r"
+antennas = [1]
+rssi_floor_dbm = -70
+epc_patterns = ["urn:epc:pat:sgtin-96:*.0614141.812345.*"]
+"#;
+
+    fn read(epc: &str, antenna: u8, rssi: i16) -> RawRead {
+        RawRead {
+            reader: Arc::from("r"),
+            antenna,
+            epc: hex::decode(epc).unwrap(),
+            tid: None,
+            pc: None,
+            rssi_dbm: Some(rssi),
+            frequency_khz: None,
+            phase_deg: None,
+            reader_timestamp_ms: None,
+            host: HostTime {
+                mono_ms: 0,
+                utc_ms: 1_700_000_000_000,
+                clock_synced: true,
+            },
+        }
+    }
+
+    fn pipeline() -> Pipeline {
+        let config = crate::config::parse(CONFIG, "t.toml").unwrap();
+        Pipeline::new(&config, Clock::new(), Box::new(NoEnrichment))
+    }
+
+    #[test]
+    fn only_matching_epcs_above_the_rssi_floor_on_covered_antennas_arrive() {
+        let mut p = pipeline();
+        let matching = "3074257BF7194E4000001A85"; // sgtin 0614141.812345.6789
+        let other_item = "3074257BF7194E4000001A85".replace("BF7194E", "BF7000E");
+        // Twice each: the second time the pattern verdict comes from the cache.
+        for _ in 0..2 {
+            assert!(p.on_reads(&[read(&other_item, 1, -50)]).is_empty());
+            assert!(
+                p.on_reads(&[read(matching, 1, -80)]).is_empty(),
+                "below the floor"
+            );
+            assert!(
+                p.on_reads(&[read(matching, 2, -50)]).is_empty(),
+                "antenna 2 is not covered"
+            );
+        }
+        let drafts = p.on_reads(&[read(matching, 1, -50)]);
+        assert_eq!(drafts.len(), 1);
+        assert_eq!(drafts[0].event_type, "arrived");
+        assert_eq!(
+            drafts[0].body["identity"]["pure_identity"],
+            "urn:epc:id:sgtin:0614141.812345.6789"
+        );
+    }
 }
