@@ -1,7 +1,7 @@
 //! Reader supervision: each reader runs in its own task; when it fails, the
 //! cause is logged, its health shows the outage, and it is restarted after an
-//! exponential backoff (0.5 s doubling to 30 s, reset once a run has lasted a
-//! minute). Shutdown cancels the token; a reader then returns `Ok`.
+//! exponential backoff with jitter (0.5 s doubling to 30 s, reset once a run
+//! has lasted a minute). Shutdown cancels the token; a reader then returns `Ok`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,41 +9,12 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracegate_drivers::{Clock, ReadSink, ReaderHealth, ReaderState};
 
+use crate::backoff::Backoff;
 use crate::config::ReaderConfig;
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const STABLE_RUN: Duration = Duration::from_secs(60);
-
-/// Exponential backoff with a cap and +-20 % jitter, so a fleet of gateways
-/// restarted together does not retry in lockstep.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-    start: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(start: Duration, max: Duration) -> Self {
-        Self {
-            next: start,
-            start,
-            max,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.start;
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let jitter: f64 = rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.2);
-        base.mul_f64(jitter).min(self.max)
-    }
-}
 
 /// Runs one reader until `cancel` fires, restarting it when it fails.
 pub async fn supervise(
@@ -112,22 +83,5 @@ async fn run_once(
         }
         ReaderConfig::R2000(c) => text(r2000::run_with_clock(c, sink, health, clock, cancel).await),
         ReaderConfig::Pcsc(c) => text(nfc::run_with_clock(c, sink, health, clock, cancel).await),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(4));
-        let delays: Vec<_> = (0..6).map(|_| b.next_delay()).collect();
-        assert!(delays[0] >= Duration::from_millis(400) && delays[0] <= Duration::from_millis(600));
-        assert!(delays[1] >= Duration::from_millis(800));
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(4)));
-        assert!(delays[5] >= Duration::from_millis(3200));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(600));
     }
 }

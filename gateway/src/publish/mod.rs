@@ -27,7 +27,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions,
     NetworkOptions, Outgoing, QoS, TlsConfiguration, Transport,
@@ -35,6 +34,7 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::heartbeat::Heartbeat;
 use crate::store::{StoreConfig, StoredEvent};
 
@@ -306,33 +306,6 @@ fn describe(e: &ConnectionError) -> String {
             format!("the broker refused the connection ({code:?}): check credentials, client id and ACLs")
         }
         other => other.to_string(),
-    }
-}
-
-/// Exponential backoff with full jitter in [d/2, d].
-#[derive(Debug)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            next: min,
-        }
-    }
-    fn reset(&mut self) {
-        self.next = self.min;
-    }
-    fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
-        Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
     }
 }
 
@@ -1095,19 +1068,6 @@ mod tests {
         let b = pack(&mut buf, 5, u64::MAX, 100, 1000).unwrap();
         assert_eq!((b.after, b.last), (5, 9));
         assert!(pack(&mut buf, 9, u64::MAX, 100, 1000).is_none());
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_the_cap() {
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
-        let mut prev_cap = 500;
-        for _ in 0..12 {
-            let d = b.next_delay().as_millis() as u64;
-            assert!(d >= prev_cap / 2 && d <= prev_cap, "{d} vs {prev_cap}");
-            prev_cap = (prev_cap * 2).min(60_000);
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(500));
     }
 
     #[test]
