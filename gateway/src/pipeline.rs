@@ -263,7 +263,29 @@ impl Pipeline {
     pub fn dedup_stats(&self) -> crate::dedup::DedupStats {
         self.dedup.stats()
     }
+
+    /// How long [`run`] may sleep before [`Pipeline::on_tick`] has work: the
+    /// next departure deadline, never more than [`MAX_TICK`] (periodic
+    /// `present` reports and gauges), plus [`TICK_SLACK`] so that departures
+    /// falling due close together are emitted in one write request.
+    pub fn next_tick_in(&self) -> Duration {
+        let now = self.clock.now().mono_ms;
+        let due = self
+            .dedup
+            .next_deadline_ms(now)
+            .map_or(MAX_TICK, Duration::from_millis);
+        due.min(MAX_TICK) + TICK_SLACK
+    }
 }
+
+/// The longest the pipeline sleeps without a read: `present` reports and the
+/// dedup gauges need no finer resolution.
+const MAX_TICK: Duration = Duration::from_millis(100);
+/// A departure is emitted at most this long after its timeout ran out. An
+/// event's `time` is when the timeout ran out, so this slack is part of its
+/// time-to-registry latency; waking for every single deadline instead would
+/// cost one wake-up and one write request per departing tag.
+const TICK_SLACK: Duration = Duration::from_millis(5);
 
 /// Runs until every reader's sink is dropped (readers stopped), then returns,
 /// dropping the writer's channel so it commits the rest and stops.
@@ -273,8 +295,10 @@ pub async fn run(
     writer: mpsc::Sender<WriteRequest>,
     heartbeat: Arc<Heartbeat>,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Ticks follow the dedup engine's next departure deadline rather than a
+    // fixed period: with a fixed 100 ms tick a departure waited up to 100 ms
+    // before it even reached the store.
+    let mut next_tick = tokio::time::Instant::now() + pipeline.next_tick_in();
     loop {
         heartbeat.beat();
         let request = tokio::select! {
@@ -286,11 +310,15 @@ pub async fn run(
                 Some(ReaderMsg::Tap(tap)) => Some(WriteRequest { drafts: pipeline.on_tap(&tap), ack: None }),
                 None => break,
             },
-            _ = tick.tick() => {
+            _ = tokio::time::sleep_until(next_tick) => {
                 let drafts = pipeline.on_tick();
+                next_tick = tokio::time::Instant::now() + pipeline.next_tick_in();
                 (!drafts.is_empty()).then_some(WriteRequest { drafts, ack: None })
             }
         };
+        // A read may have started a tag whose deadline is sooner than the
+        // planned wake-up (only when nothing was tracked before).
+        next_tick = next_tick.min(tokio::time::Instant::now() + pipeline.next_tick_in());
         if let Some(req) = request {
             if writer.send(req).await.is_err() {
                 tracing::error!(
@@ -352,6 +380,22 @@ epc_patterns = ["urn:epc:pat:sgtin-96:*.0614141.812345.*"]
     fn pipeline() -> Pipeline {
         let config = crate::config::parse(CONFIG, "t.toml").unwrap();
         Pipeline::new(&config, Clock::new(), Box::new(NoEnrichment))
+    }
+
+    #[test]
+    fn the_pipeline_wakes_for_the_next_departure_not_a_fixed_tick() {
+        let text = format!("{CONFIG}\n[dedup]\ndeparture_timeout_ms = 40\n");
+        let config = crate::config::parse(&text, "t.toml").unwrap();
+        let mut p = Pipeline::new(&config, Clock::new(), Box::new(NoEnrichment));
+        assert_eq!(p.next_tick_in(), MAX_TICK + TICK_SLACK, "nothing tracked");
+        let mut r = read("3074257BF7194E4000001A85", 1, -50);
+        r.host = p.clock.now();
+        p.on_reads(&[r]);
+        let wake = p.next_tick_in();
+        assert!(
+            wake <= Duration::from_millis(40) + TICK_SLACK && wake >= TICK_SLACK,
+            "wakes when the 40 ms departure timeout runs out, not after 100 ms: {wake:?}"
+        );
     }
 
     #[test]
