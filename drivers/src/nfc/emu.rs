@@ -361,6 +361,7 @@ mod tests {
             meta_read: AesKey::from_bytes([0x11; 16]),
             file_read: AesKey::from_bytes([0x22; 16]),
             mac_input: MacInput::Auto,
+            file_read_diversification: None,
         }
     }
 

@@ -19,6 +19,7 @@
 //! key diversification) but needs aes 0.9 / cmac 0.8 (a second RustCrypto
 //! stack beside the workspace's) and Rust 1.88, above this workspace's MSRV.
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::path::Path;
 
@@ -28,6 +29,14 @@ use cmac::{Cmac, Mac};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
+
+use super::diversify::{diversify_aes128, Diversification, DiversifyError};
+use super::ndef;
+use super::tag::TagType;
+use crate::Tap;
+
+/// Length of an NTAG 424 DNA UID as mirrored in AES-mode PICC data.
+const UID_LEN: usize = 7;
 
 /// A 128-bit AES key. Zeroed on drop; its `Debug` never shows the bytes.
 #[derive(Clone)]
@@ -51,7 +60,13 @@ impl AesKey {
         res.map(|()| Self(out))
     }
 
-    fn cipher(&self) -> Aes128 {
+    /// The raw bytes, for tests that compare derived keys with vectors.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    pub(crate) fn cipher(&self) -> Aes128 {
         Aes128::new(GenericArray::from_slice(&self.0))
     }
 
@@ -98,6 +113,10 @@ pub enum MacInput {
     FromPicc,
     /// Exactly the encrypted file data's hex.
     EncOnly,
+    /// From the first byte of the URI record's text (right after the URI
+    /// identifier code) up to the MAC value: host, path, GTIN and serial
+    /// are all authenticated.
+    Url,
 }
 
 /// The keys of one product (one tag configuration).
@@ -110,8 +129,36 @@ pub struct SunKeys {
     /// K_SDMMetaRead: decrypts the PICC data.
     pub meta_read: AesKey,
     /// K_SDMFileRead: derives the session MAC (and file-data ENC) keys.
+    /// With `file_read_diversification` set, this is the master key and each
+    /// tag's own key is derived from it and the tag's UID.
     pub file_read: AesKey,
     pub mac_input: MacInput,
+    /// AN10922 per-tag diversification of the file-read key, or `None` for
+    /// one key shared by every tag of the product.
+    pub file_read_diversification: Option<Diversification>,
+}
+
+impl SunKeys {
+    /// K_SDMFileRead of the tag with this (decrypted, permanent) UID.
+    pub fn file_read_key(&self, uid: &[u8]) -> Result<Cow<'_, AesKey>, DiversifyError> {
+        match &self.file_read_diversification {
+            None => Ok(Cow::Borrowed(&self.file_read)),
+            Some(d) => d.tag_key(&self.file_read, uid).map(Cow::Owned),
+        }
+    }
+
+    /// The keys one tag of this product holds (diversification resolved):
+    /// what an emulator or a provisioning test writes into the tag.
+    pub fn for_tag(&self, uid: &[u8]) -> Result<SunKeys, DiversifyError> {
+        Ok(SunKeys {
+            product: self.product.clone(),
+            url_prefix: self.url_prefix.clone(),
+            meta_read: self.meta_read.clone(),
+            file_read: self.file_read_key(uid)?.into_owned(),
+            mac_input: self.mac_input,
+            file_read_diversification: None,
+        })
+    }
 }
 
 /// Verification keys for one or more products, from a TOML key file.
@@ -138,6 +185,12 @@ pub enum KeyFileError {
     },
     #[error("SUN key file {path} defines no [[product]]")]
     Empty { path: String },
+    #[error("SUN key file {path}, product {product:?}: {problem}")]
+    Product {
+        path: String,
+        product: String,
+        problem: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -152,8 +205,13 @@ struct RawKeyFile {
 struct RawProduct {
     name: String,
     url_prefix: Option<String>,
-    meta_read_key: String,
-    file_read_key: String,
+    meta_read_key: Option<String>,
+    meta_read_master_key: Option<String>,
+    meta_read_batch: Option<String>,
+    file_read_key: Option<String>,
+    file_read_master_key: Option<String>,
+    application_id: Option<String>,
+    system_identifier: Option<String>,
     #[serde(default)]
     mac_input: MacInput,
 }
@@ -161,7 +219,104 @@ struct RawProduct {
 impl Drop for RawProduct {
     fn drop(&mut self) {
         self.meta_read_key.zeroize();
+        self.meta_read_master_key.zeroize();
         self.file_read_key.zeroize();
+        self.file_read_master_key.zeroize();
+    }
+}
+
+/// Hex of a diversification-input part (spaces ignored).
+fn hex_field(s: &str) -> Option<Vec<u8>> {
+    let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    hex::decode(compact).ok()
+}
+
+impl RawProduct {
+    fn keys(&self, origin: &str) -> Result<SunKeys, KeyFileError> {
+        let bad = |field, source| KeyFileError::BadKey {
+            path: origin.to_owned(),
+            product: self.name.clone(),
+            field,
+            source,
+        };
+        let problem = |problem: String| KeyFileError::Product {
+            path: origin.to_owned(),
+            product: self.name.clone(),
+            problem,
+        };
+        let hex_part = |field: &str, v: &Option<String>| -> Result<Vec<u8>, KeyFileError> {
+            match v {
+                None => Ok(Vec::new()),
+                Some(h) => hex_field(h).ok_or_else(|| problem(format!("{field} is not hex"))),
+            }
+        };
+        // The meta-read key decrypts the UID, so it cannot depend on the UID:
+        // it is shared by a batch, given as is or derived from a master key
+        // and the batch's diversification input.
+        let meta_read = match (
+            &self.meta_read_key,
+            &self.meta_read_master_key,
+            &self.meta_read_batch,
+        ) {
+            (Some(k), None, None) => AesKey::from_hex(k).map_err(|e| bad("meta_read_key", e))?,
+            (None, Some(master), Some(_)) => {
+                let master =
+                    AesKey::from_hex(master).map_err(|e| bad("meta_read_master_key", e))?;
+                let batch = hex_part("meta_read_batch", &self.meta_read_batch)?;
+                diversify_aes128(&master, &batch)
+                    .map_err(|e| problem(format!("meta_read_batch: {e}")))?
+            }
+            _ => {
+                return Err(problem(
+                    "give meta_read_key, or meta_read_master_key with meta_read_batch".into(),
+                ))
+            }
+        };
+        let div_given = self.application_id.is_some() || self.system_identifier.is_some();
+        let (file_read, file_read_diversification) = match (
+            &self.file_read_key,
+            &self.file_read_master_key,
+        ) {
+            (Some(k), None) if !div_given => (
+                AesKey::from_hex(k).map_err(|e| bad("file_read_key", e))?,
+                None,
+            ),
+            (None, Some(master)) => {
+                let div = Diversification {
+                    application_id: hex_part("application_id", &self.application_id)?,
+                    system_identifier: hex_part("system_identifier", &self.system_identifier)?,
+                };
+                let len = div.input(&[0; UID_LEN]).len();
+                if len > crate::nfc::diversify::MAX_INPUT {
+                    return Err(problem(format!(
+                            "UID, application_id and system_identifier make {len} bytes of diversification input, more than AN10922's {}",
+                            crate::nfc::diversify::MAX_INPUT
+                        )));
+                }
+                (
+                    AesKey::from_hex(master).map_err(|e| bad("file_read_master_key", e))?,
+                    Some(div),
+                )
+            }
+            (Some(_), None) => {
+                return Err(problem(
+                    "application_id and system_identifier need file_read_master_key".into(),
+                ))
+            }
+            _ => {
+                return Err(problem(
+                    "give either file_read_key or file_read_master_key".into(),
+                ))
+            }
+        };
+        Ok(SunKeys {
+            product: self.name.clone(),
+            url_prefix: self.url_prefix.clone(),
+            meta_read,
+            file_read,
+            mac_input: self.mac_input,
+            file_read_diversification,
+        })
     }
 }
 
@@ -197,24 +352,11 @@ impl KeyFile {
                 path: origin.to_owned(),
             });
         }
-        let mut products = Vec::with_capacity(raw.product.len());
-        for p in &raw.product {
-            let bad = |field, source| KeyFileError::BadKey {
-                path: origin.to_owned(),
-                product: p.name.clone(),
-                field,
-                source,
-            };
-            products.push(SunKeys {
-                product: p.name.clone(),
-                url_prefix: p.url_prefix.clone(),
-                meta_read: AesKey::from_hex(&p.meta_read_key)
-                    .map_err(|e| bad("meta_read_key", e))?,
-                file_read: AesKey::from_hex(&p.file_read_key)
-                    .map_err(|e| bad("file_read_key", e))?,
-                mac_input: p.mac_input,
-            });
-        }
+        let products = raw
+            .product
+            .iter()
+            .map(|p| p.keys(origin))
+            .collect::<Result<_, _>>()?;
         Ok(Self { products })
     }
 }
@@ -223,8 +365,17 @@ impl KeyFile {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SunOutcome {
-    /// The MAC verifies with a product's keys. Still check [`replay_verdict`].
+    /// The MAC verifies with a product's keys and the tag mirrors its read
+    /// counter. Still check [`replay_verdict`] (and [`bind_to_tag`]).
     Genuine,
+    /// The MAC verifies, but the tag does not mirror its read counter: a
+    /// copied URL cannot be told from a fresh one (no replay check).
+    GenuineNoCounter,
+    /// The MAC verifies, but the tag on the reader is not the tag that made
+    /// the URL: its reported UID differs from the decrypted one, or it is not
+    /// an NTAG 424 DNA (a copied URL on another chip, or a phone). From
+    /// [`bind_to_tag`], never from [`verify`].
+    UidMismatch,
     /// The PICC data decrypted with a product's key (or was plain), but the MAC
     /// does not match: a forged or altered URL.
     InvalidMac,
@@ -240,11 +391,84 @@ impl SunOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
             SunOutcome::Genuine => "genuine",
+            SunOutcome::GenuineNoCounter => "genuine_no_counter",
+            SunOutcome::UidMismatch => "uid_mismatch",
             SunOutcome::InvalidMac => "invalid_mac",
             SunOutcome::UnknownKey => "unknown_key",
             SunOutcome::NotSun => "not_sun",
             SunOutcome::Unsupported => "unsupported",
         }
+    }
+
+    /// `true` for the outcomes whose MAC verified with a product's keys on
+    /// the tag that made it (`genuine`, `genuine_no_counter`).
+    pub fn authentic(self) -> bool {
+        matches!(self, SunOutcome::Genuine | SunOutcome::GenuineNoCounter)
+    }
+}
+
+impl std::fmt::Display for SunOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a verified SUN MAC authenticates. Serialised as a list, e.g.
+/// `["uid","counter","url"]`; empty when nothing is authenticated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Covers {
+    /// The tag's UID (always, when the MAC verified).
+    pub uid: bool,
+    /// The read counter (when the tag mirrors it).
+    pub counter: bool,
+    /// The URL from the first byte of the URI record's text up to the MAC
+    /// (`mac_input = "url"`): host, path, GTIN and serial. Without it the
+    /// URL's identity is only claimed.
+    pub url: bool,
+}
+
+impl Covers {
+    /// The names of the covered items, in a fixed order.
+    pub fn names(self) -> Vec<&'static str> {
+        [
+            (self.uid, "uid"),
+            (self.counter, "counter"),
+            (self.url, "url"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+
+    pub fn is_empty(self) -> bool {
+        self == Covers::default()
+    }
+}
+
+impl Serialize for Covers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.names())
+    }
+}
+
+impl<'de> Deserialize<'de> for Covers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let names = Vec::<String>::deserialize(d)?;
+        let mut c = Covers::default();
+        for n in &names {
+            match n.as_str() {
+                "uid" => c.uid = true,
+                "counter" => c.counter = true,
+                "url" => c.url = true,
+                other => {
+                    return Err(serde::de::Error::unknown_variant(
+                        other,
+                        &["uid", "counter", "url"],
+                    ))
+                }
+            }
+        }
+        Ok(c)
     }
 }
 
@@ -253,6 +477,8 @@ impl SunOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SunCheck {
     pub outcome: SunOutcome,
+    /// What the MAC authenticates; empty unless [`SunOutcome::authentic`].
+    pub covers: Covers,
     pub product: Option<String>,
     pub uid: Option<Vec<u8>>,
     pub counter: Option<u32>,
@@ -264,6 +490,7 @@ impl SunCheck {
     fn bare(outcome: SunOutcome) -> Self {
         Self {
             outcome,
+            covers: Covers::default(),
             product: None,
             uid: None,
             counter: None,
@@ -281,7 +508,7 @@ pub fn replay_verdict(counter: u32, last_seen: Option<u32>) -> bool {
 
 enum Picc {
     Encrypted([u8; 16]),
-    Plain { uid: Vec<u8>, counter: u32 },
+    Plain { uid: Vec<u8>, counter: Option<u32> },
 }
 
 struct Params {
@@ -357,15 +584,23 @@ fn parse_params(uri: &str) -> Parsed {
             mac_value,
         });
     }
-    // Plain mirroring: the URL shows the counter most significant byte first.
-    if let (Some((uid_hex, uid_value)), Some((ctr_hex, _))) = (get(&["uid", "u"]), get(&["ctr"])) {
-        let (Some(uid), Some(ctr)) = (hex_array::<7>(uid_hex), hex_array::<3>(ctr_hex)) else {
+    // Plain mirroring: the URL shows the counter most significant byte first;
+    // a tag may mirror the UID without the counter.
+    if let Some((uid_hex, uid_value)) = get(&["uid", "u"]) {
+        let Some(uid) = hex_array::<7>(uid_hex) else {
             return Parsed::NotSun;
+        };
+        let counter = match get(&["ctr"]) {
+            Some((ctr_hex, _)) => match hex_array::<3>(ctr_hex) {
+                Some(ctr) => Some(u32::from_be_bytes([0, ctr[0], ctr[1], ctr[2]])),
+                None => return Parsed::NotSun,
+            },
+            None => None,
         };
         return Parsed::Sun(Params {
             picc: Picc::Plain {
                 uid: uid.to_vec(),
-                counter: u32::from_be_bytes([0, ctr[0], ctr[1], ctr[2]]),
+                counter,
             },
             picc_value: uid_value,
             enc,
@@ -446,16 +681,28 @@ fn sdm_mac(session_mac: &AesKey, input: &[u8]) -> [u8; 8] {
     out
 }
 
-fn mac_input<'u>(uri: &'u str, p: &Params, mode: MacInput) -> &'u [u8] {
+/// The byte strings the tag may have MACed under `mode`. One, except for
+/// [`MacInput::Url`]: the URL arrives with its NDEF prefix code expanded, and
+/// the tag's MAC input starts after that code, so each abbreviation the URL
+/// could have been written with ("", "https://", "https://www." ...) is a
+/// candidate. That adds at most a few guesses to a forger's 2^64.
+fn mac_inputs<'u>(uri: &'u str, p: &Params, mode: MacInput) -> Vec<&'u [u8]> {
     let mac_start = p.mac_value.start;
     let from = |start: usize| uri.as_bytes().get(start..mac_start).unwrap_or(&[]);
-    match (mode, &p.enc) {
-        (MacInput::Empty, _) | (MacInput::Auto, None) => &[],
+    let one = match (mode, &p.enc) {
+        (MacInput::Url, _) => {
+            return ndef::uri_prefix_lengths(uri)
+                .into_iter()
+                .map(|n| from(n))
+                .collect()
+        }
+        (MacInput::Empty, _) | (MacInput::Auto, None) => &[][..],
         (MacInput::Auto | MacInput::FromEnc, Some((_, r))) => from(r.start),
         (MacInput::FromEnc | MacInput::EncOnly, None) => &[],
         (MacInput::FromPicc, _) => from(p.picc_value.start),
         (MacInput::EncOnly, Some((_, r))) => uri.as_bytes().get(r.clone()).unwrap_or(&[]),
-    }
+    };
+    vec![one]
 }
 
 fn decrypt_file_data(session_enc: &AesKey, counter: Option<u32>, data: &[u8]) -> Vec<u8> {
@@ -497,13 +744,31 @@ pub fn verify(uri: &str, keys: &KeyFile) -> SunCheck {
                 Some(d) => (d.uid, d.counter),
                 None => continue,
             },
-            Picc::Plain { uid, counter } => (Some(uid.clone()), Some(*counter)),
+            Picc::Plain { uid, counter } => (Some(uid.clone()), *counter),
         };
-        let (ses_enc, ses_mac) = session_keys(&k.file_read, uid.as_deref(), counter);
-        let want = sdm_mac(&ses_mac, mac_input(uri, &p, k.mac_input));
-        if bool::from(want.ct_eq(&p.mac)) {
+        // A diversified product's MAC key is the tag's own, derived from the
+        // UID the PICC data carries.
+        let Ok(file_read) = k.file_read_key(uid.as_deref().unwrap_or(&[])) else {
+            continue;
+        };
+        let (ses_enc, ses_mac) = session_keys(&file_read, uid.as_deref(), counter);
+        let matched = mac_inputs(uri, &p, k.mac_input)
+            .into_iter()
+            .fold(subtle::Choice::from(0), |acc, input| {
+                acc | sdm_mac(&ses_mac, input).ct_eq(&p.mac)
+            });
+        if bool::from(matched) {
             return SunCheck {
-                outcome: SunOutcome::Genuine,
+                outcome: if counter.is_some() {
+                    SunOutcome::Genuine
+                } else {
+                    SunOutcome::GenuineNoCounter
+                },
+                covers: Covers {
+                    uid: uid.is_some(),
+                    counter: counter.is_some(),
+                    url: k.mac_input == MacInput::Url,
+                },
                 product: Some(k.product.clone()),
                 file_data: p
                     .enc
@@ -515,6 +780,7 @@ pub fn verify(uri: &str, keys: &KeyFile) -> SunCheck {
         }
         first_failure.get_or_insert(SunCheck {
             outcome: SunOutcome::InvalidMac,
+            covers: Covers::default(),
             product: Some(k.product.clone()),
             uid,
             counter,
@@ -533,11 +799,21 @@ fn with_query(base: &str) -> String {
 /// read counter `counter` (encrypted PICC data, `picc_data=…&cmac=…`).
 ///
 /// For emulators and tests; the padding bytes a real tag randomises are zero.
+/// `keys` are the keys the tag holds: resolve a diversified product with
+/// [`SunKeys::for_tag`] first (`file_read_diversification` is ignored here).
 pub fn sun_url(base: &str, keys: &SunKeys, uid: &[u8; 7], counter: u32) -> String {
+    sun_url_with(base, keys, uid, Some(counter))
+}
+
+/// [`sun_url`] for a tag that may not mirror its read counter (`None`: the
+/// PICC data holds only the UID, and the MAC session omits the counter).
+pub fn sun_url_with(base: &str, keys: &SunKeys, uid: &[u8; 7], counter: Option<u32>) -> String {
     let mut plain = [0u8; 16];
-    plain[0] = 0xC7;
+    plain[0] = if counter.is_some() { 0xC7 } else { 0x87 };
     plain[1..8].copy_from_slice(uid);
-    plain[8..11].copy_from_slice(&counter.to_le_bytes()[..3]);
+    if let Some(c) = counter {
+        plain[8..11].copy_from_slice(&c.to_le_bytes()[..3]);
+    }
     let mut b = GenericArray::clone_from_slice(&plain);
     keys.meta_read.cipher().encrypt_block(&mut b);
     let head = format!(
@@ -545,26 +821,109 @@ pub fn sun_url(base: &str, keys: &SunKeys, uid: &[u8; 7], counter: u32) -> Strin
         with_query(base),
         hex::encode_upper(b)
     );
-    let input: &[u8] = match keys.mac_input {
-        MacInput::FromPicc => head.as_bytes().get(head.len() - 32 - 6..).unwrap_or(&[]),
-        _ => &[],
-    };
-    let (_, ses_mac) = session_keys(&keys.file_read, Some(uid), Some(counter));
-    let mac = sdm_mac(&ses_mac, input);
+    let mac = built_mac(&head, head.len() - 32 - 6, keys, uid, counter);
     format!("{head}{}", hex::encode_upper(mac))
 }
 
-/// Like [`sun_url`] for plain mirroring (`uid=…&ctr=…&cmac=…`, MAC over nothing).
+/// The MAC of a built URL whose text before the MAC value is `head`;
+/// `picc_at` is where the PICC data (or plain UID) value starts.
+fn built_mac(
+    head: &str,
+    picc_at: usize,
+    keys: &SunKeys,
+    uid: &[u8],
+    counter: Option<u32>,
+) -> [u8; 8] {
+    let input: &[u8] = match keys.mac_input {
+        MacInput::FromPicc => head.as_bytes().get(picc_at..).unwrap_or(&[]),
+        // As the emulator writes the record: the longest prefix code.
+        MacInput::Url => head
+            .as_bytes()
+            .get(ndef::longest_uri_prefix(head).len()..)
+            .unwrap_or(&[]),
+        _ => &[],
+    };
+    let (_, ses_mac) = session_keys(&keys.file_read, Some(uid), counter);
+    sdm_mac(&ses_mac, input)
+}
+
+/// Like [`sun_url`] for plain mirroring (`uid=…&ctr=…&cmac=…`).
 pub fn sun_url_plain(base: &str, keys: &SunKeys, uid: &[u8; 7], counter: u32) -> String {
-    let (_, ses_mac) = session_keys(&keys.file_read, Some(uid), Some(counter));
-    let mac = sdm_mac(&ses_mac, &[]);
-    format!(
-        "{}uid={}&ctr={}&cmac={}",
+    let head = format!(
+        "{}uid={}&ctr={}&cmac=",
         with_query(base),
         hex::encode_upper(uid),
         hex::encode_upper(&counter.to_be_bytes()[1..]),
-        hex::encode_upper(mac)
-    )
+    );
+    let picc_at = head.len() - (14 + "&ctr=".len() + 6 + "&cmac=".len());
+    let mac = built_mac(&head, picc_at, keys, uid, Some(counter));
+    format!("{head}{}", hex::encode_upper(mac))
+}
+
+/// Binds a verification to the tag that was on the reader.
+///
+/// A SUN URL is just text: copied onto another chip (or served by a phone)
+/// its MAC still verifies. So an authentic check only stays authentic when
+/// the UID the reader reported (PC/SC GET DATA) equals the decrypted one and
+/// the tag identifies as an NTAG 424 DNA; otherwise the outcome becomes
+/// [`SunOutcome::UidMismatch`] and `covers` is cleared. Other outcomes pass
+/// through unchanged.
+///
+/// An NTAG 424 DNA with "random ID" enabled reports a fresh random UID on
+/// each activation, so it always gives `uid_mismatch`: tags verified here
+/// must keep their fixed UID.
+pub fn bind_to_tag(mut check: SunCheck, reported_uid: &[u8], tag_type: TagType) -> SunCheck {
+    if !check.outcome.authentic() {
+        return check;
+    }
+    let same_uid = check.uid.as_deref() == Some(reported_uid);
+    if !same_uid || tag_type != TagType::Ntag424Dna {
+        check.outcome = SunOutcome::UidMismatch;
+        check.covers = Covers::default();
+        check.file_data = None;
+    }
+    check
+}
+
+/// [`bind_to_tag`] with the UID and tag type of a tap.
+pub fn bind_to_tap(check: SunCheck, tap: &Tap) -> SunCheck {
+    let tag_type = TagType::from_name(&tap.tag_type).unwrap_or(TagType::Unknown);
+    bind_to_tag(check, &tap.uid, tag_type)
+}
+
+/// Query parameters whose values are SUN secret material: the encrypted
+/// PICC data, the encrypted file data and the MAC. A valid URL in a log can
+/// be replayed once at any verifier whose counter for the UID is still lower.
+const SECRET_PARAMS: [&str; 7] = ["picc_data", "e", "p", "enc", "cmac", "c", "m"];
+
+/// The URL with every SUN parameter value (`picc_data`/`e`, `enc`,
+/// `cmac`/`c` and their aliases) replaced by `<redacted>`, for logs and
+/// error messages. Everything else, including `uid`/`ctr` of plain
+/// mirroring, is kept.
+pub fn redact_sun_url(uri: &str) -> String {
+    let Some(q) = uri.find('?') else {
+        return uri.to_owned();
+    };
+    let end = uri[q..].find('#').map_or(uri.len(), |h| q + h);
+    let mut out = String::with_capacity(uri.len());
+    out.push_str(&uri[..=q]);
+    for (i, part) in uri[q + 1..end].split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match part.split_once('=') {
+            Some((name, value))
+                if !value.is_empty()
+                    && SECRET_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(name)) =>
+            {
+                out.push_str(name);
+                out.push_str("=<redacted>");
+            }
+            _ => out.push_str(part),
+        }
+    }
+    out.push_str(&uri[end..]);
+    out
 }
 
 #[cfg(test)]
@@ -594,6 +953,7 @@ mod tests {
                 meta_read: key(meta),
                 file_read: key(file),
                 mac_input,
+                file_read_diversification: None,
             }],
         }
     }

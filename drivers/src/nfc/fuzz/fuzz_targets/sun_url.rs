@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
                 meta_read: AesKey::from_bytes([0; 16]),
                 file_read: AesKey::from_bytes([0; 16]),
                 mac_input: MacInput::Auto,
+                file_read_diversification: None,
             },
             SunKeys {
                 product: "picc".into(),
@@ -23,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
                 meta_read: AesKey::from_bytes([1; 16]),
                 file_read: AesKey::from_bytes([2; 16]),
                 mac_input: MacInput::FromPicc,
+                file_read_diversification: None,
             },
         ],
     };
