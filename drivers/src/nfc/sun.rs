@@ -693,7 +693,7 @@ fn mac_inputs<'u>(uri: &'u str, p: &Params, mode: MacInput) -> Vec<&'u [u8]> {
         (MacInput::Url, _) => {
             return ndef::uri_prefix_lengths(uri)
                 .into_iter()
-                .map(|n| from(n))
+                .map(from)
                 .collect()
         }
         (MacInput::Empty, _) | (MacInput::Auto, None) => &[][..],
@@ -1187,5 +1187,396 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("/nonexistent/keys.toml"), "{e}");
+    }
+
+    // --- covers, MAC input "url", binding, diversification, redaction ---
+
+    const DL: &str = "https://id.example.org/01/09506000134352/21/SER123";
+    const TAG_A: [u8; 7] = [0x04, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66];
+
+    fn product(mac_input: MacInput) -> SunKeys {
+        SunKeys {
+            product: "widget".into(),
+            url_prefix: Some("https://id.example.org/".into()),
+            meta_read: key("0102030405060708090A0B0C0D0E0F10"),
+            file_read: key("A0A1A2A3A4A5A6A7A8A9AAABACADAEAF"),
+            mac_input,
+            file_read_diversification: None,
+        }
+    }
+
+    fn file_of(p: SunKeys) -> KeyFile {
+        KeyFile { products: vec![p] }
+    }
+
+    #[test]
+    fn genuine_tap_covers_uid_and_counter_serialised_as_a_list() {
+        let url = sun_url(DL, &product(MacInput::Auto), &TAG_A, 7);
+        let c = verify(&url, &file_of(product(MacInput::Auto)));
+        assert_eq!(c.outcome, SunOutcome::Genuine);
+        assert_eq!(
+            c.covers,
+            Covers {
+                uid: true,
+                counter: true,
+                url: false
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&c.covers).unwrap(),
+            r#"["uid","counter"]"#
+        );
+        let back: Covers = serde_json::from_str(r#"["uid","counter","url"]"#).unwrap();
+        assert_eq!(back.names(), vec!["uid", "counter", "url"]);
+        assert!(serde_json::from_str::<Covers>(r#"["serial"]"#).is_err());
+    }
+
+    #[test]
+    fn url_mac_input_covers_the_url_and_one_changed_serial_character_is_invalid_mac() {
+        let keys = product(MacInput::Url);
+        let url = sun_url(DL, &keys, &TAG_A, 12);
+        let c = verify(&url, &file_of(keys.clone()));
+        assert_eq!(c.outcome, SunOutcome::Genuine, "{url}");
+        assert_eq!(c.covers.names(), vec!["uid", "counter", "url"]);
+        assert_eq!(
+            serde_json::to_string(&c.covers).unwrap(),
+            r#"["uid","counter","url"]"#
+        );
+        // SER123 -> SER124: the PICC data still decrypts, the MAC fails.
+        let forged = url.replace("/21/SER123", "/21/SER124");
+        assert_ne!(forged, url);
+        let f = verify(&forged, &file_of(keys.clone()));
+        assert_eq!(f.outcome, SunOutcome::InvalidMac);
+        assert!(f.covers.is_empty());
+        // Host and GTIN are covered too.
+        let other_gtin = url.replace("09506000134352", "09506000134353");
+        assert_eq!(
+            verify(&other_gtin, &file_of(keys)).outcome,
+            SunOutcome::InvalidMac
+        );
+    }
+
+    #[test]
+    fn url_mac_input_verifies_whichever_prefix_code_the_record_used() {
+        // A tag whose URI record uses code 0x00 MACs the whole text,
+        // "https://" included; one using 0x04 MACs from "id.example.org".
+        let keys = product(MacInput::Url);
+        let uid = TAG_A;
+        for skip in ["", "https://"] {
+            let mut plain = [0u8; 16];
+            plain[0] = 0xC7;
+            plain[1..8].copy_from_slice(&uid);
+            plain[8] = 3;
+            let mut b = GenericArray::clone_from_slice(&plain);
+            keys.meta_read.cipher().encrypt_block(&mut b);
+            let head = format!("{DL}?picc_data={}&cmac=", hex::encode_upper(b));
+            let (_, ses_mac) = session_keys(&keys.file_read, Some(&uid), Some(3));
+            let mac = sdm_mac(&ses_mac, &head.as_bytes()[skip.len()..]);
+            let url = format!("{head}{}", hex::encode_upper(mac));
+            let c = verify(&url, &file_of(keys.clone()));
+            assert_eq!(c.outcome, SunOutcome::Genuine, "prefix {skip:?}");
+            assert!(c.covers.url);
+        }
+    }
+
+    #[test]
+    fn default_mac_input_verifies_a_pasted_serial_but_does_not_cover_the_url() {
+        let keys = product(MacInput::Auto);
+        let url = sun_url(DL, &keys, &TAG_A, 5);
+        let pasted = url.replace("/21/SER123", "/21/SER999");
+        let c = verify(&pasted, &file_of(keys));
+        // The verdict is about tag A (UID and counter), not about SER999.
+        assert_eq!(c.outcome, SunOutcome::Genuine);
+        assert_eq!(c.uid.as_deref(), Some(&TAG_A[..]));
+        assert!(!c.covers.url);
+        assert_eq!(c.covers.names(), vec!["uid", "counter"]);
+    }
+
+    #[test]
+    fn a_tag_without_a_mirrored_counter_is_genuine_no_counter() {
+        let keys = product(MacInput::Auto);
+        let url = sun_url_with(DL, &keys, &TAG_A, None);
+        let c = verify(&url, &file_of(keys.clone()));
+        assert_eq!(c.outcome, SunOutcome::GenuineNoCounter);
+        assert_eq!(c.outcome.as_str(), "genuine_no_counter");
+        assert!(c.outcome.authentic());
+        assert_eq!(c.counter, None);
+        assert_eq!(c.covers.names(), vec!["uid"]);
+        // Plain mirroring of the UID alone, likewise.
+        let (_, ses_mac) = session_keys(&keys.file_read, Some(&TAG_A), None);
+        let plain = format!(
+            "{DL}?uid={}&cmac={}",
+            hex::encode_upper(TAG_A),
+            hex::encode_upper(sdm_mac(&ses_mac, &[]))
+        );
+        let c = verify(&plain, &file_of(keys));
+        assert_eq!(c.outcome, SunOutcome::GenuineNoCounter, "{plain}");
+    }
+
+    #[test]
+    fn a_copied_url_on_another_uid_or_chip_is_uid_mismatch_never_genuine() {
+        let keys = product(MacInput::Auto);
+        let url = sun_url(DL, &keys, &TAG_A, 9);
+        let check = verify(&url, &file_of(keys));
+        assert_eq!(check.outcome, SunOutcome::Genuine);
+
+        let on_a = bind_to_tag(check.clone(), &TAG_A, TagType::Ntag424Dna);
+        assert_eq!(on_a.outcome, SunOutcome::Genuine);
+        assert_eq!(on_a.covers.names(), vec!["uid", "counter"]);
+
+        // The URL written onto an NTAG215 with another UID.
+        let other_uid = [0x04, 0xA2, 0x2B, 0x3C, 0x4D, 0x5E, 0x80];
+        let copied = bind_to_tag(check.clone(), &other_uid, TagType::Ntag215);
+        assert_eq!(copied.outcome, SunOutcome::UidMismatch);
+        assert_eq!(copied.outcome.as_str(), "uid_mismatch");
+        assert!(copied.covers.is_empty());
+        assert!(!copied.outcome.authentic());
+        // The right UID (a clone that copies it) on the wrong chip.
+        assert_eq!(
+            bind_to_tag(check.clone(), &TAG_A, TagType::Ntag215).outcome,
+            SunOutcome::UidMismatch
+        );
+        // A real NTAG 424 DNA with another UID (or random ID enabled).
+        assert_eq!(
+            bind_to_tag(check.clone(), &[0x08, 1, 2, 3], TagType::Ntag424Dna).outcome,
+            SunOutcome::UidMismatch
+        );
+        // Through a Tap as the driver produces it.
+        let tap = Tap {
+            reader: "door".into(),
+            uid: other_uid.to_vec(),
+            tag_type: "ntag215".into(),
+            ndef_uri: Some(url.clone()),
+            ndef_text: None,
+            atr: Vec::new(),
+            host: crate::HostTime {
+                utc_ms: 0,
+                mono_ms: 0,
+                clock_synced: true,
+            },
+        };
+        assert_eq!(bind_to_tap(check, &tap).outcome, SunOutcome::UidMismatch);
+    }
+
+    #[test]
+    fn binding_leaves_unauthentic_outcomes_as_they_are() {
+        let keys = product(MacInput::Auto);
+        let mut url = sun_url(DL, &keys, &TAG_A, 9);
+        let last = url.pop().unwrap();
+        url.push(if last == '0' { '1' } else { '0' });
+        let check = verify(&url, &file_of(keys));
+        assert_eq!(check.outcome, SunOutcome::InvalidMac);
+        assert_eq!(
+            bind_to_tag(check, &[1, 2, 3, 4], TagType::Ntag215).outcome,
+            SunOutcome::InvalidMac
+        );
+        let not_sun = verify(DL, &zero_keys());
+        assert_eq!(
+            bind_to_tag(not_sun, &[1, 2, 3, 4], TagType::Ntag215).outcome,
+            SunOutcome::NotSun
+        );
+    }
+
+    const DIVERSIFIED_KEYS: &str = r#"
+        [[product]]
+        name = "widget-div"
+        url_prefix = "https://id.example.org/"
+        meta_read_master_key = "C9EB67DF090AFF47C3B19A2516680B9D"
+        meta_read_batch = "42 41 54 43 48 30 31"
+        file_read_master_key = "00112233445566778899AABBCCDDEEFF"
+        application_id = "3042F5"
+        system_identifier = "4E585020416275"
+        mac_input = "url"
+    "#;
+
+    /// The keys a provisioning tool would have written into tag A: each
+    /// derived with AN10922 on its own, independently of the key file.
+    fn provisioned_tag_a() -> SunKeys {
+        let meta = crate::nfc::diversify::diversify_aes128(
+            &key("C9EB67DF090AFF47C3B19A2516680B9D"),
+            b"BATCH01",
+        )
+        .unwrap();
+        let mut m = TAG_A.to_vec();
+        m.extend_from_slice(&bytes("3042F5"));
+        m.extend_from_slice(b"NXP Abu");
+        let file =
+            crate::nfc::diversify::diversify_aes128(&key("00112233445566778899AABBCCDDEEFF"), &m)
+                .unwrap();
+        SunKeys {
+            product: "tag-a".into(),
+            url_prefix: None,
+            meta_read: meta,
+            file_read: file,
+            mac_input: MacInput::Url,
+            file_read_diversification: None,
+        }
+    }
+
+    #[test]
+    fn a_diversified_key_tag_is_genuine_and_the_undiversified_masters_are_unknown_key() {
+        let kf = KeyFile::from_toml(DIVERSIFIED_KEYS, "div.toml").unwrap();
+        let p = &kf.products[0];
+        assert_eq!(
+            p.file_read_diversification,
+            Some(Diversification {
+                application_id: bytes("3042F5"),
+                system_identifier: b"NXP Abu".to_vec(),
+            })
+        );
+        let url = sun_url(DL, &provisioned_tag_a(), &TAG_A, 40);
+        let c = verify(&url, &kf);
+        assert_eq!(c.outcome, SunOutcome::Genuine, "{url}");
+        assert_eq!(c.product.as_deref(), Some("widget-div"));
+        assert_eq!(c.covers.names(), vec!["uid", "counter", "url"]);
+        // for_tag gives the same keys the provisioning derived.
+        let built = sun_url(DL, &p.for_tag(&TAG_A).unwrap(), &TAG_A, 40);
+        assert_eq!(built, url);
+
+        // Checked against the master keys as plain keys: nothing fits.
+        let masters = KeyFile::from_toml(
+            r#"
+            [[product]]
+            name = "masters"
+            meta_read_key = "C9EB67DF090AFF47C3B19A2516680B9D"
+            file_read_key = "00112233445566778899AABBCCDDEEFF"
+            mac_input = "url"
+            "#,
+            "masters.toml",
+        )
+        .unwrap();
+        assert_eq!(verify(&url, &masters).outcome, SunOutcome::UnknownKey);
+
+        // Another tag's diversified key does not verify tag A's URL.
+        let mut other = TAG_A;
+        other[6] ^= 1;
+        let wrong = sun_url(DL, &p.for_tag(&other).unwrap(), &TAG_A, 41);
+        assert_eq!(verify(&wrong, &kf).outcome, SunOutcome::InvalidMac);
+    }
+
+    #[test]
+    fn key_file_diversification_fields_are_checked() {
+        let head =
+            "[[product]]\nname = \"W\"\nmeta_read_key = \"00000000000000000000000000000000\"\n";
+        let k = "\"00000000000000000000000000000000\"";
+        for (extra, want) in [
+            (
+                format!("file_read_key = {k}\nfile_read_master_key = {k}\n"),
+                "either file_read_key or file_read_master_key",
+            ),
+            (
+                String::new(),
+                "either file_read_key or file_read_master_key",
+            ),
+            (
+                format!("file_read_key = {k}\napplication_id = \"3042F5\"\n"),
+                "need file_read_master_key",
+            ),
+            (
+                format!("file_read_master_key = {k}\napplication_id = \"30G2F5\"\n"),
+                "application_id is not hex",
+            ),
+            (
+                format!(
+                    "file_read_master_key = {k}\nsystem_identifier = \"{}\"\n",
+                    "00".repeat(25)
+                ),
+                "more than AN10922's 31",
+            ),
+        ] {
+            let e = KeyFile::from_toml(&format!("{head}{extra}"), "k.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want) && e.contains("\"W\""), "{extra}: {e}");
+        }
+        let no_meta =
+            format!("[[product]]\nname = \"W\"\nfile_read_key = {k}\nmeta_read_master_key = {k}\n");
+        let e = KeyFile::from_toml(&no_meta, "k.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("meta_read_batch"), "{e}");
+        let e = KeyFile::from_toml(&format!("{head}file_read_master_key = \"00\"\n"), "k.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("file_read_master_key") && e.contains("32 hex digits"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn diversified_key_files_never_print_keys() {
+        let kf = KeyFile::from_toml(DIVERSIFIED_KEYS, "div.toml").unwrap();
+        let shown = format!("{kf:?}").to_lowercase();
+        assert!(!shown.contains("c9eb67df"), "{shown}");
+        assert!(!shown.contains("00112233"), "{shown}");
+        assert!(shown.contains("redacted"));
+        let tag = kf.products[0].for_tag(&TAG_A).unwrap();
+        assert!(format!("{tag:?}").contains("redacted"));
+    }
+
+    #[test]
+    fn redact_sun_url_hides_every_sun_value_and_keeps_the_rest() {
+        let keys = product(MacInput::Auto);
+        let url = sun_url(DL, &keys, &TAG_A, 5);
+        let picc = &url[url.find("picc_data=").unwrap() + 10..url.find("&cmac").unwrap()];
+        let mac = &url[url.find("cmac=").unwrap() + 5..];
+        let shown = redact_sun_url(&url);
+        assert!(!shown.contains(picc) && !shown.contains(mac), "{shown}");
+        assert_eq!(shown, format!("{DL}?picc_data=<redacted>&cmac=<redacted>"));
+        assert_eq!(
+            redact_sun_url(
+                "https://ntag.nxp.com/424?e=EF963FF7828658A599F3041510671E88&c=94EED9EE65337086#x"
+            ),
+            "https://ntag.nxp.com/424?e=<redacted>&c=<redacted>#x"
+        );
+        assert_eq!(
+            redact_sun_url("https://x/?a=1&picc_data=FD91EC264309878BE6345CBE53BADF40&enc=CEE9A53E3E463EF1F459635736738962&CMAC=ECC1E7F6C6C73BF6&b"),
+            "https://x/?a=1&picc_data=<redacted>&enc=<redacted>&CMAC=<redacted>&b"
+        );
+        assert_eq!(
+            redact_sun_url("https://x/tag?uid=041E3C8A2D6B80&ctr=000006&cmac=4B00064004B0B3D3"),
+            "https://x/tag?uid=041E3C8A2D6B80&ctr=000006&cmac=<redacted>"
+        );
+        for plain in [DL, "", "?", "https://x/?#", "tel:+1234", "https://x/?&&=&c"] {
+            assert_eq!(redact_sun_url(plain), plain);
+        }
+    }
+
+    #[test]
+    fn new_verdicts_have_stable_names() {
+        for (o, name) in [
+            (SunOutcome::Genuine, "genuine"),
+            (SunOutcome::GenuineNoCounter, "genuine_no_counter"),
+            (SunOutcome::UidMismatch, "uid_mismatch"),
+            (SunOutcome::InvalidMac, "invalid_mac"),
+            (SunOutcome::UnknownKey, "unknown_key"),
+            (SunOutcome::NotSun, "not_sun"),
+            (SunOutcome::Unsupported, "unsupported"),
+        ] {
+            assert_eq!(o.as_str(), name);
+            assert_eq!(serde_json::to_string(&o).unwrap(), format!("\"{name}\""));
+        }
+    }
+
+    proptest::proptest! {
+        /// With `mac_input = "url"`, changing any one character of the URL
+        /// text after the prefix, up to the MAC, never leaves it genuine.
+        #[test]
+        fn no_single_character_change_of_a_url_covered_url_verifies(
+            pos in 0usize..200,
+            replacement in proptest::char::range('!', '~'),
+        ) {
+            let keys = product(MacInput::Url);
+            let url = sun_url(DL, &keys, &TAG_A, 77);
+            let from = "https://".len();
+            let to = url.find("&cmac=").unwrap();
+            let at = from + pos % (to - from);
+            let mut forged = url.clone();
+            forged.replace_range(at..at + 1, &replacement.to_string());
+            proptest::prop_assume!(forged != url);
+            let kf = file_of(keys);
+            proptest::prop_assert_ne!(verify(&forged, &kf).outcome, SunOutcome::Genuine);
+        }
     }
 }
