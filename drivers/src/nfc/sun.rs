@@ -1356,6 +1356,13 @@ mod tests {
             },
         };
         assert_eq!(bind_to_tap(check, &tap).outcome, SunOutcome::UidMismatch);
+        // A tap printed into a log does not carry the replayable values.
+        let shown = format!("{tap:?}");
+        let mac = &url[url.find("cmac=").unwrap() + 5..];
+        assert!(
+            !shown.contains(mac) && shown.contains("<redacted>"),
+            "{shown}"
+        );
     }
 
     #[test]
