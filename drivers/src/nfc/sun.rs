@@ -3,9 +3,13 @@
 //! An NTAG 424 DNA configured for Secure Dynamic Messaging mirrors into its
 //! NDEF URL, on every read, the encrypted PICC data (UID and read counter)
 //! and a MAC over it, both computed with keys only the brand owner holds.
-//! A copied URL still verifies, so the gateway also rejects counters that
-//! are not above the last one seen for the UID ([`replay_verdict`]; the
-//! gateway persists the counters).
+//! A copied URL still verifies, so a check is only worth something bound to
+//! the chip that was on the reader ([`bind_to_tag`]: same UID, an NTAG 424
+//! DNA) and with a counter above the last one seen for the UID
+//! ([`replay_verdict`]; the gateway persists the counters). What the MAC
+//! authenticates (UID, counter, and the URL itself only with
+//! [`MacInput::Url`]) is in [`SunCheck::covers`]. A product's file-read key
+//! may be diversified per tag (AN10922, [`super::diversify`]).
 //!
 //! Algorithm: NXP AN12196 §3 (AES mode), on RustCrypto `aes` + `cmac`:
 //! 1. `PICCData = AES-CBC-Decrypt(K_SDMMetaRead, IV 0, PICCENCData)`:
@@ -16,7 +20,7 @@
 //!
 //! LRP mode (24-byte PICCENCData) is recognised and reported as
 //! [`SunOutcome::Unsupported`]. The `ntag424` crate implements more (LRP,
-//! key diversification) but needs aes 0.9 / cmac 0.8 (a second RustCrypto
+//! originality checks) but needs aes 0.9 / cmac 0.8 (a second RustCrypto
 //! stack beside the workspace's) and Rust 1.88, above this workspace's MSRV.
 
 use std::borrow::Cow;
@@ -30,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
-use super::diversify::{diversify_aes128, Diversification, DiversifyError};
+use super::diversify::{diversify_aes128, Diversification, DiversifyError, MAX_INPUT};
 use super::ndef;
 use super::tag::TagType;
 use crate::Tap;
@@ -273,42 +277,40 @@ impl RawProduct {
             }
         };
         let div_given = self.application_id.is_some() || self.system_identifier.is_some();
-        let (file_read, file_read_diversification) = match (
-            &self.file_read_key,
-            &self.file_read_master_key,
-        ) {
-            (Some(k), None) if !div_given => (
-                AesKey::from_hex(k).map_err(|e| bad("file_read_key", e))?,
-                None,
-            ),
-            (None, Some(master)) => {
-                let div = Diversification {
-                    application_id: hex_part("application_id", &self.application_id)?,
-                    system_identifier: hex_part("system_identifier", &self.system_identifier)?,
-                };
-                let len = div.input(&[0; UID_LEN]).len();
-                if len > crate::nfc::diversify::MAX_INPUT {
-                    return Err(problem(format!(
-                            "UID, application_id and system_identifier make {len} bytes of diversification input, more than AN10922's {}",
-                            crate::nfc::diversify::MAX_INPUT
+        let (file_read, file_read_diversification) =
+            match (&self.file_read_key, &self.file_read_master_key) {
+                (Some(k), None) if !div_given => (
+                    AesKey::from_hex(k).map_err(|e| bad("file_read_key", e))?,
+                    None,
+                ),
+                (None, Some(master)) => {
+                    let div = Diversification {
+                        application_id: hex_part("application_id", &self.application_id)?,
+                        system_identifier: hex_part("system_identifier", &self.system_identifier)?,
+                    };
+                    let len = div.input(&[0; UID_LEN]).len();
+                    if len > MAX_INPUT {
+                        return Err(problem(format!(
+                            "UID, application_id and system_identifier make {len} bytes \
+                         of diversification input, more than AN10922's {MAX_INPUT}"
                         )));
+                    }
+                    (
+                        AesKey::from_hex(master).map_err(|e| bad("file_read_master_key", e))?,
+                        Some(div),
+                    )
                 }
-                (
-                    AesKey::from_hex(master).map_err(|e| bad("file_read_master_key", e))?,
-                    Some(div),
-                )
-            }
-            (Some(_), None) => {
-                return Err(problem(
-                    "application_id and system_identifier need file_read_master_key".into(),
-                ))
-            }
-            _ => {
-                return Err(problem(
-                    "give either file_read_key or file_read_master_key".into(),
-                ))
-            }
-        };
+                (Some(_), None) => {
+                    return Err(problem(
+                        "application_id and system_identifier need file_read_master_key".into(),
+                    ))
+                }
+                _ => {
+                    return Err(problem(
+                        "give either file_read_key or file_read_master_key".into(),
+                    ))
+                }
+            };
         Ok(SunKeys {
             product: self.name.clone(),
             url_prefix: self.url_prefix.clone(),
