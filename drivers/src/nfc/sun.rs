@@ -893,6 +893,15 @@ pub fn bind_to_tap(check: SunCheck, tap: &Tap) -> SunCheck {
     bind_to_tag(check, &tap.uid, tag_type)
 }
 
+/// Verifies a tap's NDEF URL and binds the result to the tap's chip
+/// ([`verify`] then [`bind_to_tap`]); `None` for a tap without a URL.
+/// Call it once per tap and give every event of the tap the same result:
+/// checking the same URL twice would see its own counter as a replay.
+pub fn verify_tap(tap: &Tap, keys: &KeyFile) -> Option<SunCheck> {
+    let uri = tap.ndef_uri.as_deref()?;
+    Some(bind_to_tap(verify(uri, keys), tap))
+}
+
 /// Query parameters whose values are SUN secret material: the encrypted
 /// PICC data, the encrypted file data and the MAC. A valid URL in a log can
 /// be replayed once at any verifier whose counter for the UID is still lower.
@@ -1358,6 +1367,25 @@ mod tests {
             },
         };
         assert_eq!(bind_to_tap(check, &tap).outcome, SunOutcome::UidMismatch);
+        let kf = file_of(product(MacInput::Auto));
+        assert_eq!(
+            verify_tap(&tap, &kf).map(|c| c.outcome),
+            Some(SunOutcome::UidMismatch)
+        );
+        let on_a = Tap {
+            uid: TAG_A.to_vec(),
+            tag_type: "ntag424dna".into(),
+            ..tap.clone()
+        };
+        assert_eq!(
+            verify_tap(&on_a, &kf).map(|c| c.outcome),
+            Some(SunOutcome::Genuine)
+        );
+        let no_uri = Tap {
+            ndef_uri: None,
+            ..tap.clone()
+        };
+        assert_eq!(verify_tap(&no_uri, &kf), None);
         // A tap printed into a log does not carry the replayable values.
         let shown = format!("{tap:?}");
         let mac = &url[url.find("cmac=").unwrap() + 5..];
