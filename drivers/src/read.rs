@@ -37,7 +37,7 @@ pub struct RawRead {
 
 /// An NFC tag presented to a PC/SC reader: one per placement, however long
 /// the tag is held there.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tap {
     pub reader: Arc<str>,
     /// Tag UID (7 bytes for NTAG, 4 or 7 for others).
@@ -53,6 +53,28 @@ pub struct Tap {
     #[serde(with = "hex_bytes")]
     pub atr: Vec<u8>,
     pub host: HostTime,
+}
+
+/// Redacts the SUN values of `ndef_uri`: a tap printed into a log must not
+/// hand out a replayable URL.
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tap")
+            .field("reader", &self.reader)
+            .field("uid", &hex::encode_upper(&self.uid))
+            .field("tag_type", &self.tag_type)
+            .field(
+                "ndef_uri",
+                &self
+                    .ndef_uri
+                    .as_deref()
+                    .map(crate::nfc::sun::redact_sun_url),
+            )
+            .field("ndef_text", &self.ndef_text)
+            .field("atr", &hex::encode_upper(&self.atr))
+            .field("host", &self.host)
+            .finish()
+    }
 }
 
 pub(crate) mod hex_bytes {

@@ -161,6 +161,7 @@ fn test_keys() -> SunKeys {
         meta_read: AesKey::from_hex("000102030405060708090A0B0C0D0E0F").unwrap(),
         file_read: AesKey::from_hex("F0E0D0C0B0A090807060504030201000").unwrap(),
         mac_input: MacInput::Auto,
+        file_read_diversification: None,
     }
 }
 

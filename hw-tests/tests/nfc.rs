@@ -45,6 +45,7 @@ fn keys() -> SunKeys {
         meta_read: AesKey::from_hex(META).unwrap(),
         file_read: AesKey::from_hex(FILE).unwrap(),
         mac_input: MacInput::Auto,
+        file_read_diversification: None,
     }
 }
 

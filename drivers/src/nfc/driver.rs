@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::card::{self, Transmit, TransmitError};
+use super::sun;
 use super::{PcscConfig, PcscError};
 use crate::read::Tap;
 use crate::{Clock, ReadSink, ReaderHealth, ReaderState as HealthState};
@@ -392,7 +393,8 @@ impl Driver {
             reader = %self.reader_name,
             uid = %hex::encode_upper(&info.uid),
             tag_type = info.tag_type.as_str(),
-            uri = info.ndef_uri.as_deref().unwrap_or(""),
+            // SUN values are one-time credentials: never in a log.
+            uri = %info.ndef_uri.as_deref().map(sun::redact_sun_url).unwrap_or_default(),
             nxp_signature_valid = ?info.nxp_signature_valid,
             "tag tapped"
         );

@@ -7,6 +7,7 @@
 //! 7816-4 plus the native GetVersion.
 
 use super::card::{Transmit, TransmitError};
+use super::diversify::DiversifyError;
 use super::ndef::{self, RecordBuf};
 use super::sun::{self, SunKeys};
 
@@ -203,6 +204,10 @@ pub struct Ntag424 {
     base_url: String,
     counter: u32,
     behaviour: SunBehaviour,
+    mirror_counter: bool,
+    /// Applied to each URL after the tag computed its MAC: a URL altered
+    /// on the way (`from`, `to`, first occurrence).
+    edit: Option<(String, String)>,
     app_selected: bool,
     file: File,
     ndef_file: Vec<u8>,
@@ -230,11 +235,51 @@ impl Ntag424 {
             base_url: base_url.to_owned(),
             counter,
             behaviour,
+            mirror_counter: true,
+            edit: None,
             app_selected: false,
             file: File::None,
             ndef_file: Vec::new(),
             version_frame: 0,
         }
+    }
+
+    /// A tag of a product whose file-read key is diversified per tag: the
+    /// tag holds the key derived for its UID (as provisioning wrote it).
+    pub fn diversified(
+        uid: [u8; 7],
+        product: &SunKeys,
+        base_url: &str,
+        counter: u32,
+        behaviour: SunBehaviour,
+    ) -> Result<Self, DiversifyError> {
+        Ok(Self::new(
+            uid,
+            product.for_tag(&uid)?,
+            base_url,
+            counter,
+            behaviour,
+        ))
+    }
+
+    /// The tag does not mirror its read counter into the URL (the counter
+    /// still rises inside the tag).
+    pub fn without_counter(mut self) -> Self {
+        self.mirror_counter = false;
+        self
+    }
+
+    /// Every URL served is altered after the MAC was computed: the first
+    /// `from` is replaced with `to` (e.g. one character of the serial).
+    pub fn with_url_edit(mut self, from: &str, to: &str) -> Self {
+        self.edit = Some((from.to_owned(), to.to_owned()));
+        self
+    }
+
+    /// Reads the NDEF URL as a phone would (the counter rises): what a
+    /// forger copies onto another chip, e.g. `Ntag21x::ntag215_with_uri`.
+    pub fn read_url(&mut self) -> String {
+        self.next_url()
     }
 
     pub fn uid(&self) -> [u8; 7] {
@@ -256,7 +301,11 @@ impl Ntag424 {
         if self.behaviour != SunBehaviour::Replay {
             self.counter = (self.counter + 1).min(0xFF_FFFF);
         }
-        let mut url = sun::sun_url(&self.base_url, &self.keys, &self.uid, self.counter);
+        let counter = self.mirror_counter.then_some(self.counter);
+        let mut url = sun::sun_url_with(&self.base_url, &self.keys, &self.uid, counter);
+        if let Some((from, to)) = &self.edit {
+            url = url.replacen(from.as_str(), to, 1);
+        }
         if self.behaviour == SunBehaviour::ForgedMac {
             // Flip the last MAC digit, as a forger without the key must guess it.
             if let Some(last) = url.pop() {
@@ -361,6 +410,7 @@ mod tests {
             meta_read: AesKey::from_bytes([0x11; 16]),
             file_read: AesKey::from_bytes([0x22; 16]),
             mac_input: MacInput::Auto,
+            file_read_diversification: None,
         }
     }
 
@@ -471,6 +521,136 @@ mod tests {
         );
         assert!(!sun::replay_verdict(c1.counter.unwrap(), None));
         assert!(sun::replay_verdict(c2.counter.unwrap(), c1.counter));
+    }
+
+    fn tap_of<C: EmulatedCard>(card: &mut C) -> crate::Tap {
+        card.reset();
+        let info = read_tag(&card.atr(), card).unwrap();
+        crate::Tap {
+            reader: "emu".into(),
+            uid: info.uid,
+            tag_type: info.tag_type.as_str().to_owned(),
+            ndef_uri: info.ndef_uri,
+            ndef_text: info.ndef_text,
+            atr: card.atr(),
+            host: crate::HostTime {
+                mono_ms: 0,
+                utc_ms: 0,
+                clock_synced: true,
+            },
+        }
+    }
+
+    fn checked(tap: &crate::Tap, kf: &KeyFile) -> sun::SunCheck {
+        sun::bind_to_tap(verify(tap.ndef_uri.as_deref().unwrap(), kf), tap)
+    }
+
+    #[test]
+    fn tag_a_url_served_by_an_ntag215_with_another_uid_is_uid_mismatch() {
+        let kf = KeyFile {
+            products: vec![keys()],
+        };
+        let mut tag_a = Ntag424::new(UID, keys(), DL, 0, SunBehaviour::Genuine);
+        let a = checked(&tap_of(&mut tag_a), &kf);
+        assert_eq!(a.outcome, SunOutcome::Genuine);
+        assert_eq!(a.covers.names(), vec!["uid", "counter"]);
+
+        let fresh = tag_a.read_url();
+        let other = [0x04, 0x99, 0x88, 0x77, 0x66, 0x55, 0x44];
+        let mut copy = Ntag21x::ntag215_with_uri(other, &fresh);
+        let tap = tap_of(&mut copy);
+        assert_eq!(
+            (tap.tag_type.as_str(), tap.uid.clone()),
+            ("ntag215", other.to_vec())
+        );
+        // The URL alone verifies; bound to the chip it does not.
+        assert_eq!(verify(&fresh, &kf).outcome, SunOutcome::Genuine);
+        assert_eq!(checked(&tap, &kf).outcome, SunOutcome::UidMismatch);
+        // Even a clone NTAG215 that copies tag A's UID.
+        let mut clone = Ntag21x::ntag215_with_uri(UID, &tag_a.read_url());
+        assert_eq!(
+            checked(&tap_of(&mut clone), &kf).outcome,
+            SunOutcome::UidMismatch
+        );
+    }
+
+    #[test]
+    fn url_mac_input_tag_covers_url_and_an_altered_serial_is_invalid_mac() {
+        let mut k = keys();
+        k.mac_input = MacInput::Url;
+        let kf = KeyFile {
+            products: vec![k.clone()],
+        };
+        let mut tag = Ntag424::new(UID, k.clone(), DL, 0, SunBehaviour::Genuine);
+        let c = checked(&tap_of(&mut tag), &kf);
+        assert_eq!(c.outcome, SunOutcome::Genuine);
+        assert_eq!(c.covers.names(), vec!["uid", "counter", "url"]);
+
+        let mut altered =
+            Ntag424::new(UID, k, DL, 0, SunBehaviour::Genuine).with_url_edit("SER123", "SER124");
+        let tap = tap_of(&mut altered);
+        assert!(tap.ndef_uri.as_deref().unwrap().contains("/21/SER124"));
+        assert_eq!(checked(&tap, &kf).outcome, SunOutcome::InvalidMac);
+    }
+
+    #[test]
+    fn default_mac_input_tag_with_another_serial_is_about_tag_a_only() {
+        let kf = KeyFile {
+            products: vec![keys()],
+        };
+        let mut tag = Ntag424::new(UID, keys(), DL, 0, SunBehaviour::Genuine)
+            .with_url_edit("SER123", "SER777");
+        let tap = tap_of(&mut tag);
+        let c = checked(&tap, &kf);
+        assert_eq!(c.outcome, SunOutcome::Genuine);
+        assert_eq!(c.uid.as_deref(), Some(&UID[..]));
+        assert!(!c.covers.url);
+    }
+
+    #[test]
+    fn a_tag_without_counter_mirroring_is_genuine_no_counter() {
+        let kf = KeyFile {
+            products: vec![keys()],
+        };
+        let mut tag = Ntag424::new(UID, keys(), DL, 0, SunBehaviour::Genuine).without_counter();
+        let c = checked(&tap_of(&mut tag), &kf);
+        assert_eq!(c.outcome, SunOutcome::GenuineNoCounter);
+        assert_eq!(c.counter, None);
+        assert_eq!(c.covers.names(), vec!["uid"]);
+    }
+
+    #[test]
+    fn a_diversified_key_tag_verifies_with_the_master_and_not_as_a_plain_key() {
+        let text = r#"
+            [[product]]
+            name = "div"
+            meta_read_master_key = "11111111111111111111111111111111"
+            meta_read_batch = "01"
+            file_read_master_key = "22222222222222222222222222222222"
+            system_identifier = "74726163656761746531"
+        "#;
+        let kf = KeyFile::from_toml(text, "div.toml").unwrap();
+        let mut tag =
+            Ntag424::diversified(UID, &kf.products[0], DL, 0, SunBehaviour::Genuine).unwrap();
+        let c = checked(&tap_of(&mut tag), &kf);
+        assert_eq!(
+            (c.outcome, c.product.as_deref()),
+            (SunOutcome::Genuine, Some("div"))
+        );
+        let masters = KeyFile::from_toml(
+            r#"
+            [[product]]
+            name = "masters"
+            meta_read_key = "11111111111111111111111111111111"
+            file_read_key = "22222222222222222222222222222222"
+            "#,
+            "m.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            checked(&tap_of(&mut tag), &masters).outcome,
+            SunOutcome::UnknownKey
+        );
     }
 
     #[test]

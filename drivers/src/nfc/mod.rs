@@ -6,6 +6,7 @@
 //! - [`tag`], [`ndef`]: sans-IO identification and NDEF parsing.
 //! - [`originality`]: NTAG21x originality signature check (secp128r1).
 //! - [`sun`]: NTAG 424 DNA SUN verification and key files, sans-IO.
+//! - [`diversify`]: AN10922 per-tag key derivation, sans-IO.
 //! - [`emu`], [`vpcd`]: emulated tags and the bridge into vsmartcard's
 //!   virtual reader, for tests and `tracegate demo`.
 
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{Clock, ReadSink, ReaderHealth};
 
 pub mod card;
+pub mod diversify;
 mod driver;
 pub mod emu;
 pub mod ndef;

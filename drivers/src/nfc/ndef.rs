@@ -59,6 +59,38 @@ pub struct Record<'a> {
     pub payload: &'a [u8],
 }
 
+/// The longest URI prefix code matching `uri` and its length (code 0,
+/// length 0 when none does): what [`RecordBuf::uri`] writes.
+fn longest_prefix(uri: &str) -> (usize, usize) {
+    URI_PREFIXES
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(_, p)| uri.starts_with(**p))
+        .max_by_key(|(_, p)| p.len())
+        .map(|(i, p)| (i, p.len()))
+        .unwrap_or((0, 0))
+}
+
+/// The expanded prefix [`RecordBuf::uri`] would abbreviate `uri` with.
+pub fn longest_uri_prefix(uri: &str) -> &str {
+    &uri[..longest_prefix(uri).1]
+}
+
+/// The lengths of every prefix code's expansion that `uri` starts with,
+/// 0 (code 0, or an absolute-URI record) included, without repeats: where
+/// the record's text may start, when only the expanded URI is known.
+pub fn uri_prefix_lengths(uri: &str) -> Vec<usize> {
+    let mut out: Vec<usize> = URI_PREFIXES
+        .iter()
+        .filter(|p| uri.starts_with(**p))
+        .map(|p| p.len())
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// URI prefix codes, index = code (NFC Forum URI RTD 1.0, Table 3).
 const URI_PREFIXES: [&str; 0x24] = [
     "",
@@ -345,14 +377,7 @@ pub struct RecordBuf {
 impl RecordBuf {
     /// A well-known URI record, using the longest matching prefix code.
     pub fn uri(uri: &str) -> Self {
-        let (code, prefix) = URI_PREFIXES
-            .iter()
-            .enumerate()
-            .skip(1)
-            .filter(|(_, p)| uri.starts_with(**p))
-            .max_by_key(|(_, p)| p.len())
-            .map(|(i, p)| (i, p.len()))
-            .unwrap_or((0, 0));
+        let (code, prefix) = longest_prefix(uri);
         let mut payload = Vec::with_capacity(uri.len() + 1);
         payload.push(u8::try_from(code).unwrap_or(0));
         payload.extend_from_slice(&uri.as_bytes()[prefix..]);

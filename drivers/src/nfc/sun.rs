@@ -3,9 +3,13 @@
 //! An NTAG 424 DNA configured for Secure Dynamic Messaging mirrors into its
 //! NDEF URL, on every read, the encrypted PICC data (UID and read counter)
 //! and a MAC over it, both computed with keys only the brand owner holds.
-//! A copied URL still verifies, so the gateway also rejects counters that
-//! are not above the last one seen for the UID ([`replay_verdict`]; the
-//! gateway persists the counters).
+//! A copied URL still verifies, so a check is only worth something bound to
+//! the chip that was on the reader ([`bind_to_tag`]: same UID, an NTAG 424
+//! DNA) and with a counter above the last one seen for the UID
+//! ([`replay_verdict`]; the gateway persists the counters). What the MAC
+//! authenticates (UID, counter, and the URL itself only with
+//! [`MacInput::Url`]) is in [`SunCheck::covers`]. A product's file-read key
+//! may be diversified per tag (AN10922, [`super::diversify`]).
 //!
 //! Algorithm: NXP AN12196 §3 (AES mode), on RustCrypto `aes` + `cmac`:
 //! 1. `PICCData = AES-CBC-Decrypt(K_SDMMetaRead, IV 0, PICCENCData)`:
@@ -16,9 +20,10 @@
 //!
 //! LRP mode (24-byte PICCENCData) is recognised and reported as
 //! [`SunOutcome::Unsupported`]. The `ntag424` crate implements more (LRP,
-//! key diversification) but needs aes 0.9 / cmac 0.8 (a second RustCrypto
+//! originality checks) but needs aes 0.9 / cmac 0.8 (a second RustCrypto
 //! stack beside the workspace's) and Rust 1.88, above this workspace's MSRV.
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::path::Path;
 
@@ -28,6 +33,14 @@ use cmac::{Cmac, Mac};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
+
+use super::diversify::{diversify_aes128, Diversification, DiversifyError, MAX_INPUT};
+use super::ndef;
+use super::tag::TagType;
+use crate::Tap;
+
+/// Length of an NTAG 424 DNA UID as mirrored in AES-mode PICC data.
+const UID_LEN: usize = 7;
 
 /// A 128-bit AES key. Zeroed on drop; its `Debug` never shows the bytes.
 #[derive(Clone)]
@@ -51,7 +64,13 @@ impl AesKey {
         res.map(|()| Self(out))
     }
 
-    fn cipher(&self) -> Aes128 {
+    /// The raw bytes, for tests that compare derived keys with vectors.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    pub(crate) fn cipher(&self) -> Aes128 {
         Aes128::new(GenericArray::from_slice(&self.0))
     }
 
@@ -98,6 +117,10 @@ pub enum MacInput {
     FromPicc,
     /// Exactly the encrypted file data's hex.
     EncOnly,
+    /// From the first byte of the URI record's text (right after the URI
+    /// identifier code) up to the MAC value: host, path, GTIN and serial
+    /// are all authenticated.
+    Url,
 }
 
 /// The keys of one product (one tag configuration).
@@ -110,8 +133,36 @@ pub struct SunKeys {
     /// K_SDMMetaRead: decrypts the PICC data.
     pub meta_read: AesKey,
     /// K_SDMFileRead: derives the session MAC (and file-data ENC) keys.
+    /// With `file_read_diversification` set, this is the master key and each
+    /// tag's own key is derived from it and the tag's UID.
     pub file_read: AesKey,
     pub mac_input: MacInput,
+    /// AN10922 per-tag diversification of the file-read key, or `None` for
+    /// one key shared by every tag of the product.
+    pub file_read_diversification: Option<Diversification>,
+}
+
+impl SunKeys {
+    /// K_SDMFileRead of the tag with this (decrypted, permanent) UID.
+    pub fn file_read_key(&self, uid: &[u8]) -> Result<Cow<'_, AesKey>, DiversifyError> {
+        match &self.file_read_diversification {
+            None => Ok(Cow::Borrowed(&self.file_read)),
+            Some(d) => d.tag_key(&self.file_read, uid).map(Cow::Owned),
+        }
+    }
+
+    /// The keys one tag of this product holds (diversification resolved):
+    /// what an emulator or a provisioning test writes into the tag.
+    pub fn for_tag(&self, uid: &[u8]) -> Result<SunKeys, DiversifyError> {
+        Ok(SunKeys {
+            product: self.product.clone(),
+            url_prefix: self.url_prefix.clone(),
+            meta_read: self.meta_read.clone(),
+            file_read: self.file_read_key(uid)?.into_owned(),
+            mac_input: self.mac_input,
+            file_read_diversification: None,
+        })
+    }
 }
 
 /// Verification keys for one or more products, from a TOML key file.
@@ -138,6 +189,12 @@ pub enum KeyFileError {
     },
     #[error("SUN key file {path} defines no [[product]]")]
     Empty { path: String },
+    #[error("SUN key file {path}, product {product:?}: {problem}")]
+    Product {
+        path: String,
+        product: String,
+        problem: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -152,8 +209,13 @@ struct RawKeyFile {
 struct RawProduct {
     name: String,
     url_prefix: Option<String>,
-    meta_read_key: String,
-    file_read_key: String,
+    meta_read_key: Option<String>,
+    meta_read_master_key: Option<String>,
+    meta_read_batch: Option<String>,
+    file_read_key: Option<String>,
+    file_read_master_key: Option<String>,
+    application_id: Option<String>,
+    system_identifier: Option<String>,
     #[serde(default)]
     mac_input: MacInput,
 }
@@ -161,7 +223,102 @@ struct RawProduct {
 impl Drop for RawProduct {
     fn drop(&mut self) {
         self.meta_read_key.zeroize();
+        self.meta_read_master_key.zeroize();
         self.file_read_key.zeroize();
+        self.file_read_master_key.zeroize();
+    }
+}
+
+/// Hex of a diversification-input part (spaces ignored).
+fn hex_field(s: &str) -> Option<Vec<u8>> {
+    let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    hex::decode(compact).ok()
+}
+
+impl RawProduct {
+    fn keys(&self, origin: &str) -> Result<SunKeys, KeyFileError> {
+        let bad = |field, source| KeyFileError::BadKey {
+            path: origin.to_owned(),
+            product: self.name.clone(),
+            field,
+            source,
+        };
+        let problem = |problem: String| KeyFileError::Product {
+            path: origin.to_owned(),
+            product: self.name.clone(),
+            problem,
+        };
+        let hex_part = |field: &str, v: &Option<String>| -> Result<Vec<u8>, KeyFileError> {
+            match v {
+                None => Ok(Vec::new()),
+                Some(h) => hex_field(h).ok_or_else(|| problem(format!("{field} is not hex"))),
+            }
+        };
+        // The meta-read key decrypts the UID, so it cannot depend on the UID:
+        // it is shared by a batch, given as is or derived from a master key
+        // and the batch's diversification input.
+        let meta_read = match (
+            &self.meta_read_key,
+            &self.meta_read_master_key,
+            &self.meta_read_batch,
+        ) {
+            (Some(k), None, None) => AesKey::from_hex(k).map_err(|e| bad("meta_read_key", e))?,
+            (None, Some(master), Some(_)) => {
+                let master =
+                    AesKey::from_hex(master).map_err(|e| bad("meta_read_master_key", e))?;
+                let batch = hex_part("meta_read_batch", &self.meta_read_batch)?;
+                diversify_aes128(&master, &batch)
+                    .map_err(|e| problem(format!("meta_read_batch: {e}")))?
+            }
+            _ => {
+                return Err(problem(
+                    "give meta_read_key, or meta_read_master_key with meta_read_batch".into(),
+                ))
+            }
+        };
+        let div_given = self.application_id.is_some() || self.system_identifier.is_some();
+        let (file_read, file_read_diversification) =
+            match (&self.file_read_key, &self.file_read_master_key) {
+                (Some(k), None) if !div_given => (
+                    AesKey::from_hex(k).map_err(|e| bad("file_read_key", e))?,
+                    None,
+                ),
+                (None, Some(master)) => {
+                    let div = Diversification {
+                        application_id: hex_part("application_id", &self.application_id)?,
+                        system_identifier: hex_part("system_identifier", &self.system_identifier)?,
+                    };
+                    let len = div.input(&[0; UID_LEN]).len();
+                    if len > MAX_INPUT {
+                        return Err(problem(format!(
+                            "UID, application_id and system_identifier make {len} bytes \
+                         of diversification input, more than AN10922's {MAX_INPUT}"
+                        )));
+                    }
+                    (
+                        AesKey::from_hex(master).map_err(|e| bad("file_read_master_key", e))?,
+                        Some(div),
+                    )
+                }
+                (Some(_), None) => {
+                    return Err(problem(
+                        "application_id and system_identifier need file_read_master_key".into(),
+                    ))
+                }
+                _ => {
+                    return Err(problem(
+                        "give either file_read_key or file_read_master_key".into(),
+                    ))
+                }
+            };
+        Ok(SunKeys {
+            product: self.name.clone(),
+            url_prefix: self.url_prefix.clone(),
+            meta_read,
+            file_read,
+            mac_input: self.mac_input,
+            file_read_diversification,
+        })
     }
 }
 
@@ -197,24 +354,11 @@ impl KeyFile {
                 path: origin.to_owned(),
             });
         }
-        let mut products = Vec::with_capacity(raw.product.len());
-        for p in &raw.product {
-            let bad = |field, source| KeyFileError::BadKey {
-                path: origin.to_owned(),
-                product: p.name.clone(),
-                field,
-                source,
-            };
-            products.push(SunKeys {
-                product: p.name.clone(),
-                url_prefix: p.url_prefix.clone(),
-                meta_read: AesKey::from_hex(&p.meta_read_key)
-                    .map_err(|e| bad("meta_read_key", e))?,
-                file_read: AesKey::from_hex(&p.file_read_key)
-                    .map_err(|e| bad("file_read_key", e))?,
-                mac_input: p.mac_input,
-            });
-        }
+        let products = raw
+            .product
+            .iter()
+            .map(|p| p.keys(origin))
+            .collect::<Result<_, _>>()?;
         Ok(Self { products })
     }
 }
@@ -223,8 +367,17 @@ impl KeyFile {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SunOutcome {
-    /// The MAC verifies with a product's keys. Still check [`replay_verdict`].
+    /// The MAC verifies with a product's keys and the tag mirrors its read
+    /// counter. Still check [`replay_verdict`] (and [`bind_to_tag`]).
     Genuine,
+    /// The MAC verifies, but the tag does not mirror its read counter: a
+    /// copied URL cannot be told from a fresh one (no replay check).
+    GenuineNoCounter,
+    /// The MAC verifies, but the tag on the reader is not the tag that made
+    /// the URL: its reported UID differs from the decrypted one, or it is not
+    /// an NTAG 424 DNA (a copied URL on another chip, or a phone). From
+    /// [`bind_to_tag`], never from [`verify`].
+    UidMismatch,
     /// The PICC data decrypted with a product's key (or was plain), but the MAC
     /// does not match: a forged or altered URL.
     InvalidMac,
@@ -240,11 +393,84 @@ impl SunOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
             SunOutcome::Genuine => "genuine",
+            SunOutcome::GenuineNoCounter => "genuine_no_counter",
+            SunOutcome::UidMismatch => "uid_mismatch",
             SunOutcome::InvalidMac => "invalid_mac",
             SunOutcome::UnknownKey => "unknown_key",
             SunOutcome::NotSun => "not_sun",
             SunOutcome::Unsupported => "unsupported",
         }
+    }
+
+    /// `true` for the outcomes whose MAC verified with a product's keys on
+    /// the tag that made it (`genuine`, `genuine_no_counter`).
+    pub fn authentic(self) -> bool {
+        matches!(self, SunOutcome::Genuine | SunOutcome::GenuineNoCounter)
+    }
+}
+
+impl std::fmt::Display for SunOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a verified SUN MAC authenticates. Serialised as a list, e.g.
+/// `["uid","counter","url"]`; empty when nothing is authenticated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Covers {
+    /// The tag's UID (always, when the MAC verified).
+    pub uid: bool,
+    /// The read counter (when the tag mirrors it).
+    pub counter: bool,
+    /// The URL from the first byte of the URI record's text up to the MAC
+    /// (`mac_input = "url"`): host, path, GTIN and serial. Without it the
+    /// URL's identity is only claimed.
+    pub url: bool,
+}
+
+impl Covers {
+    /// The names of the covered items, in a fixed order.
+    pub fn names(self) -> Vec<&'static str> {
+        [
+            (self.uid, "uid"),
+            (self.counter, "counter"),
+            (self.url, "url"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+
+    pub fn is_empty(self) -> bool {
+        self == Covers::default()
+    }
+}
+
+impl Serialize for Covers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.names())
+    }
+}
+
+impl<'de> Deserialize<'de> for Covers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let names = Vec::<String>::deserialize(d)?;
+        let mut c = Covers::default();
+        for n in &names {
+            match n.as_str() {
+                "uid" => c.uid = true,
+                "counter" => c.counter = true,
+                "url" => c.url = true,
+                other => {
+                    return Err(serde::de::Error::unknown_variant(
+                        other,
+                        &["uid", "counter", "url"],
+                    ))
+                }
+            }
+        }
+        Ok(c)
     }
 }
 
@@ -253,6 +479,8 @@ impl SunOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SunCheck {
     pub outcome: SunOutcome,
+    /// What the MAC authenticates; empty unless [`SunOutcome::authentic`].
+    pub covers: Covers,
     pub product: Option<String>,
     pub uid: Option<Vec<u8>>,
     pub counter: Option<u32>,
@@ -264,6 +492,7 @@ impl SunCheck {
     fn bare(outcome: SunOutcome) -> Self {
         Self {
             outcome,
+            covers: Covers::default(),
             product: None,
             uid: None,
             counter: None,
@@ -281,7 +510,7 @@ pub fn replay_verdict(counter: u32, last_seen: Option<u32>) -> bool {
 
 enum Picc {
     Encrypted([u8; 16]),
-    Plain { uid: Vec<u8>, counter: u32 },
+    Plain { uid: Vec<u8>, counter: Option<u32> },
 }
 
 struct Params {
@@ -357,15 +586,23 @@ fn parse_params(uri: &str) -> Parsed {
             mac_value,
         });
     }
-    // Plain mirroring: the URL shows the counter most significant byte first.
-    if let (Some((uid_hex, uid_value)), Some((ctr_hex, _))) = (get(&["uid", "u"]), get(&["ctr"])) {
-        let (Some(uid), Some(ctr)) = (hex_array::<7>(uid_hex), hex_array::<3>(ctr_hex)) else {
+    // Plain mirroring: the URL shows the counter most significant byte first;
+    // a tag may mirror the UID without the counter.
+    if let Some((uid_hex, uid_value)) = get(&["uid", "u"]) {
+        let Some(uid) = hex_array::<7>(uid_hex) else {
             return Parsed::NotSun;
+        };
+        let counter = match get(&["ctr"]) {
+            Some((ctr_hex, _)) => match hex_array::<3>(ctr_hex) {
+                Some(ctr) => Some(u32::from_be_bytes([0, ctr[0], ctr[1], ctr[2]])),
+                None => return Parsed::NotSun,
+            },
+            None => None,
         };
         return Parsed::Sun(Params {
             picc: Picc::Plain {
                 uid: uid.to_vec(),
-                counter: u32::from_be_bytes([0, ctr[0], ctr[1], ctr[2]]),
+                counter,
             },
             picc_value: uid_value,
             enc,
@@ -446,16 +683,28 @@ fn sdm_mac(session_mac: &AesKey, input: &[u8]) -> [u8; 8] {
     out
 }
 
-fn mac_input<'u>(uri: &'u str, p: &Params, mode: MacInput) -> &'u [u8] {
+/// The byte strings the tag may have MACed under `mode`. One, except for
+/// [`MacInput::Url`]: the URL arrives with its NDEF prefix code expanded, and
+/// the tag's MAC input starts after that code, so each abbreviation the URL
+/// could have been written with ("", "https://", "https://www." ...) is a
+/// candidate. That adds at most a few guesses to a forger's 2^64.
+fn mac_inputs<'u>(uri: &'u str, p: &Params, mode: MacInput) -> Vec<&'u [u8]> {
     let mac_start = p.mac_value.start;
     let from = |start: usize| uri.as_bytes().get(start..mac_start).unwrap_or(&[]);
-    match (mode, &p.enc) {
-        (MacInput::Empty, _) | (MacInput::Auto, None) => &[],
+    let one = match (mode, &p.enc) {
+        (MacInput::Url, _) => {
+            return ndef::uri_prefix_lengths(uri)
+                .into_iter()
+                .map(from)
+                .collect()
+        }
+        (MacInput::Empty, _) | (MacInput::Auto, None) => &[][..],
         (MacInput::Auto | MacInput::FromEnc, Some((_, r))) => from(r.start),
         (MacInput::FromEnc | MacInput::EncOnly, None) => &[],
         (MacInput::FromPicc, _) => from(p.picc_value.start),
         (MacInput::EncOnly, Some((_, r))) => uri.as_bytes().get(r.clone()).unwrap_or(&[]),
-    }
+    };
+    vec![one]
 }
 
 fn decrypt_file_data(session_enc: &AesKey, counter: Option<u32>, data: &[u8]) -> Vec<u8> {
@@ -497,13 +746,31 @@ pub fn verify(uri: &str, keys: &KeyFile) -> SunCheck {
                 Some(d) => (d.uid, d.counter),
                 None => continue,
             },
-            Picc::Plain { uid, counter } => (Some(uid.clone()), Some(*counter)),
+            Picc::Plain { uid, counter } => (Some(uid.clone()), *counter),
         };
-        let (ses_enc, ses_mac) = session_keys(&k.file_read, uid.as_deref(), counter);
-        let want = sdm_mac(&ses_mac, mac_input(uri, &p, k.mac_input));
-        if bool::from(want.ct_eq(&p.mac)) {
+        // A diversified product's MAC key is the tag's own, derived from the
+        // UID the PICC data carries.
+        let Ok(file_read) = k.file_read_key(uid.as_deref().unwrap_or(&[])) else {
+            continue;
+        };
+        let (ses_enc, ses_mac) = session_keys(&file_read, uid.as_deref(), counter);
+        let matched = mac_inputs(uri, &p, k.mac_input)
+            .into_iter()
+            .fold(subtle::Choice::from(0), |acc, input| {
+                acc | sdm_mac(&ses_mac, input).ct_eq(&p.mac)
+            });
+        if bool::from(matched) {
             return SunCheck {
-                outcome: SunOutcome::Genuine,
+                outcome: if counter.is_some() {
+                    SunOutcome::Genuine
+                } else {
+                    SunOutcome::GenuineNoCounter
+                },
+                covers: Covers {
+                    uid: uid.is_some(),
+                    counter: counter.is_some(),
+                    url: k.mac_input == MacInput::Url,
+                },
                 product: Some(k.product.clone()),
                 file_data: p
                     .enc
@@ -515,6 +782,7 @@ pub fn verify(uri: &str, keys: &KeyFile) -> SunCheck {
         }
         first_failure.get_or_insert(SunCheck {
             outcome: SunOutcome::InvalidMac,
+            covers: Covers::default(),
             product: Some(k.product.clone()),
             uid,
             counter,
@@ -533,11 +801,21 @@ fn with_query(base: &str) -> String {
 /// read counter `counter` (encrypted PICC data, `picc_data=…&cmac=…`).
 ///
 /// For emulators and tests; the padding bytes a real tag randomises are zero.
+/// `keys` are the keys the tag holds: resolve a diversified product with
+/// [`SunKeys::for_tag`] first (`file_read_diversification` is ignored here).
 pub fn sun_url(base: &str, keys: &SunKeys, uid: &[u8; 7], counter: u32) -> String {
+    sun_url_with(base, keys, uid, Some(counter))
+}
+
+/// [`sun_url`] for a tag that may not mirror its read counter (`None`: the
+/// PICC data holds only the UID, and the MAC session omits the counter).
+pub fn sun_url_with(base: &str, keys: &SunKeys, uid: &[u8; 7], counter: Option<u32>) -> String {
     let mut plain = [0u8; 16];
-    plain[0] = 0xC7;
+    plain[0] = if counter.is_some() { 0xC7 } else { 0x87 };
     plain[1..8].copy_from_slice(uid);
-    plain[8..11].copy_from_slice(&counter.to_le_bytes()[..3]);
+    if let Some(c) = counter {
+        plain[8..11].copy_from_slice(&c.to_le_bytes()[..3]);
+    }
     let mut b = GenericArray::clone_from_slice(&plain);
     keys.meta_read.cipher().encrypt_block(&mut b);
     let head = format!(
@@ -545,26 +823,118 @@ pub fn sun_url(base: &str, keys: &SunKeys, uid: &[u8; 7], counter: u32) -> Strin
         with_query(base),
         hex::encode_upper(b)
     );
-    let input: &[u8] = match keys.mac_input {
-        MacInput::FromPicc => head.as_bytes().get(head.len() - 32 - 6..).unwrap_or(&[]),
-        _ => &[],
-    };
-    let (_, ses_mac) = session_keys(&keys.file_read, Some(uid), Some(counter));
-    let mac = sdm_mac(&ses_mac, input);
+    let mac = built_mac(&head, head.len() - 32 - 6, keys, uid, counter);
     format!("{head}{}", hex::encode_upper(mac))
 }
 
-/// Like [`sun_url`] for plain mirroring (`uid=…&ctr=…&cmac=…`, MAC over nothing).
+/// The MAC of a built URL whose text before the MAC value is `head`;
+/// `picc_at` is where the PICC data (or plain UID) value starts.
+fn built_mac(
+    head: &str,
+    picc_at: usize,
+    keys: &SunKeys,
+    uid: &[u8],
+    counter: Option<u32>,
+) -> [u8; 8] {
+    let input: &[u8] = match keys.mac_input {
+        MacInput::FromPicc => head.as_bytes().get(picc_at..).unwrap_or(&[]),
+        // As the emulator writes the record: the longest prefix code.
+        MacInput::Url => head
+            .as_bytes()
+            .get(ndef::longest_uri_prefix(head).len()..)
+            .unwrap_or(&[]),
+        _ => &[],
+    };
+    let (_, ses_mac) = session_keys(&keys.file_read, Some(uid), counter);
+    sdm_mac(&ses_mac, input)
+}
+
+/// Like [`sun_url`] for plain mirroring (`uid=…&ctr=…&cmac=…`).
 pub fn sun_url_plain(base: &str, keys: &SunKeys, uid: &[u8; 7], counter: u32) -> String {
-    let (_, ses_mac) = session_keys(&keys.file_read, Some(uid), Some(counter));
-    let mac = sdm_mac(&ses_mac, &[]);
-    format!(
-        "{}uid={}&ctr={}&cmac={}",
+    let head = format!(
+        "{}uid={}&ctr={}&cmac=",
         with_query(base),
         hex::encode_upper(uid),
         hex::encode_upper(&counter.to_be_bytes()[1..]),
-        hex::encode_upper(mac)
-    )
+    );
+    let picc_at = head.len() - (14 + "&ctr=".len() + 6 + "&cmac=".len());
+    let mac = built_mac(&head, picc_at, keys, uid, Some(counter));
+    format!("{head}{}", hex::encode_upper(mac))
+}
+
+/// Binds a verification to the tag that was on the reader.
+///
+/// A SUN URL is just text: copied onto another chip (or served by a phone)
+/// its MAC still verifies. So an authentic check only stays authentic when
+/// the UID the reader reported (PC/SC GET DATA) equals the decrypted one and
+/// the tag identifies as an NTAG 424 DNA; otherwise the outcome becomes
+/// [`SunOutcome::UidMismatch`] and `covers` is cleared. Other outcomes pass
+/// through unchanged.
+///
+/// An NTAG 424 DNA with "random ID" enabled reports a fresh random UID on
+/// each activation, so it always gives `uid_mismatch`: tags verified here
+/// must keep their fixed UID.
+pub fn bind_to_tag(mut check: SunCheck, reported_uid: &[u8], tag_type: TagType) -> SunCheck {
+    if !check.outcome.authentic() {
+        return check;
+    }
+    let same_uid = check.uid.as_deref() == Some(reported_uid);
+    if !same_uid || tag_type != TagType::Ntag424Dna {
+        check.outcome = SunOutcome::UidMismatch;
+        check.covers = Covers::default();
+        check.file_data = None;
+    }
+    check
+}
+
+/// [`bind_to_tag`] with the UID and tag type of a tap.
+pub fn bind_to_tap(check: SunCheck, tap: &Tap) -> SunCheck {
+    let tag_type = TagType::from_name(&tap.tag_type).unwrap_or(TagType::Unknown);
+    bind_to_tag(check, &tap.uid, tag_type)
+}
+
+/// Verifies a tap's NDEF URL and binds the result to the tap's chip
+/// ([`verify`] then [`bind_to_tap`]); `None` for a tap without a URL.
+/// Call it once per tap and give every event of the tap the same result:
+/// checking the same URL twice would see its own counter as a replay.
+pub fn verify_tap(tap: &Tap, keys: &KeyFile) -> Option<SunCheck> {
+    let uri = tap.ndef_uri.as_deref()?;
+    Some(bind_to_tap(verify(uri, keys), tap))
+}
+
+/// Query parameters whose values are SUN secret material: the encrypted
+/// PICC data, the encrypted file data and the MAC. A valid URL in a log can
+/// be replayed once at any verifier whose counter for the UID is still lower.
+const SECRET_PARAMS: [&str; 7] = ["picc_data", "e", "p", "enc", "cmac", "c", "m"];
+
+/// The URL with every SUN parameter value (`picc_data`/`e`, `enc`,
+/// `cmac`/`c` and their aliases) replaced by `<redacted>`, for logs and
+/// error messages. Everything else, including `uid`/`ctr` of plain
+/// mirroring, is kept.
+pub fn redact_sun_url(uri: &str) -> String {
+    let Some(q) = uri.find('?') else {
+        return uri.to_owned();
+    };
+    let end = uri[q..].find('#').map_or(uri.len(), |h| q + h);
+    let mut out = String::with_capacity(uri.len());
+    out.push_str(&uri[..=q]);
+    for (i, part) in uri[q + 1..end].split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match part.split_once('=') {
+            Some((name, value))
+                if !value.is_empty()
+                    && SECRET_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(name)) =>
+            {
+                out.push_str(name);
+                out.push_str("=<redacted>");
+            }
+            _ => out.push_str(part),
+        }
+    }
+    out.push_str(&uri[end..]);
+    out
 }
 
 #[cfg(test)]
@@ -594,6 +964,7 @@ mod tests {
                 meta_read: key(meta),
                 file_read: key(file),
                 mac_input,
+                file_read_diversification: None,
             }],
         }
     }
@@ -827,5 +1198,422 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("/nonexistent/keys.toml"), "{e}");
+    }
+
+    // --- covers, MAC input "url", binding, diversification, redaction ---
+
+    const DL: &str = "https://id.example.org/01/09506000134352/21/SER123";
+    const TAG_A: [u8; 7] = [0x04, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66];
+
+    fn product(mac_input: MacInput) -> SunKeys {
+        SunKeys {
+            product: "widget".into(),
+            url_prefix: Some("https://id.example.org/".into()),
+            meta_read: key("0102030405060708090A0B0C0D0E0F10"),
+            file_read: key("A0A1A2A3A4A5A6A7A8A9AAABACADAEAF"),
+            mac_input,
+            file_read_diversification: None,
+        }
+    }
+
+    fn file_of(p: SunKeys) -> KeyFile {
+        KeyFile { products: vec![p] }
+    }
+
+    #[test]
+    fn genuine_tap_covers_uid_and_counter_serialised_as_a_list() {
+        let url = sun_url(DL, &product(MacInput::Auto), &TAG_A, 7);
+        let c = verify(&url, &file_of(product(MacInput::Auto)));
+        assert_eq!(c.outcome, SunOutcome::Genuine);
+        assert_eq!(
+            c.covers,
+            Covers {
+                uid: true,
+                counter: true,
+                url: false
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&c.covers).unwrap(),
+            r#"["uid","counter"]"#
+        );
+        let back: Covers = serde_json::from_str(r#"["uid","counter","url"]"#).unwrap();
+        assert_eq!(back.names(), vec!["uid", "counter", "url"]);
+        assert!(serde_json::from_str::<Covers>(r#"["serial"]"#).is_err());
+    }
+
+    #[test]
+    fn url_mac_input_covers_the_url_and_one_changed_serial_character_is_invalid_mac() {
+        let keys = product(MacInput::Url);
+        let url = sun_url(DL, &keys, &TAG_A, 12);
+        let c = verify(&url, &file_of(keys.clone()));
+        assert_eq!(c.outcome, SunOutcome::Genuine, "{url}");
+        assert_eq!(c.covers.names(), vec!["uid", "counter", "url"]);
+        assert_eq!(
+            serde_json::to_string(&c.covers).unwrap(),
+            r#"["uid","counter","url"]"#
+        );
+        // SER123 -> SER124: the PICC data still decrypts, the MAC fails.
+        let forged = url.replace("/21/SER123", "/21/SER124");
+        assert_ne!(forged, url);
+        let f = verify(&forged, &file_of(keys.clone()));
+        assert_eq!(f.outcome, SunOutcome::InvalidMac);
+        assert!(f.covers.is_empty());
+        // Host and GTIN are covered too.
+        let other_gtin = url.replace("09506000134352", "09506000134353");
+        assert_eq!(
+            verify(&other_gtin, &file_of(keys)).outcome,
+            SunOutcome::InvalidMac
+        );
+    }
+
+    #[test]
+    fn url_mac_input_verifies_whichever_prefix_code_the_record_used() {
+        // A tag whose URI record uses code 0x00 MACs the whole text,
+        // "https://" included; one using 0x04 MACs from "id.example.org".
+        let keys = product(MacInput::Url);
+        let uid = TAG_A;
+        for skip in ["", "https://"] {
+            let mut plain = [0u8; 16];
+            plain[0] = 0xC7;
+            plain[1..8].copy_from_slice(&uid);
+            plain[8] = 3;
+            let mut b = GenericArray::clone_from_slice(&plain);
+            keys.meta_read.cipher().encrypt_block(&mut b);
+            let head = format!("{DL}?picc_data={}&cmac=", hex::encode_upper(b));
+            let (_, ses_mac) = session_keys(&keys.file_read, Some(&uid), Some(3));
+            let mac = sdm_mac(&ses_mac, &head.as_bytes()[skip.len()..]);
+            let url = format!("{head}{}", hex::encode_upper(mac));
+            let c = verify(&url, &file_of(keys.clone()));
+            assert_eq!(c.outcome, SunOutcome::Genuine, "prefix {skip:?}");
+            assert!(c.covers.url);
+        }
+    }
+
+    #[test]
+    fn default_mac_input_verifies_a_pasted_serial_but_does_not_cover_the_url() {
+        let keys = product(MacInput::Auto);
+        let url = sun_url(DL, &keys, &TAG_A, 5);
+        let pasted = url.replace("/21/SER123", "/21/SER999");
+        let c = verify(&pasted, &file_of(keys));
+        // The verdict is about tag A (UID and counter), not about SER999.
+        assert_eq!(c.outcome, SunOutcome::Genuine);
+        assert_eq!(c.uid.as_deref(), Some(&TAG_A[..]));
+        assert!(!c.covers.url);
+        assert_eq!(c.covers.names(), vec!["uid", "counter"]);
+    }
+
+    #[test]
+    fn a_tag_without_a_mirrored_counter_is_genuine_no_counter() {
+        let keys = product(MacInput::Auto);
+        let url = sun_url_with(DL, &keys, &TAG_A, None);
+        let c = verify(&url, &file_of(keys.clone()));
+        assert_eq!(c.outcome, SunOutcome::GenuineNoCounter);
+        assert_eq!(c.outcome.as_str(), "genuine_no_counter");
+        assert!(c.outcome.authentic());
+        assert_eq!(c.counter, None);
+        assert_eq!(c.covers.names(), vec!["uid"]);
+        // Plain mirroring of the UID alone, likewise.
+        let (_, ses_mac) = session_keys(&keys.file_read, Some(&TAG_A), None);
+        let plain = format!(
+            "{DL}?uid={}&cmac={}",
+            hex::encode_upper(TAG_A),
+            hex::encode_upper(sdm_mac(&ses_mac, &[]))
+        );
+        let c = verify(&plain, &file_of(keys));
+        assert_eq!(c.outcome, SunOutcome::GenuineNoCounter, "{plain}");
+    }
+
+    #[test]
+    fn a_copied_url_on_another_uid_or_chip_is_uid_mismatch_never_genuine() {
+        let keys = product(MacInput::Auto);
+        let url = sun_url(DL, &keys, &TAG_A, 9);
+        let check = verify(&url, &file_of(keys));
+        assert_eq!(check.outcome, SunOutcome::Genuine);
+
+        let on_a = bind_to_tag(check.clone(), &TAG_A, TagType::Ntag424Dna);
+        assert_eq!(on_a.outcome, SunOutcome::Genuine);
+        assert_eq!(on_a.covers.names(), vec!["uid", "counter"]);
+
+        // The URL written onto an NTAG215 with another UID.
+        let other_uid = [0x04, 0xA2, 0x2B, 0x3C, 0x4D, 0x5E, 0x80];
+        let copied = bind_to_tag(check.clone(), &other_uid, TagType::Ntag215);
+        assert_eq!(copied.outcome, SunOutcome::UidMismatch);
+        assert_eq!(copied.outcome.as_str(), "uid_mismatch");
+        assert!(copied.covers.is_empty());
+        assert!(!copied.outcome.authentic());
+        // The right UID (a clone that copies it) on the wrong chip.
+        assert_eq!(
+            bind_to_tag(check.clone(), &TAG_A, TagType::Ntag215).outcome,
+            SunOutcome::UidMismatch
+        );
+        // A real NTAG 424 DNA with another UID (or random ID enabled).
+        assert_eq!(
+            bind_to_tag(check.clone(), &[0x08, 1, 2, 3], TagType::Ntag424Dna).outcome,
+            SunOutcome::UidMismatch
+        );
+        // Through a Tap as the driver produces it.
+        let tap = Tap {
+            reader: "door".into(),
+            uid: other_uid.to_vec(),
+            tag_type: "ntag215".into(),
+            ndef_uri: Some(url.clone()),
+            ndef_text: None,
+            atr: Vec::new(),
+            host: crate::HostTime {
+                utc_ms: 0,
+                mono_ms: 0,
+                clock_synced: true,
+            },
+        };
+        assert_eq!(bind_to_tap(check, &tap).outcome, SunOutcome::UidMismatch);
+        let kf = file_of(product(MacInput::Auto));
+        assert_eq!(
+            verify_tap(&tap, &kf).map(|c| c.outcome),
+            Some(SunOutcome::UidMismatch)
+        );
+        let on_a = Tap {
+            uid: TAG_A.to_vec(),
+            tag_type: "ntag424dna".into(),
+            ..tap.clone()
+        };
+        assert_eq!(
+            verify_tap(&on_a, &kf).map(|c| c.outcome),
+            Some(SunOutcome::Genuine)
+        );
+        let no_uri = Tap {
+            ndef_uri: None,
+            ..tap.clone()
+        };
+        assert_eq!(verify_tap(&no_uri, &kf), None);
+        // A tap printed into a log does not carry the replayable values.
+        let shown = format!("{tap:?}");
+        let mac = &url[url.find("cmac=").unwrap() + 5..];
+        assert!(
+            !shown.contains(mac) && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn binding_leaves_unauthentic_outcomes_as_they_are() {
+        let keys = product(MacInput::Auto);
+        let mut url = sun_url(DL, &keys, &TAG_A, 9);
+        let last = url.pop().unwrap();
+        url.push(if last == '0' { '1' } else { '0' });
+        let check = verify(&url, &file_of(keys));
+        assert_eq!(check.outcome, SunOutcome::InvalidMac);
+        assert_eq!(
+            bind_to_tag(check, &[1, 2, 3, 4], TagType::Ntag215).outcome,
+            SunOutcome::InvalidMac
+        );
+        let not_sun = verify(DL, &zero_keys());
+        assert_eq!(
+            bind_to_tag(not_sun, &[1, 2, 3, 4], TagType::Ntag215).outcome,
+            SunOutcome::NotSun
+        );
+    }
+
+    const DIVERSIFIED_KEYS: &str = r#"
+        [[product]]
+        name = "widget-div"
+        url_prefix = "https://id.example.org/"
+        meta_read_master_key = "C9EB67DF090AFF47C3B19A2516680B9D"
+        meta_read_batch = "42 41 54 43 48 30 31"
+        file_read_master_key = "00112233445566778899AABBCCDDEEFF"
+        application_id = "3042F5"
+        system_identifier = "4E585020416275"
+        mac_input = "url"
+    "#;
+
+    /// The keys a provisioning tool would have written into tag A: each
+    /// derived with AN10922 on its own, independently of the key file.
+    fn provisioned_tag_a() -> SunKeys {
+        let meta = crate::nfc::diversify::diversify_aes128(
+            &key("C9EB67DF090AFF47C3B19A2516680B9D"),
+            b"BATCH01",
+        )
+        .unwrap();
+        let mut m = TAG_A.to_vec();
+        m.extend_from_slice(&bytes("3042F5"));
+        m.extend_from_slice(b"NXP Abu");
+        let file =
+            crate::nfc::diversify::diversify_aes128(&key("00112233445566778899AABBCCDDEEFF"), &m)
+                .unwrap();
+        SunKeys {
+            product: "tag-a".into(),
+            url_prefix: None,
+            meta_read: meta,
+            file_read: file,
+            mac_input: MacInput::Url,
+            file_read_diversification: None,
+        }
+    }
+
+    #[test]
+    fn a_diversified_key_tag_is_genuine_and_the_undiversified_masters_are_unknown_key() {
+        let kf = KeyFile::from_toml(DIVERSIFIED_KEYS, "div.toml").unwrap();
+        let p = &kf.products[0];
+        assert_eq!(
+            p.file_read_diversification,
+            Some(Diversification {
+                application_id: bytes("3042F5"),
+                system_identifier: b"NXP Abu".to_vec(),
+            })
+        );
+        let url = sun_url(DL, &provisioned_tag_a(), &TAG_A, 40);
+        let c = verify(&url, &kf);
+        assert_eq!(c.outcome, SunOutcome::Genuine, "{url}");
+        assert_eq!(c.product.as_deref(), Some("widget-div"));
+        assert_eq!(c.covers.names(), vec!["uid", "counter", "url"]);
+        // for_tag gives the same keys the provisioning derived.
+        let built = sun_url(DL, &p.for_tag(&TAG_A).unwrap(), &TAG_A, 40);
+        assert_eq!(built, url);
+
+        // Checked against the master keys as plain keys: nothing fits.
+        let masters = KeyFile::from_toml(
+            r#"
+            [[product]]
+            name = "masters"
+            meta_read_key = "C9EB67DF090AFF47C3B19A2516680B9D"
+            file_read_key = "00112233445566778899AABBCCDDEEFF"
+            mac_input = "url"
+            "#,
+            "masters.toml",
+        )
+        .unwrap();
+        assert_eq!(verify(&url, &masters).outcome, SunOutcome::UnknownKey);
+
+        // Another tag's diversified key does not verify tag A's URL.
+        let mut other = TAG_A;
+        other[6] ^= 1;
+        let wrong = sun_url(DL, &p.for_tag(&other).unwrap(), &TAG_A, 41);
+        assert_eq!(verify(&wrong, &kf).outcome, SunOutcome::InvalidMac);
+    }
+
+    #[test]
+    fn key_file_diversification_fields_are_checked() {
+        let head =
+            "[[product]]\nname = \"W\"\nmeta_read_key = \"00000000000000000000000000000000\"\n";
+        let k = "\"00000000000000000000000000000000\"";
+        for (extra, want) in [
+            (
+                format!("file_read_key = {k}\nfile_read_master_key = {k}\n"),
+                "either file_read_key or file_read_master_key",
+            ),
+            (
+                String::new(),
+                "either file_read_key or file_read_master_key",
+            ),
+            (
+                format!("file_read_key = {k}\napplication_id = \"3042F5\"\n"),
+                "need file_read_master_key",
+            ),
+            (
+                format!("file_read_master_key = {k}\napplication_id = \"30G2F5\"\n"),
+                "application_id is not hex",
+            ),
+            (
+                format!(
+                    "file_read_master_key = {k}\nsystem_identifier = \"{}\"\n",
+                    "00".repeat(25)
+                ),
+                "more than AN10922's 31",
+            ),
+        ] {
+            let e = KeyFile::from_toml(&format!("{head}{extra}"), "k.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want) && e.contains("\"W\""), "{extra}: {e}");
+        }
+        let no_meta =
+            format!("[[product]]\nname = \"W\"\nfile_read_key = {k}\nmeta_read_master_key = {k}\n");
+        let e = KeyFile::from_toml(&no_meta, "k.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("meta_read_batch"), "{e}");
+        let e = KeyFile::from_toml(&format!("{head}file_read_master_key = \"00\"\n"), "k.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("file_read_master_key") && e.contains("32 hex digits"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn diversified_key_files_never_print_keys() {
+        let kf = KeyFile::from_toml(DIVERSIFIED_KEYS, "div.toml").unwrap();
+        let shown = format!("{kf:?}").to_lowercase();
+        assert!(!shown.contains("c9eb67df"), "{shown}");
+        assert!(!shown.contains("00112233"), "{shown}");
+        assert!(shown.contains("redacted"));
+        let tag = kf.products[0].for_tag(&TAG_A).unwrap();
+        assert!(format!("{tag:?}").contains("redacted"));
+    }
+
+    #[test]
+    fn redact_sun_url_hides_every_sun_value_and_keeps_the_rest() {
+        let keys = product(MacInput::Auto);
+        let url = sun_url(DL, &keys, &TAG_A, 5);
+        let picc = &url[url.find("picc_data=").unwrap() + 10..url.find("&cmac").unwrap()];
+        let mac = &url[url.find("cmac=").unwrap() + 5..];
+        let shown = redact_sun_url(&url);
+        assert!(!shown.contains(picc) && !shown.contains(mac), "{shown}");
+        assert_eq!(shown, format!("{DL}?picc_data=<redacted>&cmac=<redacted>"));
+        assert_eq!(
+            redact_sun_url(
+                "https://ntag.nxp.com/424?e=EF963FF7828658A599F3041510671E88&c=94EED9EE65337086#x"
+            ),
+            "https://ntag.nxp.com/424?e=<redacted>&c=<redacted>#x"
+        );
+        assert_eq!(
+            redact_sun_url("https://x/?a=1&picc_data=FD91EC264309878BE6345CBE53BADF40&enc=CEE9A53E3E463EF1F459635736738962&CMAC=ECC1E7F6C6C73BF6&b"),
+            "https://x/?a=1&picc_data=<redacted>&enc=<redacted>&CMAC=<redacted>&b"
+        );
+        assert_eq!(
+            redact_sun_url("https://x/tag?uid=041E3C8A2D6B80&ctr=000006&cmac=4B00064004B0B3D3"),
+            "https://x/tag?uid=041E3C8A2D6B80&ctr=000006&cmac=<redacted>"
+        );
+        for plain in [DL, "", "?", "https://x/?#", "tel:+1234", "https://x/?&&=&c"] {
+            assert_eq!(redact_sun_url(plain), plain);
+        }
+    }
+
+    #[test]
+    fn new_verdicts_have_stable_names() {
+        for (o, name) in [
+            (SunOutcome::Genuine, "genuine"),
+            (SunOutcome::GenuineNoCounter, "genuine_no_counter"),
+            (SunOutcome::UidMismatch, "uid_mismatch"),
+            (SunOutcome::InvalidMac, "invalid_mac"),
+            (SunOutcome::UnknownKey, "unknown_key"),
+            (SunOutcome::NotSun, "not_sun"),
+            (SunOutcome::Unsupported, "unsupported"),
+        ] {
+            assert_eq!(o.as_str(), name);
+            assert_eq!(serde_json::to_string(&o).unwrap(), format!("\"{name}\""));
+        }
+    }
+
+    proptest::proptest! {
+        /// With `mac_input = "url"`, changing any one character of the URL
+        /// text after the prefix, up to the MAC, never leaves it genuine.
+        #[test]
+        fn no_single_character_change_of_a_url_covered_url_verifies(
+            pos in 0usize..200,
+            replacement in proptest::char::range('!', '~'),
+        ) {
+            let keys = product(MacInput::Url);
+            let url = sun_url(DL, &keys, &TAG_A, 77);
+            let from = "https://".len();
+            let to = url.find("&cmac=").unwrap();
+            let at = from + pos % (to - from);
+            let mut forged = url.clone();
+            forged.replace_range(at..at + 1, &replacement.to_string());
+            proptest::prop_assume!(forged != url);
+            let kf = file_of(keys);
+            proptest::prop_assert_ne!(verify(&forged, &kf).outcome, SunOutcome::Genuine);
+        }
     }
 }

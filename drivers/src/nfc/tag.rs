@@ -23,6 +23,20 @@ pub enum TagType {
     Unknown,
 }
 
+const ALL_TAG_TYPES: [TagType; 11] = [
+    TagType::Ntag213,
+    TagType::Ntag215,
+    TagType::Ntag216,
+    TagType::MifareUltralight,
+    TagType::MifareUltralightC,
+    TagType::MifareUltralightEv1,
+    TagType::MifareClassic1k,
+    TagType::MifareClassic4k,
+    TagType::Ntag424Dna,
+    TagType::MifareDesfire,
+    TagType::Unknown,
+];
+
 impl TagType {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -38,6 +52,11 @@ impl TagType {
             TagType::MifareDesfire => "mifare_desfire",
             TagType::Unknown => "unknown",
         }
+    }
+
+    /// The type whose [`TagType::as_str`] is `name` (as in `Tap::tag_type`).
+    pub fn from_name(name: &str) -> Option<TagType> {
+        ALL_TAG_TYPES.into_iter().find(|t| t.as_str() == name)
     }
 
     /// Whether the tag keeps NDEF in the Type 2 page layout (read with `FF B0`).
