@@ -725,4 +725,104 @@ mod tests {
         assert_eq!(b["time"], "2026-11-28T00:00:00.000Z");
         assert!(b.get("site").is_none(), "an overflow has no read context");
     }
+
+    fn tap_draft(read_point: &str, at_ms: i64, counter: u32) -> EventDraft {
+        use crate::event::{NfcIdentity, ReadContext, SunResult, TapDetails, TapEvent};
+        let uid = vec![0x04, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66];
+        let body = TapEvent {
+            at: ReadContext {
+                site: "dc1".into(),
+                read_point: read_point.into(),
+                reader: "nfc-1".into(),
+                clock_synced: true,
+            },
+            identity: NfcIdentity {
+                uid: uid.clone(),
+                gtin: None,
+                serial: None,
+                lot: None,
+                digital_link: None,
+            },
+            tap: TapDetails {
+                tag_type: "ntag424dna".into(),
+                ndef_uri: None,
+                ndef_text: None,
+                atr: vec![0x3b],
+            },
+            flags: Vec::new(),
+            sun: Some(SunResult {
+                verdict: SunVerdict::Genuine,
+                counter: Some(counter),
+                product: None,
+                uid: Some(uid.clone()),
+            }),
+        };
+        EventDraft {
+            event: Event::new("gw", UtcMs(at_ms), EventBody::Tap(body)),
+            replay: Some(SunReplayCheck { uid, counter }),
+        }
+    }
+
+    fn verdicts(events: &[StoredEvent]) -> Vec<(String, Vec<String>)> {
+        events
+            .iter()
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+                let flags = v["flags"]
+                    .as_array()
+                    .map(|a| a.iter().map(|f| f.as_str().unwrap().to_owned()).collect())
+                    .unwrap_or_default();
+                (v["sun"]["verdict"].as_str().unwrap().to_owned(), flags)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_sun_counter_is_checked_and_kept_in_the_commit_of_the_tap() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = super::super::StoreConfig {
+            path: dir.path().join("events.db"),
+            max_bytes: 1 << 20,
+            full_policy: FullPolicy::DropOldest,
+            commit_interval_ms: 10,
+            commit_max_events: 100,
+            retention_secs: 3600,
+        };
+        let mut store = Store::open(&config, "gw").unwrap();
+        let uid = [0x04, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66];
+        let genuine = ("genuine".to_owned(), vec![]);
+        let replayed = ("replayed".to_owned(), vec!["replayed_nfc".to_owned()]);
+
+        // One tap seen by two read points: one observation, both genuine.
+        let out = store
+            .append(vec![
+                tap_draft("desk", 1_000, 5),
+                tap_draft("till", 1_000, 5),
+            ])
+            .unwrap();
+        assert_eq!(verdicts(&out), vec![genuine.clone(), genuine.clone()]);
+        assert_eq!(store.sun_counter(&uid).unwrap(), Some(5));
+
+        // The same URL again (a copy), and an older one: replayed, and the
+        // stored counter does not move.
+        let out = store
+            .append(vec![
+                tap_draft("desk", 2_000, 5),
+                tap_draft("desk", 3_000, 4),
+            ])
+            .unwrap();
+        assert_eq!(verdicts(&out), vec![replayed.clone(), replayed.clone()]);
+        assert_eq!(store.sun_counter(&uid).unwrap(), Some(5));
+
+        // Two fresh taps in one commit: the second sees the first's counter.
+        let out = store
+            .append(vec![
+                tap_draft("desk", 4_000, 6),
+                tap_draft("desk", 5_000, 6),
+                tap_draft("desk", 6_000, 7),
+            ])
+            .unwrap();
+        assert_eq!(verdicts(&out), vec![genuine.clone(), replayed, genuine]);
+        assert_eq!(store.sun_counter(&uid).unwrap(), Some(7));
+    }
 }
