@@ -80,12 +80,68 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (y, m, d)
 }
 
+/// (year, month, day) to days since 1970-01-01 (Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 impl UtcMs {
     /// Parses any RFC 3339 time (sub-millisecond digits are truncated).
     pub fn parse(text: &str) -> Option<UtcMs> {
-        chrono::DateTime::parse_from_rfc3339(text)
-            .ok()
-            .map(|t| UtcMs(t.timestamp_millis()))
+        Self::parse_own(text).or_else(|| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .ok()
+                .map(|t| UtcMs(t.timestamp_millis()))
+        })
+    }
+
+    /// The exact form [`iso_ms`] writes, read without chrono: stored events
+    /// are read back on every `epcis2` batch and `tracegate events` line.
+    fn parse_own(text: &str) -> Option<UtcMs> {
+        let b = text.as_bytes();
+        if b.len() != 24
+            || [
+                (4, b'-'),
+                (7, b'-'),
+                (10, b'T'),
+                (13, b':'),
+                (16, b':'),
+                (19, b'.'),
+                (23, b'Z'),
+            ]
+            .iter()
+            .any(|&(i, c)| b.get(i) != Some(&c))
+        {
+            return None;
+        }
+        let num = |from: usize, to: usize| -> Option<i64> {
+            b.get(from..to)?.iter().try_fold(0i64, |acc, &c| {
+                c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+            })
+        };
+        let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+        let (h, mi, s, ms) = (num(11, 13)?, num(14, 16)?, num(17, 19)?, num(20, 23)?);
+        let days_in_month = match mo {
+            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+            4 | 6 | 9 | 11 => 30,
+            2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+            2 => 28,
+            _ => return None,
+        };
+        if d < 1 || d > days_in_month || h > 23 || mi > 59 || s > 59 {
+            // Leap seconds and anything odd go through chrono.
+            return None;
+        }
+        let days = days_from_civil(y, mo, d);
+        Some(UtcMs(
+            days * DAY_MS + h * 3_600_000 + mi * 60_000 + s * 1000 + ms,
+        ))
     }
 }
 
@@ -287,7 +343,7 @@ impl EventKind {
 
 impl fmt::Display for EventKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

@@ -40,6 +40,12 @@ fn time_parsing_accepts_any_rfc3339_offset() {
         UtcMs::parse("2026-11-28T00:07:12.345Z")
     );
     assert_eq!(UtcMs::parse("yesterday"), None);
+    assert_eq!(UtcMs::parse("2026-02-30T00:00:00.000Z"), None);
+    assert_eq!(UtcMs::parse("2026-11-28T24:00:00.000Z"), None);
+    assert_eq!(
+        UtcMs::parse("2024-02-29T12:00:00.000Z").map(|t| t.0),
+        Some(1_709_208_000_000)
+    );
 }
 
 fn tap() -> Event {
