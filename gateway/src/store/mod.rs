@@ -197,7 +197,7 @@ pub struct StoredEvent {
     pub payload: String,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StoreStats {
     pub last_seq: u64,
     pub published_upto: u64,
