@@ -378,7 +378,7 @@ pub fn store_config(dir: &Path, max_bytes: u64, policy: FullPolicy) -> StoreConf
 pub fn draft(i: u64) -> EventDraft {
     use tracegate::event::{Direction, EventBody};
     let now = chrono::Utc::now().timestamp_millis();
-    let epc = hex::decode(format!("30340242201D8840{:08X}", i as u32)).unwrap();
+    let epc = hex::decode(format!("3074257BF7194E40{:08X}", i as u32)).unwrap();
     let mut event =
         tracegate::event::Event::sample_arrival(GATEWAY, SITE, "dock-door-1", &epc, now);
     if let EventBody::Arrived(b) = &mut event.body {
