@@ -72,6 +72,11 @@ metrics_addr = "off"
     }
     assert!(events.iter().any(|e| e["flags"][0] == "unexpected"));
     assert!(events.iter().any(|e| e["identity"]["tid"].is_string()));
+    // The typed model reads every committed event and writes it back unchanged.
+    for e in &events {
+        let typed: tracegate::event::Event = serde_json::from_value(e.clone()).unwrap();
+        assert_eq!(&serde_json::to_value(&typed).unwrap(), e);
+    }
     let batch = serde_json::json!({
         "schema": "tracegate.events/1",
         "gateway": "schema-gw",
