@@ -450,16 +450,22 @@ pub struct UhfIdentity {
 impl UhfIdentity {
     /// The identity of an EPC (and TID, if read) from its GS1 decoding.
     pub fn new(epc: &[u8], decoded: &Decoded, tid: Option<&[u8]>) -> Self {
+        Self::from_decoded(epc, decoded.clone(), tid)
+    }
+
+    /// Like [`UhfIdentity::new`], taking the decoding's strings instead of
+    /// copying them (the pipeline's per-event path).
+    pub fn from_decoded(epc: &[u8], decoded: Decoded, tid: Option<&[u8]>) -> Self {
         Self {
             epc: epc.to_vec(),
             tid: tid.map(<[u8]>::to_vec),
-            scheme: decoded.scheme.clone(),
-            pure_identity: decoded.pure_identity_uri.clone(),
-            tag_uri: decoded.tag_uri.clone(),
-            gtin: decoded.gtin.clone(),
-            serial: decoded.serial.clone(),
-            element_string: decoded.element_string.clone(),
-            digital_link: decoded.digital_link.clone(),
+            scheme: decoded.scheme,
+            pure_identity: decoded.pure_identity_uri,
+            tag_uri: decoded.tag_uri,
+            gtin: decoded.gtin,
+            serial: decoded.serial,
+            element_string: decoded.element_string,
+            digital_link: decoded.digital_link,
             tid_info: tid.map(tracegate_gs1::decode_tid),
         }
     }

@@ -178,7 +178,7 @@ impl Pipeline {
                     &self.origin,
                     rp,
                     e,
-                    UhfIdentity::new(&e.tag.epc, &decoded, e.tag.tid.as_deref()),
+                    UhfIdentity::from_decoded(&e.tag.epc, decoded, e.tag.tid.as_deref()),
                     flags,
                 )));
             }
