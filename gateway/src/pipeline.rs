@@ -452,4 +452,77 @@ epc_patterns = ["urn:epc:pat:sgtin-96:*.0614141.812345.*"]
             "urn:epc:id:sgtin:0614141.812345.6789"
         );
     }
+
+    const TWO_DESKS: &str = r#"
+[gateway]
+id = "g"
+site = "s"
+
+[[readers]]
+name = "nfc"
+kind = "pcsc"
+
+[[read_points]]
+name = "desk"
+reader = "nfc"
+
+[[read_points]]
+name = "till"
+reader = "nfc"
+"#;
+
+    /// Verifies every tap as genuine with counter 9 and counts the calls.
+    #[derive(Debug, Default)]
+    struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl TapEnricher for Counting {
+        fn enrich(&mut self, tap: &Tap, event: &mut TapEvent) -> Option<SunReplayCheck> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            event.sun = Some(crate::event::SunResult {
+                verdict: crate::event::SunVerdict::Genuine,
+                counter: Some(9),
+                product: None,
+                uid: Some(tap.uid.clone()),
+            });
+            Some(SunReplayCheck {
+                uid: tap.uid.clone(),
+                counter: 9,
+            })
+        }
+    }
+
+    #[test]
+    fn a_tap_is_verified_once_and_recorded_at_every_read_point_of_its_reader() {
+        let config = crate::config::parse(TWO_DESKS, "t.toml").unwrap();
+        let calls = Counting::default();
+        let seen = calls.0.clone();
+        let mut p = Pipeline::new(&config, Clock::new(), Box::new(calls));
+        let tap = Tap {
+            reader: Arc::from("nfc"),
+            uid: vec![4, 1, 2, 3, 4, 5, 6],
+            tag_type: "ntag424dna".into(),
+            ndef_uri: None,
+            ndef_text: None,
+            atr: vec![0x3b],
+            host: HostTime {
+                mono_ms: 0,
+                utc_ms: 1_700_000_000_000,
+                clock_synced: true,
+            },
+        };
+        let drafts = p.on_tap(&tap);
+        assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let points: Vec<&str> = drafts
+            .iter()
+            .map(|d| match &d.event.body {
+                EventBody::Tap(t) => t.at.read_point.as_str(),
+                other => panic!("not a tap: {other:?}"),
+            })
+            .collect();
+        assert_eq!(points, ["desk", "till"]);
+        for d in &drafts {
+            assert_eq!(d.replay.as_ref().map(|r| r.counter), Some(9));
+            assert_eq!(d.event.time, UtcMs(1_700_000_000_000));
+        }
+    }
 }
