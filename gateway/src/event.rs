@@ -212,15 +212,6 @@ impl Event {
         }
     }
 
-    /// Where and by what the event was seen (`None` for `overflow`).
-    pub fn read_context(&self) -> Option<&ReadContext> {
-        match &self.body {
-            EventBody::Arrived(b) | EventBody::Departed(b) | EventBody::Present(b) => Some(&b.at),
-            EventBody::Tap(b) => Some(&b.at),
-            EventBody::Overflow(_) => None,
-        }
-    }
-
     /// A minimal arrival of `epc` with one read on antenna 1 and no EPCIS
     /// context (tests, benchmarks, examples).
     pub fn sample_arrival(
