@@ -7,9 +7,9 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReaderState {
     /// Opening the port and running the start-up sequence.
@@ -56,10 +56,12 @@ struct Transitions {
 }
 
 /// A point-in-time copy for status messages and metrics.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthSnapshot {
     pub name: String,
-    pub kind: &'static str,
+    /// Borrowed from the reader's config; owned when read back from JSON
+    /// (`tracegate status`).
+    pub kind: std::borrow::Cow<'static, str>,
     pub state: ReaderState,
     pub since_utc_ms: i64,
     pub last_error: Option<String>,
@@ -74,7 +76,7 @@ pub struct HealthSnapshot {
     pub details: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outage {
     pub start_utc_ms: i64,
     /// `None` while the outage lasts.
@@ -188,7 +190,7 @@ impl ReaderHealth {
         let last = self.last_read_utc_ms.load(Ordering::Relaxed);
         HealthSnapshot {
             name: self.name.to_string(),
-            kind: self.kind,
+            kind: std::borrow::Cow::Borrowed(self.kind),
             state: t.state,
             since_utc_ms: t.since_utc_ms,
             last_error: t.last_error,

@@ -132,10 +132,7 @@ fn ack_latencies(commits: &[(u64, Instant)], acks: &[AckNotice], from_seq: u64) 
 
 async fn throughput(broker: &Mosquitto) {
     let n = scale(200_000);
-    let one_event = serde_json::to_string(&serde_json::Value::Object(draft(1).body))
-        .unwrap()
-        .len()
-        + 60;
+    let one_event = serde_json::to_string(&draft(1).event).unwrap().len() + 60;
     let bare = bare_rumqttc(broker.addr(), n, one_event).await;
 
     let registry = Registry::start(broker.addr(), "tracegate/+/+/events").await;

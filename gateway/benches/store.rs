@@ -14,31 +14,19 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch};
+use tracegate::event::Event;
 use tracegate::store::{spawn_writer, EventDraft, FullPolicy, Store, StoreConfig, WriteRequest};
 
 fn draft(i: u64) -> EventDraft {
-    let v = json!({
-        "type": "arrived",
-        "gateway": "dock-01",
-        "site": "dc1",
-        "read_point": "door-3",
-        "time": "2026-11-27T23:59:59.123Z",
-        "identity": {"epc": format!("3074257bf7194e40{i:08x}")},
-        "read_count": 3,
-        "antenna": 2,
-        "rssi_dbm": -61,
-    });
-    let body: Map<String, Value> = match v {
-        Value::Object(m) => m,
-        _ => unreachable!(),
-    };
-    EventDraft {
-        event_type: "arrived".into(),
-        event_utc_ms: 1_795_823_999_123 + i as i64,
-        body,
-    }
+    let epc = hex::decode(format!("3074257bf7194e40{i:08x}")).unwrap();
+    EventDraft::new(Event::sample_arrival(
+        "dock-01",
+        "dc1",
+        "door-3",
+        &epc,
+        1_795_823_999_123 + i as i64,
+    ))
 }
 
 fn config(dir: &tempfile::TempDir) -> StoreConfig {

@@ -166,7 +166,11 @@ pub async fn run_with(
             },
             store: config.store.clone(),
             committed: committed_rx,
-            health: status_source.clone(),
+            health: {
+                // The health message carries the status at its top level.
+                let status = status_source.clone();
+                Arc::new(move || serde_json::to_value(status()).unwrap_or_default())
+            },
             heartbeat: heartbeats.register("publisher"),
             stats: publisher_stats,
             acks: options.acks,
@@ -284,8 +288,8 @@ pub async fn run_with(
     result
 }
 
-/// Builds the status JSON served on `/status`, merged into MQTT health
-/// messages, and printed by `tracegate status`.
+/// Builds the status served on `/status`, merged into MQTT health messages,
+/// and printed by `tracegate status`.
 fn status_source(
     config: &Config,
     healths: Vec<Arc<ReaderHealth>>,
@@ -298,32 +302,33 @@ fn status_source(
     let mqtt = config.mqtt.is_some();
     let started = tracegate_drivers::clock::utc_now_ms();
     Arc::new(move || {
-        let readers: Vec<_> = healths.iter().map(|h| h.snapshot()).collect();
         let now = tracegate_drivers::clock::utc_now_ms();
-        let store_json = match store.lock() {
-            Ok(s) => match s.stats() {
-                Ok(st) => {
-                    let mut v = serde_json::to_value(&st).unwrap_or_default();
-                    if let Some(oldest) = st.oldest_pending_utc_ms {
-                        v["oldest_pending_age_secs"] =
-                            serde_json::json!((now - oldest).max(0) as f64 / 1000.0);
-                    }
-                    v
-                }
-                Err(e) => serde_json::json!({ "error": e.to_string() }),
-            },
-            Err(_) => serde_json::json!({ "error": "store status unavailable" }),
+        let stats = match store.lock() {
+            Ok(s) => s.stats().map_err(|e| e.to_string()),
+            Err(_) => Err("the status connection is poisoned".to_owned()),
         };
-        serde_json::json!({
-            "gateway": gateway,
-            "site": site,
-            "version": env!("CARGO_PKG_VERSION"),
-            "config_hash": hash,
-            "started_at": event::iso_ms(started),
-            "uptime_secs": (now - started) / 1000,
-            "readers": readers,
-            "store": store_json,
-            "publisher": if mqtt { publisher.snapshot() } else { serde_json::Value::Null },
-        })
+        let store = match stats {
+            Ok(stats) => Some(ops::StoreStatus::new(stats, now)),
+            Err(e) => {
+                tracing::warn!(event = "ops.store_stats_failed", error = %e, "cannot read the store statistics for the status");
+                None
+            }
+        };
+        ops::Status {
+            gateway: gateway.clone(),
+            site: site.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            config_hash: hash.clone(),
+            started_at: event::UtcMs(started),
+            uptime_secs: u64::try_from((now - started) / 1000).unwrap_or(0),
+            readers: healths.iter().map(|h| h.snapshot()).collect(),
+            store,
+            // The publisher's counters arrive as JSON; a field it renames
+            // shows up here as a zero, not as a crash.
+            publisher: mqtt
+                .then(|| serde_json::from_value(publisher.snapshot()).unwrap_or_default()),
+            health: None,
+            heartbeats: Vec::new(),
+        }
     })
 }

@@ -211,14 +211,18 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     if json {
                         writeln!(out, "{}", e.payload)?;
                     } else {
-                        writeln!(
-                            out,
-                            "{:>8}  {}  {:<9} {}",
-                            e.seq,
-                            tracegate::event::iso_ms(e.event_utc_ms),
-                            e.event_type,
-                            e.id
-                        )?;
+                        match serde_json::from_str::<tracegate::event::Event>(&e.payload) {
+                            Ok(event) => writeln!(out, "{}", event.human_line())?,
+                            // Written by a newer gateway: what every event has.
+                            Err(_) => writeln!(
+                                out,
+                                "{:>8}  {}  {:<9} {}",
+                                e.seq,
+                                tracegate::event::iso_ms(e.event_utc_ms),
+                                e.event_type,
+                                e.id
+                            )?,
+                        }
                     }
                 }
             }

@@ -14,9 +14,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracegate_drivers::{Clock, RawRead, ReaderMsg, Tap};
 
-use crate::config::{Config, ReadPoint};
-use crate::dedup::{Dedup, PointSettings, TagEvent};
-use crate::event::{self, Origin};
+use crate::config::{Config, EpcisAction, ReadPoint};
+use crate::dedup::{Dedup, Direction, Kind, PointSettings, TagEvent};
+use crate::event::{
+    self, DepartureReason, EpcisContext, Event, EventBody, Origin, ReadContext, SunReplayCheck,
+    TapEvent, UhfEvent, UhfIdentity, UtcMs,
+};
 use crate::heartbeat::Heartbeat;
 use crate::store::{EventDraft, WriteRequest};
 use crate::suspect::Suspicion;
@@ -38,8 +41,10 @@ pub struct Pipeline {
 }
 
 /// Adds verdicts and identities to NFC taps (SUN verification, Digital Link).
+/// Sans-IO: a verified SUN counter is returned for the store to check
+/// against replay in the commit of the tap.
 pub trait TapEnricher: Send + std::fmt::Debug {
-    fn enrich(&mut self, tap: &Tap, body: &mut serde_json::Map<String, serde_json::Value>);
+    fn enrich(&mut self, tap: &Tap, event: &mut TapEvent) -> Option<SunReplayCheck>;
 }
 
 /// Leaves taps as the driver reported them.
@@ -47,7 +52,9 @@ pub trait TapEnricher: Send + std::fmt::Debug {
 pub struct NoEnrichment;
 
 impl TapEnricher for NoEnrichment {
-    fn enrich(&mut self, _tap: &Tap, _body: &mut serde_json::Map<String, serde_json::Value>) {}
+    fn enrich(&mut self, _tap: &Tap, _event: &mut TapEvent) -> Option<SunReplayCheck> {
+        None
+    }
 }
 
 #[derive(Debug, Default)]
@@ -165,15 +172,15 @@ impl Pipeline {
                     arrival,
                 );
                 for f in &flags {
-                    metrics::counter!("tracegate_flags_total", "flag" => *f).increment(1);
+                    metrics::counter!("tracegate_flags_total", "flag" => f.as_str()).increment(1);
                 }
-                into.push(event::tag_event_draft(
+                into.push(EventDraft::new(uhf_event(
                     &self.origin,
                     rp,
                     e,
-                    &decoded,
-                    &flags,
-                ));
+                    UhfIdentity::from_decoded(&e.tag.epc, decoded, e.tag.tid.as_deref()),
+                    flags,
+                )));
             }
         }
     }
@@ -246,15 +253,30 @@ impl Pipeline {
                 .filter_map(|&i| self.read_points.get(i).map(|rp| rp.name.clone()))
                 .collect()
         };
-        let mut drafts = Vec::new();
+        // Verified once per tap: one tap seen by two read points is one
+        // SUN observation, and the store gives both events one verdict.
+        let mut tap_event = TapEvent::new(
+            ReadContext {
+                site: self.origin.site.clone(),
+                read_point: String::new(),
+                reader: tap.reader.to_string(),
+                clock_synced: tap.host.clock_synced,
+            },
+            tap,
+        );
+        let replay = self.taps.enrich(tap, &mut tap_event);
+        let mut drafts = Vec::with_capacity(names.len());
         for name in names {
-            let mut body = event::tap_body(&self.origin, &name, tap);
-            self.taps.enrich(tap, &mut body);
+            let mut body = tap_event.clone();
+            body.at.read_point = name;
             metrics::counter!("tracegate_events_total", "type" => "tap").increment(1);
             drafts.push(EventDraft {
-                event_type: "tap".into(),
-                event_utc_ms: tap.host.utc_ms,
-                body,
+                event: Event::new(
+                    self.origin.gateway.clone(),
+                    UtcMs(tap.host.utc_ms),
+                    EventBody::Tap(body),
+                ),
+                replay: replay.clone(),
             });
         }
         drafts
@@ -286,6 +308,54 @@ const MAX_TICK: Duration = Duration::from_millis(100);
 /// time-to-registry latency; waking for every single deadline instead would
 /// cost one wake-up and one write request per departing tag.
 const TICK_SLACK: Duration = Duration::from_millis(5);
+/// The event for a dedup decision at a read point.
+fn uhf_event(
+    origin: &Origin,
+    point: &ReadPoint,
+    e: &TagEvent,
+    identity: UhfIdentity,
+    flags: Vec<event::Flag>,
+) -> Event {
+    let t = &e.tag;
+    let body = UhfEvent {
+        at: ReadContext {
+            site: origin.site.clone(),
+            read_point: point.name.clone(),
+            reader: t.reader.to_string(),
+            clock_synced: t.clock_synced && e.at.clock_synced,
+        },
+        identity,
+        first_seen: UtcMs(t.first_seen.utc_ms),
+        last_seen: UtcMs(t.last_seen.utc_ms),
+        read_count: t.read_count,
+        peak_rssi_dbm: t.peak_rssi_dbm,
+        antennas: t.antennas.clone(),
+        direction: e.direction.map(|d| match d {
+            Direction::In => event::Direction::In,
+            Direction::Out => event::Direction::Out,
+        }),
+        // `evicted` is the only reason the dedup engine gives.
+        reason: e.reason.map(|_| DepartureReason::Evicted),
+        flags,
+        epcis: Some(EpcisContext {
+            biz_step: point.biz_step.clone(),
+            disposition: point.disposition.clone(),
+            read_point_id: point.read_point_id.clone(),
+            biz_location: point.biz_location.clone(),
+            action: match point.action {
+                EpcisAction::Add => event::EpcisAction::Add,
+                EpcisAction::Observe => event::EpcisAction::Observe,
+                EpcisAction::Delete => event::EpcisAction::Delete,
+            },
+        }),
+    };
+    let body = match e.kind {
+        Kind::Arrived => EventBody::Arrived(body),
+        Kind::Departed => EventBody::Departed(body),
+        Kind::Present => EventBody::Present(body),
+    };
+    Event::new(origin.gateway.clone(), UtcMs(e.at.utc_ms), body)
+}
 
 /// Runs until every reader's sink is dropped (readers stopped), then returns,
 /// dropping the writer's channel so it commits the rest and stops.
@@ -417,10 +487,86 @@ epc_patterns = ["urn:epc:pat:sgtin-96:*.0614141.812345.*"]
         }
         let drafts = p.on_reads(&[read(matching, 1, -50)]);
         assert_eq!(drafts.len(), 1);
-        assert_eq!(drafts[0].event_type, "arrived");
+        let EventBody::Arrived(body) = &drafts[0].event.body else {
+            panic!("not an arrival: {:?}", drafts[0].event);
+        };
         assert_eq!(
-            drafts[0].body["identity"]["pure_identity"],
+            body.identity.pure_identity,
             "urn:epc:id:sgtin:0614141.812345.6789"
         );
+    }
+
+    const TWO_DESKS: &str = r#"
+[gateway]
+id = "g"
+site = "s"
+
+[[readers]]
+name = "nfc"
+kind = "pcsc"
+
+[[read_points]]
+name = "desk"
+reader = "nfc"
+
+[[read_points]]
+name = "till"
+reader = "nfc"
+"#;
+
+    /// Verifies every tap as genuine with counter 9 and counts the calls.
+    #[derive(Debug, Default)]
+    struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl TapEnricher for Counting {
+        fn enrich(&mut self, tap: &Tap, event: &mut TapEvent) -> Option<SunReplayCheck> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            event.sun = Some(crate::event::SunResult {
+                verdict: crate::event::SunVerdict::Genuine,
+                counter: Some(9),
+                product: None,
+                uid: Some(tap.uid.clone()),
+                covers: Vec::new(),
+            });
+            Some(SunReplayCheck {
+                uid: tap.uid.clone(),
+                counter: 9,
+            })
+        }
+    }
+
+    #[test]
+    fn a_tap_is_verified_once_and_recorded_at_every_read_point_of_its_reader() {
+        let config = crate::config::parse(TWO_DESKS, "t.toml").unwrap();
+        let calls = Counting::default();
+        let seen = calls.0.clone();
+        let mut p = Pipeline::new(&config, Clock::new(), Box::new(calls));
+        let tap = Tap {
+            reader: Arc::from("nfc"),
+            uid: vec![4, 1, 2, 3, 4, 5, 6],
+            tag_type: "ntag424dna".into(),
+            ndef_uri: None,
+            ndef_text: None,
+            atr: vec![0x3b],
+            host: HostTime {
+                mono_ms: 0,
+                utc_ms: 1_700_000_000_000,
+                clock_synced: true,
+            },
+        };
+        let drafts = p.on_tap(&tap);
+        assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let points: Vec<&str> = drafts
+            .iter()
+            .map(|d| match &d.event.body {
+                EventBody::Tap(t) => t.at.read_point.as_str(),
+                other => panic!("not a tap: {other:?}"),
+            })
+            .collect();
+        assert_eq!(points, ["desk", "till"]);
+        for d in &drafts {
+            assert_eq!(d.replay.as_ref().map(|r| r.counter), Some(9));
+            assert_eq!(d.event.time, UtcMs(1_700_000_000_000));
+        }
     }
 }

@@ -15,6 +15,8 @@ use std::collections::{HashMap, VecDeque};
 
 use tracegate_gs1::{Decoded, EpcPattern};
 
+use crate::event::Flag;
+
 /// Entries kept per table before the oldest are forgotten.
 const TABLE_CAP: usize = 100_000;
 
@@ -52,19 +54,19 @@ impl Suspicion {
         decoded: &Decoded,
         tid: Option<&[u8]>,
         arrival_utc_ms: Option<i64>,
-    ) -> Vec<&'static str> {
+    ) -> Vec<Flag> {
         let mut flags = Vec::new();
         if decoded.scheme == "raw" {
-            flags.push("unknown");
+            flags.push(Flag::Unknown);
         }
         if let Some(patterns) = self.expect.get(read_point) {
             if !patterns.is_empty() && !patterns.iter().any(|p| p.matches(decoded)) {
-                flags.push("unexpected");
+                flags.push(Flag::Unexpected);
             }
         }
         if let Some(tid) = tid {
             match self.tids.get(epc) {
-                Some(known) if known.as_slice() != tid => flags.push("cloned"),
+                Some(known) if known.as_slice() != tid => flags.push(Flag::Cloned),
                 Some(_) => {}
                 None => {
                     if self.tids.len() >= TABLE_CAP {
@@ -93,7 +95,7 @@ impl Suspicion {
                 times.pop_front();
             }
             if times.len() > self.max_arrivals {
-                flags.push("over_scanned");
+                flags.push(Flag::OverScanned);
             }
         }
         flags
@@ -115,7 +117,7 @@ mod tests {
         let mut s = Suspicion::new(vec![vec![]], 0, 0);
         let e = epc("E2801170000002111111AAAA");
         let d = tracegate_gs1::decode_epc(&e);
-        assert_eq!(s.flags(0, &e, &d, None, None), vec!["unknown"]);
+        assert_eq!(s.flags(0, &e, &d, None, None), vec![Flag::Unknown]);
         let e = epc(SGTIN);
         assert!(s
             .flags(0, &e, &tracegate_gs1::decode_epc(&e), None, None)
@@ -130,7 +132,7 @@ mod tests {
         let d = tracegate_gs1::decode_epc(&e);
         let mut s = Suspicion::new(vec![vec![pat], vec![other]], 0, 0);
         assert!(s.flags(0, &e, &d, None, None).is_empty());
-        assert_eq!(s.flags(1, &e, &d, None, None), vec!["unexpected"]);
+        assert_eq!(s.flags(1, &e, &d, None, None), vec![Flag::Unexpected]);
     }
 
     #[test]
@@ -140,7 +142,10 @@ mod tests {
         let mut s = Suspicion::new(vec![vec![]], 0, 0);
         assert!(s.flags(0, &e, &d, Some(&[1, 2, 3]), None).is_empty());
         assert!(s.flags(0, &e, &d, Some(&[1, 2, 3]), None).is_empty());
-        assert_eq!(s.flags(0, &e, &d, Some(&[9, 9, 9]), None), vec!["cloned"]);
+        assert_eq!(
+            s.flags(0, &e, &d, Some(&[9, 9, 9]), None),
+            vec![Flag::Cloned]
+        );
     }
 
     #[test]
@@ -150,7 +155,10 @@ mod tests {
         let mut s = Suspicion::new(vec![vec![]], 2, 60_000);
         assert!(s.flags(0, &e, &d, None, Some(0)).is_empty());
         assert!(s.flags(0, &e, &d, None, Some(1_000)).is_empty());
-        assert_eq!(s.flags(0, &e, &d, None, Some(2_000)), vec!["over_scanned"]);
+        assert_eq!(
+            s.flags(0, &e, &d, None, Some(2_000)),
+            vec![Flag::OverScanned]
+        );
         // Outside the window the count starts again.
         assert!(s.flags(0, &e, &d, None, Some(200_000)).is_empty());
     }

@@ -31,7 +31,7 @@ fn seqs_are_gap_free_and_ids_combine_gateway_store_and_seq() {
         assert_eq!(v["id"], Value::String(e.id.clone()));
         assert_eq!(v["seq"], Value::from(e.seq));
         assert_eq!(v["type"], "arrived");
-        assert_eq!(v["identity"]["epc"], "3074257bf7194e4000001a85");
+        assert_eq!(v["identity"]["epc"], "3074257BF7194E4000001A85");
         assert_eq!(e.event_type, "arrived");
     }
     // What was returned is what is stored.

@@ -35,7 +35,9 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn padded(i: i64, pad: usize) -> tracegate::store::EventDraft {
     let mut d = draft(T0 + i);
-    d.body.insert("pad".into(), "x".repeat(pad).into());
+    if let tracegate::event::EventBody::Arrived(b) = &mut d.event.body {
+        b.at.read_point.push_str(&"x".repeat(pad));
+    }
     d
 }
 

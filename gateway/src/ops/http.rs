@@ -9,20 +9,19 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::status::{derived_metrics, evaluate_health};
+use super::status::{evaluate_health, record_metrics, HeartbeatAge, Status};
 use super::{OpsConfig, OpsError};
 use crate::heartbeat::Heartbeats;
 
-/// Returns the status JSON (reader health snapshots, store stats, publisher
-/// stats; see the `status` module docs for the shape). Called on a blocking
-/// thread for every `/status`, `/healthz` and `/metrics` request.
-pub type StatusSource = Arc<dyn Fn() -> Value + Send + Sync>;
+/// Returns the gateway's status (reader health snapshots, store and
+/// publisher statistics). Called on a blocking thread for every `/status`,
+/// `/healthz` and `/metrics` request.
+pub type StatusSource = Arc<dyn Fn() -> Status + Send + Sync>;
 
 const MAX_REQUEST: usize = 8 * 1024;
 const MAX_CONNECTIONS: usize = 8;
@@ -54,34 +53,144 @@ pub fn install_metrics() -> Result<PrometheusHandle, OpsError> {
         .map_err(OpsError::Metrics)
 }
 
-/// HELP texts for the stable metric names other modules emit.
+/// HELP texts for the stable metric names (docs/operations.md): those
+/// counted where things happen, and those set from the status snapshot at
+/// scrape time ([`record_metrics`]).
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(
-        "tracegate_reads_total",
-        "Raw tag reads, by reader and antenna."
-    );
-    describe_counter!(
-        "tracegate_dedup_reads_total",
-        "Raw reads absorbed by deduplication (no event)."
-    );
-    describe_counter!("tracegate_events_total", "Events produced, by type.");
+    for (name, help) in [
+        (
+            "tracegate_reads_total",
+            "Raw tag reads, by reader and antenna.",
+        ),
+        (
+            "tracegate_dedup_reads_total",
+            "Raw reads absorbed by deduplication (no event).",
+        ),
+        ("tracegate_events_total", "Events produced, by type."),
+        (
+            "tracegate_reads_unrouted_total",
+            "Reads from an antenna no read point uses.",
+        ),
+        (
+            "tracegate_reads_filtered_total",
+            "Reads below a read point's RSSI floor or outside its EPC patterns.",
+        ),
+        (
+            "tracegate_reader_restarts_total",
+            "Driver restarts by the supervisor.",
+        ),
+        (
+            "tracegate_flags_total",
+            "Suspicious-serial flags raised, by flag.",
+        ),
+        (
+            "tracegate_nfc_sun_total",
+            "NTAG 424 SUN verifications, by verdict.",
+        ),
+        (
+            "tracegate_reader_frames_ok_total",
+            "Frames decoded with a valid checksum.",
+        ),
+        (
+            "tracegate_reader_crc_errors_total",
+            "Frames dropped for a bad checksum.",
+        ),
+        (
+            "tracegate_reader_resyncs_total",
+            "Times the decoder skipped bytes to find a frame.",
+        ),
+        (
+            "tracegate_reader_protocol_errors_total",
+            "Well-formed frames not understood, and reader error codes.",
+        ),
+        (
+            "tracegate_reader_reads_total",
+            "Tag reads handed to the pipeline.",
+        ),
+        (
+            "tracegate_reader_reconnects_total",
+            "Failed connection attempts and lost connections.",
+        ),
+        (
+            "tracegate_store_dropped_total",
+            "Events dropped by the store's full policy.",
+        ),
+        (
+            "tracegate_mqtt_reconnects_total",
+            "Connections to the broker after the first one.",
+        ),
+        (
+            "tracegate_mqtt_connection_errors_total",
+            "Failed or lost broker connections.",
+        ),
+        (
+            "tracegate_published_events_total",
+            "Events acknowledged by the broker.",
+        ),
+    ] {
+        describe_counter!(name, help);
+    }
+    for (name, help) in [
+        (
+            "tracegate_dedup_tracked_tags",
+            "Tags currently in the dedup table.",
+        ),
+        (
+            "tracegate_dedup_evictions",
+            "Tags evicted because the dedup table was full.",
+        ),
+        ("tracegate_build_info", "Build information; always 1."),
+        ("tracegate_healthy", "1 when /healthz answers 200."),
+        (
+            "tracegate_heartbeat_age_seconds",
+            "Seconds since each component last made progress.",
+        ),
+        ("tracegate_reader_up", "1 while the reader is running."),
+        (
+            "tracegate_reader_state",
+            "1 for the reader's current state (starting, running, reconnecting, stopped).",
+        ),
+        (
+            "tracegate_reader_last_read_timestamp_seconds",
+            "UTC time of the reader's last tag read.",
+        ),
+        (
+            "tracegate_outbox_depth",
+            "Committed events not yet acknowledged by the broker.",
+        ),
+        (
+            "tracegate_outbox_oldest_pending_age_seconds",
+            "Age of the oldest unpublished event; 0 when the outbox is empty.",
+        ),
+        ("tracegate_store_bytes", "Database size in bytes."),
+        (
+            "tracegate_store_last_seq",
+            "Sequence number of the newest committed event.",
+        ),
+        (
+            "tracegate_store_published_upto",
+            "Highest sequence number acknowledged by the broker.",
+        ),
+        (
+            "tracegate_mqtt_connected",
+            "1 while connected to the broker.",
+        ),
+        (
+            "tracegate_publish_latency_last_seconds",
+            "Commit-to-acknowledgement time of the last batch.",
+        ),
+        (
+            "tracegate_publish_latency_max_seconds",
+            "Longest commit-to-acknowledgement time since start.",
+        ),
+    ] {
+        describe_gauge!(name, help);
+    }
     describe_histogram!(
         "tracegate_publish_latency_seconds",
         Unit::Seconds,
         "Time from an event's commit to the broker's acknowledgement."
-    );
-    describe_counter!(
-        "tracegate_mqtt_reconnects_total",
-        "Connections to the broker lost or failed."
-    );
-    describe_counter!(
-        "tracegate_published_total",
-        "Events acknowledged by the broker."
-    );
-    describe_gauge!(
-        "tracegate_mqtt_inflight",
-        "Publishes awaiting acknowledgement."
     );
 }
 
@@ -249,15 +358,23 @@ async fn handle(mut stream: TcpStream, ctx: Ctx) -> std::io::Result<()> {
 }
 
 /// Takes a snapshot of everything a response needs, off the async workers
-/// (the status callback may query SQLite).
-async fn snapshot(ctx: &Ctx) -> (Value, Vec<(&'static str, u64)>, super::Health) {
-    let status = ctx.status.clone();
-    let value = tokio::task::spawn_blocking(move || status())
-        .await
-        .unwrap_or_else(|e| json!({ "error": format!("status callback failed: {e}") }));
+/// (the status callback may query SQLite). `None` when the callback panicked.
+async fn snapshot(ctx: &Ctx) -> (Option<Status>, Vec<(&'static str, u64)>, super::Health) {
+    let source = ctx.status.clone();
+    let status = tokio::task::spawn_blocking(move || source()).await.ok();
     let ages = ctx.heartbeats.ages();
-    let health = evaluate_health(&ages, ctx.stale_after_ms, &value);
-    (value, ages, health)
+    let mut health = evaluate_health(
+        &ages,
+        ctx.stale_after_ms,
+        status.as_ref().map_or(&[], |s| s.readers.as_slice()),
+    );
+    if status.is_none() {
+        health.ok = false;
+        health
+            .reasons
+            .push("the status callback failed (a bug: see the log)".into());
+    }
+    (status, ages, health)
 }
 
 async fn route(head: &[u8], ctx: &Ctx) -> (bool, Response) {
@@ -277,20 +394,19 @@ async fn route(head: &[u8], ctx: &Ctx) -> (bool, Response) {
     let path = target.split('?').next().unwrap_or(target);
     let resp = match path {
         "/metrics" => {
-            let (value, ages, health) = snapshot(ctx).await;
-            let mut body = ctx.metrics.render();
-            let extra = derived_metrics(
-                &value,
-                &ages,
-                &health,
-                tracegate_drivers::clock::utc_now_ms(),
-                &body,
-            );
-            body.push_str(&extra);
+            let (status, ages, health) = snapshot(ctx).await;
+            if let Some(status) = &status {
+                record_metrics(
+                    status,
+                    &ages,
+                    &health,
+                    tracegate_drivers::clock::utc_now_ms(),
+                );
+            }
             Response {
                 code: 200,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body,
+                body: ctx.metrics.render(),
             }
         }
         "/healthz" => {
@@ -301,30 +417,34 @@ async fn route(head: &[u8], ctx: &Ctx) -> (bool, Response) {
                 Response::text(503, format!("unhealthy: {}\n", health.reasons.join("; ")))
             }
         }
-        "/status" => {
-            let (mut value, ages, health) = snapshot(ctx).await;
-            if !value.is_object() {
-                value = json!({ "status": value });
+        "/status" => match snapshot(ctx).await {
+            (Some(mut status), ages, health) => {
+                status.health = Some(health);
+                status.heartbeats = ages
+                    .iter()
+                    .map(|(name, age_ms)| HeartbeatAge {
+                        name: (*name).to_owned(),
+                        age_ms: *age_ms,
+                    })
+                    .collect();
+                match serde_json::to_string(&status) {
+                    Ok(body) => Response {
+                        code: 200,
+                        content_type: "application/json",
+                        body,
+                    },
+                    Err(e) => Response::text(500, format!("status not serialisable: {e}\n")),
+                }
             }
-            value["health"] = health.to_json();
-            value["heartbeats"] = Value::Array(
-                ages.iter()
-                    .map(|(n, a)| json!({ "name": n, "age_ms": a }))
-                    .collect(),
-            );
-            Response {
-                code: 200,
-                content_type: "application/json",
-                body: value.to_string(),
-            }
-        }
+            (None, _, health) => Response::text(500, format!("{}\n", health.reasons.join("; "))),
+        },
         _ => Response::text(404, "not found: try /metrics, /healthz or /status\n"),
     };
     (head_only, resp)
 }
 
 /// `GET /status` from a running daemon, for `tracegate status`.
-pub async fn fetch_status(addr: SocketAddr) -> Result<Value, OpsError> {
+pub async fn fetch_status(addr: SocketAddr) -> Result<Status, OpsError> {
     let fail = |reason: String| OpsError::Fetch { addr, reason };
     let mut stream = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
         .await
@@ -356,15 +476,21 @@ pub async fn fetch_status(addr: SocketAddr) -> Result<Value, OpsError> {
     if code != 200 {
         return Err(fail(format!("HTTP {code} from /status")));
     }
-    serde_json::from_slice(&raw[split + 4..])
-        .map_err(|e| fail(format!("the status is not valid JSON: {e}")))
+    serde_json::from_slice(&raw[split + 4..]).map_err(|e| {
+        fail(format!(
+            "the status is not what this version of tracegate understands: {e}"
+        ))
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use tracegate_drivers::health::{HealthSnapshot, ReaderState};
     use tracegate_drivers::Clock;
 
+    use super::super::status::{PublisherStatus, StoreStatus};
     use super::*;
+    use crate::store::StoreStats;
 
     async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -378,17 +504,43 @@ mod tests {
         (code, body)
     }
 
-    fn status_with(reader_state: &'static str) -> StatusSource {
-        Arc::new(move || {
-            json!({
-                "gateway_id": "gw-test",
-                "version": "0.1.0",
-                "readers": [{"name": "r1", "kind": "sim", "state": reader_state, "reads": 5,
-                             "frames_ok": 5, "crc_errors": 1, "resyncs": 0, "protocol_errors": 0,
-                             "reconnects": 0, "last_read_utc_ms": null, "last_error": null}],
-                "store": {"pending": 4, "oldest_pending_utc_ms": null, "dropped_total": 0},
-                "publisher": {"connected": true}
-            })
+    fn status_with(reader_state: ReaderState) -> StatusSource {
+        Arc::new(move || Status {
+            gateway: "gw-test".into(),
+            site: "dc1".into(),
+            version: "0.1.0".into(),
+            config_hash: "sha256:00".into(),
+            started_at: crate::event::UtcMs(0),
+            uptime_secs: 5,
+            readers: vec![HealthSnapshot {
+                name: "r1".into(),
+                kind: "sim".into(),
+                state: reader_state,
+                since_utc_ms: 0,
+                last_error: None,
+                frames_ok: 5,
+                crc_errors: 1,
+                resyncs: 0,
+                protocol_errors: 0,
+                reads: 5,
+                last_read_utc_ms: None,
+                reconnects: 0,
+                outages: vec![],
+                details: vec![],
+            }],
+            store: Some(StoreStatus::new(
+                StoreStats {
+                    pending: 4,
+                    ..StoreStats::default()
+                },
+                0,
+            )),
+            publisher: Some(PublisherStatus {
+                connected: true,
+                ..PublisherStatus::default()
+            }),
+            health: None,
+            heartbeats: vec![],
         })
     }
 
@@ -417,7 +569,7 @@ mod tests {
     async fn metrics_include_recorded_counters_and_status_gauges() {
         let hb = Heartbeats::new(Clock::new());
         hb.register("store").beat();
-        let (addr, cancel, task) = start(status_with("running"), hb, 20).await;
+        let (addr, cancel, task) = start(status_with(ReaderState::Running), hb, 20).await;
         metrics::counter!("tracegate_reads_total", "reader" => "r1", "antenna" => "2").increment(3);
         metrics::histogram!("tracegate_publish_latency_seconds").record(0.02);
 
@@ -449,7 +601,7 @@ mod tests {
     async fn healthz_is_200_when_fresh_and_503_with_the_reason_when_not() {
         let hb = Heartbeats::new(Clock::new());
         let store = hb.register("store");
-        let (addr, cancel, task) = start(status_with("running"), hb.clone(), 1).await;
+        let (addr, cancel, task) = start(status_with(ReaderState::Running), hb.clone(), 1).await;
         store.beat();
         assert_eq!(get(addr, "/healthz").await, (200, "ok\n".to_owned()));
 
@@ -465,7 +617,7 @@ mod tests {
     #[tokio::test]
     async fn healthz_fails_when_every_reader_is_down() {
         let hb = Heartbeats::new(Clock::new());
-        let (addr, cancel, task) = start(status_with("reconnecting"), hb, 20).await;
+        let (addr, cancel, task) = start(status_with(ReaderState::Reconnecting), hb, 20).await;
         let (code, body) = get(addr, "/healthz").await;
         assert_eq!(code, 503);
         assert!(body.contains("all 1 readers down"), "{body}");
@@ -477,11 +629,11 @@ mod tests {
     async fn fetch_status_returns_the_json_with_health_and_heartbeats() {
         let hb = Heartbeats::new(Clock::new());
         hb.register("publisher").beat();
-        let (addr, cancel, task) = start(status_with("running"), hb, 20).await;
+        let (addr, cancel, task) = start(status_with(ReaderState::Running), hb, 20).await;
         let v = fetch_status(addr).await.unwrap();
-        assert_eq!(v["gateway_id"], "gw-test");
-        assert_eq!(v["health"]["ok"], true);
-        assert_eq!(v["heartbeats"][0]["name"], "publisher");
+        assert_eq!(v.gateway, "gw-test");
+        assert_eq!(v.health.as_ref().map(|h| h.ok), Some(true));
+        assert_eq!(v.heartbeats[0].name, "publisher");
         let text = super::super::render_status_human(&v);
         assert!(
             text.contains("gateway gw-test") && text.contains("health: OK"),
@@ -494,7 +646,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_paths_methods_and_garbage_get_clear_errors() {
         let hb = Heartbeats::new(Clock::new());
-        let (addr, cancel, task) = start(status_with("running"), hb, 20).await;
+        let (addr, cancel, task) = start(status_with(ReaderState::Running), hb, 20).await;
         assert_eq!(get(addr, "/nope").await.0, 404);
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"DELETE /status HTTP/1.1\r\n\r\n")

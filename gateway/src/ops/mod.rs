@@ -16,7 +16,10 @@ mod notify;
 mod status;
 
 pub use http::{fetch_status, install_metrics, serve_http, OpsHttp, StatusSource};
-pub use status::{evaluate_health, render_status_human, Health};
+pub use status::{
+    evaluate_health, render_status_human, Health, HeartbeatAge, LatencyMs, PublisherStatus, Status,
+    StoreStatus,
+};
 
 use std::net::SocketAddr;
 

@@ -21,6 +21,7 @@ use tracegate_gs1::epcis::{Action, EpcisDocument, ObjectEvent};
 
 use super::render::{BatchRenderer, BatchSource};
 use super::PublishError;
+use crate::event::{EpcisAction, Event, EventBody};
 use crate::store::StoredEvent;
 
 /// The JSON-LD namespace of tracegate's extension fields.
@@ -29,44 +30,41 @@ pub const NAMESPACE: &str = "https://github.com/tracegate/tracegate/ns/epcis#";
 #[derive(Debug, Default, Clone, Copy)]
 pub struct EpcisRenderer;
 
-fn utc_ms(iso: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(iso)
-        .ok()
-        .map(|t| t.timestamp_millis())
-}
-
-/// The ObjectEvent for one stored event, or `None` when it has no GS1 identity.
-pub fn object_event(event: &Value) -> Option<ObjectEvent> {
-    let kind = event["type"].as_str()?;
-    let identity = &event["identity"];
-    let epc = match kind {
-        "arrived" | "departed" | "present" => {
-            if identity["scheme"].as_str() == Some("raw") {
+/// The ObjectEvent for one event, or `None` when it has no GS1 identity.
+pub fn object_event(event: &Event) -> Option<ObjectEvent> {
+    let (epc, ctx) = match &event.body {
+        EventBody::Arrived(b) | EventBody::Departed(b) | EventBody::Present(b) => {
+            if !b.identity.is_gs1() {
                 return None;
             }
-            identity["pure_identity"].as_str()?
+            (b.identity.pure_identity.as_str(), b.epcis.as_ref())
         }
-        "tap" => identity["digital_link"].as_str()?,
-        _ => return None,
+        EventBody::Tap(b) => (b.identity.digital_link.as_deref()?, None),
+        EventBody::Overflow(_) => return None,
     };
-    let time = utc_ms(event["time"].as_str()?)?;
-    let ctx = &event["epcis"];
-    let action = match (kind, ctx["action"].as_str()) {
-        ("arrived", Some("add")) => Action::Add,
-        ("arrived", Some("delete")) => Action::Delete,
+    let action = match (&event.body, ctx.map(|c| c.action)) {
+        (EventBody::Arrived(_), Some(EpcisAction::Add)) => Action::Add,
+        (EventBody::Arrived(_), Some(EpcisAction::Delete)) => Action::Delete,
         _ => Action::Observe,
     };
-    let mut ev = ObjectEvent::new(vec![epc.to_owned()], time, action);
-    let text = |k: &str| ctx[k].as_str().map(str::to_owned);
-    ev.biz_step = text("biz_step");
-    ev.disposition = text("disposition");
-    ev.read_point = text("read_point_id");
-    ev.biz_location = text("biz_location");
+    let mut ev = ObjectEvent::new(vec![epc.to_owned()], event.time.0, action);
+    if let Some(ctx) = ctx {
+        ev.biz_step = ctx.biz_step.clone();
+        ev.disposition = ctx.disposition.clone();
+        ev.read_point = ctx.read_point_id.clone();
+        ev.biz_location = ctx.biz_location.clone();
+    }
     ev.extensions = vec![
-        ("tg:eventId".to_owned(), event["id"].clone()),
-        ("tg:eventType".to_owned(), json!(kind)),
+        ("tg:eventId".to_owned(), json!(event.id)),
+        ("tg:eventType".to_owned(), json!(event.kind())),
     ];
     Some(ev)
+}
+
+/// The stored event as JSON, verbatim, for `tg:otherEvents`.
+fn verbatim(stored: &StoredEvent) -> Result<Value, PublishError> {
+    serde_json::from_str(&stored.payload)
+        .map_err(|e| PublishError::Render(format!("stored event {} is not JSON: {e}", stored.id)))
 }
 
 impl BatchRenderer for EpcisRenderer {
@@ -81,19 +79,21 @@ impl BatchRenderer for EpcisRenderer {
             .map_err(|e| PublishError::Render(e.to_string()))?;
         let mut others = Vec::new();
         for stored in events {
-            let event: Value = serde_json::from_str(&stored.payload).map_err(|e| {
-                PublishError::Render(format!("stored event {} is not JSON: {e}", stored.id))
-            })?;
-            match object_event(&event) {
+            // An event this build cannot read (written by a newer gateway)
+            // still travels, verbatim.
+            let object = serde_json::from_str::<Event>(&stored.payload)
+                .ok()
+                .and_then(|e| object_event(&e));
+            match object {
                 Some(ev) => {
                     if let Err(e) = doc.push(&ev) {
                         // A read point configured with a value EPCIS rejects
                         // must not block the outbox: send the event as is.
                         tracing::warn!(event = "publish.epcis_invalid", id = %stored.id, error = %e, "event not expressible as EPCIS; sent under tg:otherEvents");
-                        others.push(event);
+                        others.push(verbatim(stored)?);
                     }
                 }
-                None => others.push(event),
+                None => others.push(verbatim(stored)?),
             }
         }
         let mut out = doc.to_json();
@@ -109,26 +109,56 @@ impl BatchRenderer for EpcisRenderer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{
+        EpcisContext, OverflowEvent, OverflowPolicy, ReadContext, UhfEvent, UhfIdentity, UtcMs,
+    };
 
-    fn stored(seq: u64, body: Value) -> StoredEvent {
+    fn stored(seq: u64, event: &Event) -> StoredEvent {
+        let id = format!("gw:s:{seq}");
         StoredEvent {
             seq,
-            id: body["id"].as_str().unwrap_or("").to_owned(),
-            event_type: body["type"].as_str().unwrap_or("").to_owned(),
-            event_utc_ms: 0,
-            payload: body.to_string(),
+            payload: event.to_json_numbered(&id, seq).unwrap(),
+            id,
+            event_type: event.kind().as_str().to_owned(),
+            event_utc_ms: event.time.0,
         }
     }
 
-    fn arrived() -> Value {
-        json!({
-            "id": "gw:s:1", "seq": 1, "type": "arrived", "time": "2026-11-27T10:00:00.123Z",
-            "identity": {"epc": "3074257BF7194E4000001A85", "scheme": "sgtin-96",
-                         "pure_identity": "urn:epc:id:sgtin:0614141.812345.6789"},
-            "epcis": {"action": "add", "biz_step": "commissioning", "disposition": "active",
-                      "read_point_id": "urn:epc:id:sgln:0614141.00888.3",
-                      "biz_location": "urn:epc:id:sgln:0614141.00888.0"}
-        })
+    fn arrived() -> Event {
+        let epc = hex::decode("3074257BF7194E4000001A85").unwrap();
+        let decoded = tracegate_gs1::decode_epc(&epc);
+        let t = UtcMs::parse("2026-11-27T10:00:00.123Z").unwrap();
+        let mut e = Event::new(
+            "gw",
+            t,
+            EventBody::Arrived(UhfEvent {
+                at: ReadContext {
+                    site: "s".into(),
+                    read_point: "door".into(),
+                    reader: "r".into(),
+                    clock_synced: true,
+                },
+                identity: UhfIdentity::new(&epc, &decoded, None),
+                first_seen: t,
+                last_seen: t,
+                read_count: 2,
+                peak_rssi_dbm: None,
+                antennas: vec![1],
+                direction: None,
+                reason: None,
+                flags: vec![],
+                epcis: Some(EpcisContext {
+                    biz_step: Some("commissioning".into()),
+                    disposition: Some("active".into()),
+                    read_point_id: Some("urn:epc:id:sgln:0614141.00888.3".into()),
+                    biz_location: Some("urn:epc:id:sgln:0614141.00888.0".into()),
+                    action: EpcisAction::Add,
+                }),
+            }),
+        );
+        e.id = "gw:s:1".into();
+        e.seq = 1;
+        e
     }
 
     #[test]
@@ -137,9 +167,20 @@ mod tests {
             gateway: "gw".into(),
             site: "s".into(),
         };
-        let overflow = json!({"id": "gw:s:2", "seq": 2, "type": "overflow", "count": 5});
+        let overflow = Event::new(
+            "gw",
+            UtcMs(0),
+            EventBody::Overflow(OverflowEvent {
+                policy: OverflowPolicy::RejectNew,
+                count: 5,
+                first_seq: None,
+                last_seq: None,
+                from: UtcMs(0),
+                to: UtcMs(0),
+            }),
+        );
         let out = EpcisRenderer
-            .render(&src, &[stored(1, arrived()), stored(2, overflow)])
+            .render(&src, &[stored(1, &arrived()), stored(2, &overflow)])
             .unwrap();
         let doc: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(doc["type"], "EPCISDocument");
@@ -148,7 +189,12 @@ mod tests {
         assert_eq!(ev["action"], "ADD");
         assert_eq!(ev["epcList"][0], "urn:epc:id:sgtin:0614141.812345.6789");
         assert_eq!(ev["eventTime"], "2026-11-27T10:00:00.123Z");
+        assert_eq!(
+            ev["bizStep"].as_str().map(|s| s.contains("commissioning")),
+            Some(true)
+        );
         assert_eq!(ev["tg:eventId"], "gw:s:1");
+        assert_eq!(ev["tg:eventType"], "arrived");
         // The hash is recomputed by the reference algorithm's port in gs1.
         let id = ev["eventID"].as_str().unwrap();
         assert!(
@@ -157,21 +203,50 @@ mod tests {
         );
         let hashes = tracegate_gs1::epcis::document_hashes(&doc).unwrap();
         assert_eq!(hashes[0], id);
+        // The overflow travels verbatim.
         assert_eq!(doc["tg:otherEvents"][0]["type"], "overflow");
+        assert_eq!(doc["tg:otherEvents"][0]["id"], "gw:s:2");
+        assert_eq!(doc["tg:otherEvents"][0]["count"], 5);
         // Same event, same ID: the registry can deduplicate on eventID too.
-        let again: Value =
-            serde_json::from_slice(&EpcisRenderer.render(&src, &[stored(1, arrived())]).unwrap())
-                .unwrap();
+        let again: Value = serde_json::from_slice(
+            &EpcisRenderer
+                .render(&src, &[stored(1, &arrived())])
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(again["epcisBody"]["eventList"][0]["eventID"], ev["eventID"]);
     }
 
     #[test]
     fn departures_observe_and_raw_epcs_travel_outside_the_event_list() {
         let mut dep = arrived();
-        dep["type"] = json!("departed");
+        let EventBody::Arrived(body) = dep.body else {
+            unreachable!()
+        };
+        dep.body = EventBody::Departed(body);
         assert_eq!(object_event(&dep).unwrap().action, Action::Observe);
         let mut raw = arrived();
-        raw["identity"]["scheme"] = json!("raw");
+        if let EventBody::Arrived(b) = &mut raw.body {
+            b.identity.scheme = "raw".into();
+        }
         assert!(object_event(&raw).is_none());
+    }
+
+    #[test]
+    fn an_unreadable_stored_event_still_travels_verbatim() {
+        let src = BatchSource {
+            gateway: "gw".into(),
+            site: "s".into(),
+        };
+        let future = StoredEvent {
+            seq: 3,
+            id: "gw:s:3".into(),
+            event_type: "pallet".into(),
+            event_utc_ms: 0,
+            payload: r#"{"id":"gw:s:3","seq":3,"type":"pallet","gateway":"gw"}"#.into(),
+        };
+        let doc: Value =
+            serde_json::from_slice(&EpcisRenderer.render(&src, &[future]).unwrap()).unwrap();
+        assert_eq!(doc["tg:otherEvents"][0]["type"], "pallet");
     }
 }

@@ -194,7 +194,7 @@ impl Topics {
 }
 
 fn utc_now_iso() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    crate::event::iso_ms(tracegate_drivers::clock::utc_now_ms())
 }
 
 fn status_payload(id: &GatewayIdentity, online: bool, started_at: &str, reason: &str) -> Vec<u8> {

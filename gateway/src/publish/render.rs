@@ -31,20 +31,27 @@ pub struct JsonRenderer;
 
 pub const EVENTS_SCHEMA: &str = "tracegate.events/1";
 
+/// The batch envelope before `events`.
+#[derive(serde::Serialize)]
+struct BatchHeader<'a> {
+    schema: &'static str,
+    gateway: &'a str,
+    site: &'a str,
+}
+
 impl BatchRenderer for JsonRenderer {
     fn render(
         &self,
         source: &BatchSource,
         events: &[StoredEvent],
     ) -> Result<Vec<u8>, PublishError> {
-        let header = serde_json::json!({
-            "schema": EVENTS_SCHEMA,
-            "gateway": source.gateway,
-            "site": source.site,
-        });
-        let header = serde_json::to_string(&header)
-            .map_err(|e| PublishError::Render(format!("batch header: {e}")))?;
-        // `{"gateway":..,"schema":..,"site":..}` -> reopen the object to append `events`.
+        let header = serde_json::to_string(&BatchHeader {
+            schema: EVENTS_SCHEMA,
+            gateway: &source.gateway,
+            site: &source.site,
+        })
+        .map_err(|e| PublishError::Render(format!("batch header: {e}")))?;
+        // `{"schema":..,"gateway":..,"site":..}` -> reopen the object to append `events`.
         let Some(open) = header.strip_suffix('}') else {
             return Err(PublishError::Render("batch header is not an object".into()));
         };

@@ -1,12 +1,15 @@
 //! The commit path: seq assignment, the size bound, full policies, overflow
 //! events, and retention pruning. See the module docs of `store` for the rules.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
-use serde_json::{Map, Value};
 
 use super::{from_i64, to_i64, EventDraft, FullPolicy, Store, StoreError, StoredEvent};
+use crate::event::{
+    Event, EventBody, OverflowEvent, OverflowPolicy, SunReplayCheck, SunVerdict, UtcMs,
+};
 
 /// What one commit did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -99,9 +102,17 @@ pub fn used_bytes(conn: &Connection, page_size: u64) -> rusqlite::Result<u64> {
 struct Row {
     seq: u64,
     id: String,
-    event_type: String,
+    event_type: &'static str,
     event_utc_ms: i64,
     payload: String,
+    /// The SUN replay decision of a tap, acted on if this row is stored.
+    sun: Option<SunDecision>,
+}
+
+struct SunDecision {
+    verdict: SunVerdict,
+    check: SunReplayCheck,
+    reader: String,
 }
 
 impl Row {
@@ -116,26 +127,123 @@ impl Row {
         StoredEvent {
             seq: self.seq,
             id: self.id,
-            event_type: self.event_type,
+            event_type: self.event_type.to_owned(),
             event_utc_ms: self.event_utc_ms,
             payload: self.payload,
         }
     }
 }
 
-fn make_row(gateway_id: &str, store_id: &str, draft: &EventDraft, seq: u64) -> Row {
+/// Numbers `event` and serialises it: the one serialisation of every event.
+fn make_row(gateway_id: &str, store_id: &str, event: &Event, seq: u64) -> rusqlite::Result<Row> {
     let id = format!("{gateway_id}:{store_id}:{seq}");
-    let mut body = draft.body.clone();
-    body.insert("id".into(), Value::String(id.clone()));
-    body.insert("seq".into(), Value::from(seq));
-    // A Map of Values always serialises (keys are strings).
-    let payload = Value::Object(body).to_string();
-    Row {
+    // Serialising the event types cannot fail (string keys, no fallible
+    // Serialize impls); should it ever, the commit fails and is retried
+    // rather than storing an empty payload.
+    let payload = event
+        .to_json_numbered(&id, seq)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    Ok(Row {
         seq,
         id,
-        event_type: draft.event_type.clone(),
-        event_utc_ms: draft.event_utc_ms,
+        event_type: event.kind().as_str(),
+        event_utc_ms: event.time.0,
         payload,
+        sun: None,
+    })
+}
+
+/// SUN replay decisions within one commit. The first time a UID comes up
+/// its stored counter is read inside the transaction; later drafts of the
+/// same commit see the counters of the earlier ones, and the drafts of one
+/// tap (one per read point covering the reader) share one verdict.
+#[derive(Default)]
+struct SunCounters {
+    /// UID → highest counter known so far in this commit.
+    highest: HashMap<Vec<u8>, Option<u32>>,
+    /// (check, reader, time) of taps decided in this commit.
+    decided: HashMap<(SunReplayCheck, String, UtcMs), SunVerdict>,
+}
+
+impl SunCounters {
+    fn verdict(
+        &mut self,
+        conn: &Connection,
+        check: &SunReplayCheck,
+        reader: &str,
+        time: UtcMs,
+    ) -> rusqlite::Result<SunVerdict> {
+        let tap = (check.clone(), reader.to_owned(), time);
+        if let Some(&v) = self.decided.get(&tap) {
+            return Ok(v);
+        }
+        let last = match self.highest.get(&check.uid) {
+            Some(&known) => known,
+            None => stored_sun_counter(conn, &check.uid)?,
+        };
+        let verdict = if tracegate_drivers::nfc::sun::replay_verdict(check.counter, last) {
+            SunVerdict::Replayed
+        } else {
+            SunVerdict::Genuine
+        };
+        let highest = last.map_or(check.counter, |l| l.max(check.counter));
+        self.highest.insert(check.uid.clone(), Some(highest));
+        self.decided.insert(tap, verdict);
+        Ok(verdict)
+    }
+}
+
+fn stored_sun_counter(conn: &Connection, uid: &[u8]) -> rusqlite::Result<Option<u32>> {
+    let mut stmt = conn.prepare_cached("SELECT counter FROM sun_counters WHERE uid = ?1")?;
+    let v: Option<i64> = stmt.query_row([uid], |r| r.get(0)).optional()?;
+    Ok(v.map(|c| u32::try_from(c).unwrap_or(u32::MAX)))
+}
+
+/// Keeps a SUN counter; the stored value only grows, so a replay can never
+/// reopen a window.
+fn keep_sun_counter(conn: &Connection, uid: &[u8], counter: u32) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO sun_counters (uid, counter) VALUES (?1, ?2)
+         ON CONFLICT (uid) DO UPDATE SET counter = max(counter, excluded.counter)",
+    )?;
+    stmt.execute(rusqlite::params![uid, i64::from(counter)])?;
+    Ok(())
+}
+
+/// The row of one draft: a tap with a SUN replay check gets its verdict
+/// (and `replayed_nfc` flag) here, inside the commit.
+fn draft_row(
+    conn: &Connection,
+    gateway_id: &str,
+    store_id: &str,
+    draft: &EventDraft,
+    seq: u64,
+    sun: &mut SunCounters,
+) -> rusqlite::Result<Row> {
+    let (Some(check), EventBody::Tap(tap)) = (&draft.replay, &draft.event.body) else {
+        return make_row(gateway_id, store_id, &draft.event, seq);
+    };
+    let verdict = sun.verdict(conn, check, &tap.at.reader, draft.event.time)?;
+    let mut event = draft.event.clone();
+    if let EventBody::Tap(tap) = &mut event.body {
+        tap.set_sun_verdict(verdict);
+    }
+    let mut row = make_row(gateway_id, store_id, &event, seq)?;
+    row.sun = Some(SunDecision {
+        verdict,
+        check: check.clone(),
+        reader: tap.at.reader.clone(),
+    });
+    Ok(row)
+}
+
+/// Counts and logs the SUN verdicts decided in a commit, once it is durable.
+fn report_sun_verdicts(decided: &[SunDecision]) {
+    for d in decided {
+        if d.verdict == SunVerdict::Replayed {
+            tracing::warn!(event = "nfc.sun_suspicious", reader = %d.reader, uid = %hex::encode_upper(&d.check.uid), counter = d.check.counter, verdict = d.verdict.as_str(), "NFC tap failed authenticity verification");
+        }
+        metrics::counter!("tracegate_nfc_sun_total", "verdict" => d.verdict.as_str()).increment(1);
     }
 }
 
@@ -154,39 +262,26 @@ fn insert_row(conn: &Connection, row: &Row) -> rusqlite::Result<()> {
     Ok(())
 }
 
-pub fn iso_ms(utc_ms: i64) -> String {
-    match chrono::DateTime::<chrono::Utc>::from_timestamp_millis(utc_ms) {
-        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        None => String::new(),
-    }
-}
-
 pub fn now_utc_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn overflow_draft(gateway_id: &str, policy: FullPolicy, lost: &LostRange, now: i64) -> EventDraft {
-    let mut body = Map::new();
-    body.insert("type".into(), "overflow".into());
-    body.insert("gateway".into(), gateway_id.into());
-    body.insert("time".into(), iso_ms(now).into());
-    body.insert("policy".into(), policy.as_str().into());
-    body.insert("count".into(), lost.count.into());
-    body.insert(
-        "first_seq".into(),
-        lost.first_seq.map_or(Value::Null, Value::from),
-    );
-    body.insert(
-        "last_seq".into(),
-        lost.last_seq.map_or(Value::Null, Value::from),
-    );
-    body.insert("from".into(), iso_ms(lost.from_ms).into());
-    body.insert("to".into(), iso_ms(lost.to_ms).into());
-    EventDraft {
-        event_type: "overflow".into(),
-        event_utc_ms: now,
-        body,
-    }
+fn overflow_event(gateway_id: &str, policy: FullPolicy, lost: &LostRange, now: i64) -> Event {
+    Event::new(
+        gateway_id,
+        UtcMs(now),
+        EventBody::Overflow(OverflowEvent {
+            policy: match policy {
+                FullPolicy::DropOldest => OverflowPolicy::DropOldest,
+                FullPolicy::RejectNew => OverflowPolicy::RejectNew,
+            },
+            count: lost.count,
+            first_seq: lost.first_seq,
+            last_seq: lost.last_seq,
+            from: UtcMs(lost.from_ms),
+            to: UtcMs(lost.to_ms),
+        }),
+    )
 }
 
 /// Deletes every published event (the store is full; retention yields).
@@ -305,10 +400,13 @@ impl Store {
         let mut rows = Vec::new();
         let mut group_ends = Vec::with_capacity(groups.len());
         let mut seq = meta.last_seq;
+        let mut sun = SunCounters::default();
         for group in groups {
             for d in group.iter() {
                 seq += 1;
-                rows.push(make_row(gateway_id, store_id, d, seq));
+                rows.push(
+                    draft_row(&tx, gateway_id, store_id, d, seq, &mut sun).map_err(err.clone())?,
+                );
             }
             group_ends.push(rows.len());
         }
@@ -425,6 +523,17 @@ impl Store {
         }
 
         rows.truncate(accepted_rows);
+        // Only the counters of stored taps are kept: a refused tap was not
+        // observed as far as the registry knows.
+        let mut sun_decided = Vec::new();
+        for r in &mut rows {
+            if let Some(d) = r.sun.take() {
+                if d.verdict == SunVerdict::Genuine {
+                    keep_sun_counter(&tx, &d.check.uid, d.check.counter).map_err(err.clone())?;
+                }
+                sun_decided.push(d);
+            }
+        }
         if let Some(last) = rows.last() {
             meta.last_seq = last.seq;
         }
@@ -453,8 +562,9 @@ impl Store {
         if to_record.count > 0 {
             tx.execute_batch("SAVEPOINT overflow")
                 .map_err(err.clone())?;
-            let draft = overflow_draft(gateway_id, FullPolicy::RejectNew, &to_record, now);
-            let row = make_row(gateway_id, store_id, &draft, meta.last_seq + 1);
+            let event = overflow_event(gateway_id, FullPolicy::RejectNew, &to_record, now);
+            let row =
+                make_row(gateway_id, store_id, &event, meta.last_seq + 1).map_err(err.clone())?;
             insert_row(&tx, &row).map_err(err.clone())?;
             if used_bytes(&tx, page_size).map_err(err.clone())? <= max {
                 tx.execute_batch("RELEASE overflow").map_err(err.clone())?;
@@ -486,6 +596,7 @@ impl Store {
                 );
             }
         }
+        report_sun_verdicts(&sun_decided);
         Ok(AppendOutcome {
             events,
             accepted_groups,
@@ -538,8 +649,8 @@ fn write_overflow(
     lost: &LostRange,
     now: i64,
 ) -> rusqlite::Result<StoredEvent> {
-    let draft = overflow_draft(gateway_id, FullPolicy::DropOldest, lost, now);
-    let row = make_row(gateway_id, store_id, &draft, meta.last_seq + 1);
+    let event = overflow_event(gateway_id, FullPolicy::DropOldest, lost, now);
+    let row = make_row(gateway_id, store_id, &event, meta.last_seq + 1)?;
     insert_row(conn, &row)?;
     meta.last_seq = row.seq;
     Ok(row.into_event())
@@ -548,12 +659,6 @@ fn write_overflow(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn iso_timestamps_are_utc_with_milliseconds() {
-        assert_eq!(iso_ms(1_795_823_999_123), "2026-11-27T23:59:59.123Z");
-        assert_eq!(iso_ms(0), "1970-01-01T00:00:00.000Z");
-    }
 
     #[test]
     fn lost_ranges_widen_and_count_every_addition() {
@@ -605,9 +710,12 @@ mod tests {
             from_ms: 1_795_823_999_000,
             to_ms: 1_795_823_999_123,
         };
-        let d = overflow_draft("dock-01", FullPolicy::RejectNew, &lost, 1_795_824_000_000);
-        assert_eq!(d.event_type, "overflow");
-        let b = Value::Object(d.body);
+        let e = overflow_event("dock-01", FullPolicy::RejectNew, &lost, 1_795_824_000_000);
+        let row = make_row("dock-01", "ab", &e, 7).unwrap();
+        assert_eq!(row.event_type, "overflow");
+        let b: serde_json::Value = serde_json::from_str(&row.payload).unwrap();
+        assert_eq!(b["id"], "dock-01:ab:7");
+        assert_eq!(b["seq"], 7);
         assert_eq!(b["type"], "overflow");
         assert_eq!(b["policy"], "reject_new");
         assert_eq!(b["count"], 3);
@@ -615,5 +723,108 @@ mod tests {
         assert_eq!(b["from"], "2026-11-27T23:59:59.000Z");
         assert_eq!(b["to"], "2026-11-27T23:59:59.123Z");
         assert_eq!(b["time"], "2026-11-28T00:00:00.000Z");
+        assert!(b.get("site").is_none(), "an overflow has no read context");
+    }
+
+    fn tap_draft(read_point: &str, at_ms: i64, counter: u32) -> EventDraft {
+        use crate::event::{NfcIdentity, ReadContext, SunResult, TapDetails, TapEvent};
+        let uid = vec![0x04, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66];
+        let body = TapEvent {
+            at: ReadContext {
+                site: "dc1".into(),
+                read_point: read_point.into(),
+                reader: "nfc-1".into(),
+                clock_synced: true,
+            },
+            identity: NfcIdentity {
+                uid: uid.clone(),
+                gtin: None,
+                serial: None,
+                lot: None,
+                digital_link: None,
+                source: None,
+            },
+            tap: TapDetails {
+                tag_type: "ntag424dna".into(),
+                ndef_uri: None,
+                ndef_text: None,
+                atr: vec![0x3b],
+            },
+            flags: Vec::new(),
+            sun: Some(SunResult {
+                verdict: SunVerdict::Genuine,
+                counter: Some(counter),
+                product: None,
+                uid: Some(uid.clone()),
+                covers: Vec::new(),
+            }),
+        };
+        EventDraft {
+            event: Event::new("gw", UtcMs(at_ms), EventBody::Tap(body)),
+            replay: Some(SunReplayCheck { uid, counter }),
+        }
+    }
+
+    fn verdicts(events: &[StoredEvent]) -> Vec<(String, Vec<String>)> {
+        events
+            .iter()
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+                let flags = v["flags"]
+                    .as_array()
+                    .map(|a| a.iter().map(|f| f.as_str().unwrap().to_owned()).collect())
+                    .unwrap_or_default();
+                (v["sun"]["verdict"].as_str().unwrap().to_owned(), flags)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_sun_counter_is_checked_and_kept_in_the_commit_of_the_tap() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = super::super::StoreConfig {
+            path: dir.path().join("events.db"),
+            max_bytes: 1 << 20,
+            full_policy: FullPolicy::DropOldest,
+            commit_interval_ms: 10,
+            commit_max_events: 100,
+            retention_secs: 3600,
+        };
+        let mut store = Store::open(&config, "gw").unwrap();
+        let uid = [0x04, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66];
+        let genuine = ("genuine".to_owned(), vec![]);
+        let replayed = ("replayed".to_owned(), vec!["replayed_nfc".to_owned()]);
+
+        // One tap seen by two read points: one observation, both genuine.
+        let out = store
+            .append(vec![
+                tap_draft("desk", 1_000, 5),
+                tap_draft("till", 1_000, 5),
+            ])
+            .unwrap();
+        assert_eq!(verdicts(&out), vec![genuine.clone(), genuine.clone()]);
+        assert_eq!(store.sun_counter(&uid).unwrap(), Some(5));
+
+        // The same URL again (a copy), and an older one: replayed, and the
+        // stored counter does not move.
+        let out = store
+            .append(vec![
+                tap_draft("desk", 2_000, 5),
+                tap_draft("desk", 3_000, 4),
+            ])
+            .unwrap();
+        assert_eq!(verdicts(&out), vec![replayed.clone(), replayed.clone()]);
+        assert_eq!(store.sun_counter(&uid).unwrap(), Some(5));
+
+        // Two fresh taps in one commit: the second sees the first's counter.
+        let out = store
+            .append(vec![
+                tap_draft("desk", 4_000, 6),
+                tap_draft("desk", 5_000, 6),
+                tap_draft("desk", 6_000, 7),
+            ])
+            .unwrap();
+        assert_eq!(verdicts(&out), vec![genuine.clone(), replayed, genuine]);
+        assert_eq!(store.sun_counter(&uid).unwrap(), Some(7));
     }
 }

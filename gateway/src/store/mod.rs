@@ -164,15 +164,26 @@ pub struct StoreConfig {
     pub retention_secs: u64,
 }
 
-/// An event before it is committed: the store adds `id` and `seq`.
+/// An event before it is committed: the store sets `id` and `seq` and
+/// serialises it once, in the commit.
 #[derive(Debug, Clone)]
 pub struct EventDraft {
-    /// `arrived`, `departed`, `present`, `tap`, ... (`overflow` is the store's own).
-    pub event_type: String,
-    /// When the event happened (UTC ms), used for retention and age metrics.
-    pub event_utc_ms: i64,
-    /// The event's JSON object without `id` and `seq`; the store inserts both.
-    pub body: serde_json::Map<String, serde_json::Value>,
+    /// The event, with `id` and `seq` still unset (`overflow` is the
+    /// store's own kind).
+    pub event: crate::event::Event,
+    /// For a tap whose SUN verified: the counter to check against the
+    /// highest one stored for its UID. The store sets the verdict
+    /// (`genuine` or `replayed`) and keeps the counter in the same commit.
+    pub replay: Option<crate::event::SunReplayCheck>,
+}
+
+impl EventDraft {
+    pub fn new(event: crate::event::Event) -> Self {
+        Self {
+            event,
+            replay: None,
+        }
+    }
 }
 
 /// A committed event as the outbox and the CLI see it.
@@ -186,7 +197,7 @@ pub struct StoredEvent {
     pub payload: String,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StoreStats {
     pub last_seq: u64,
     pub published_upto: u64,

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use serde_json::{json, Map, Value};
+use tracegate::event::Event;
 use tracegate::store::{EventDraft, FullPolicy, StoreConfig};
 
 /// 2026-11-26T00:00:00Z in UTC ms.
@@ -21,28 +21,15 @@ pub fn config(dir: &tempfile::TempDir, max_bytes: u64, policy: FullPolicy) -> St
     }
 }
 
-pub fn body(utc_ms: i64) -> Map<String, Value> {
-    let v = json!({
-        "type": "arrived",
-        "gateway": "dock-01",
-        "site": "dc1",
-        "read_point": "door-3",
-        "time": utc_ms.to_string(),
-        "identity": {"epc": "3074257bf7194e4000001a85"},
-        "read_count": 3,
-    });
-    match v {
-        Value::Object(m) => m,
-        _ => unreachable!(),
-    }
-}
+/// The EPC of every test event (sgtin-96 0614141.812345.6789).
+pub const EPC: [u8; 12] = [
+    0x30, 0x74, 0x25, 0x7b, 0xf7, 0x19, 0x4e, 0x40, 0x00, 0x00, 0x1a, 0x85,
+];
 
 pub fn draft(utc_ms: i64) -> EventDraft {
-    EventDraft {
-        event_type: "arrived".into(),
-        event_utc_ms: utc_ms,
-        body: body(utc_ms),
-    }
+    EventDraft::new(Event::sample_arrival(
+        "dock-01", "dc1", "door-3", &EPC, utc_ms,
+    ))
 }
 
 #[derive(Clone, Default)]

@@ -374,40 +374,21 @@ pub fn store_config(dir: &Path, max_bytes: u64, policy: FullPolicy) -> StoreConf
     }
 }
 
-/// A realistic `arrived` event body (docs/events.md).
+/// A realistic `arrived` event (docs/events.md).
 pub fn draft(i: u64) -> EventDraft {
-    let now = chrono::Utc::now();
-    let t = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let epc = format!("30340242201D8840{:08X}", i as u32);
-    let body = serde_json::json!({
-        "type": "arrived",
-        "gateway": GATEWAY,
-        "site": SITE,
-        "read_point": "dock-door-1",
-        "reader": "door-1",
-        "time": t,
-        "clock_synced": true,
-        "identity": {
-            "scheme": "sgtin-96",
-            "epc": epc,
-            "pure_identity": format!("urn:epc:id:sgtin:0614141.812345.{i}"),
-        },
-        "first_seen": t,
-        "last_seen": t,
-        "read_count": 3,
-        "peak_rssi_dbm": -52.5,
-        "antennas": [1, 2],
-        "direction": "in",
-        "flags": [],
-    });
-    let serde_json::Value::Object(body) = body else {
-        unreachable!()
-    };
-    EventDraft {
-        event_type: "arrived".into(),
-        event_utc_ms: now.timestamp_millis(),
-        body,
+    use tracegate::event::{Direction, EventBody};
+    let now = chrono::Utc::now().timestamp_millis();
+    let epc = hex::decode(format!("3074257BF7194E40{:08X}", i as u32)).unwrap();
+    let mut event =
+        tracegate::event::Event::sample_arrival(GATEWAY, SITE, "dock-door-1", &epc, now);
+    if let EventBody::Arrived(b) = &mut event.body {
+        b.at.reader = "door-1".into();
+        b.read_count = 3;
+        b.peak_rssi_dbm = Some(-52);
+        b.antennas = vec![1, 2];
+        b.direction = Some(Direction::In);
     }
+    EventDraft::new(event)
 }
 
 /// The store writer plus the channel the pipeline would feed.
