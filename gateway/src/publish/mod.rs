@@ -19,8 +19,8 @@ pub mod config;
 #[cfg(feature = "demo-broker")]
 pub mod embedded;
 pub mod epcis;
-pub mod render;
 pub mod outbox;
+pub mod render;
 mod store_io;
 mod tls;
 mod tracker;
@@ -320,7 +320,6 @@ fn describe(e: &ConnectionError) -> String {
         other => other.to_string(),
     }
 }
-
 
 enum Outcome {
     Cancelled,
