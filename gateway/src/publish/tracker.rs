@@ -5,19 +5,23 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
-/// One message handed to the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An outbox batch handed to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentBatch {
+    /// The batch covers `after < seq <= last` (gaps inside are seqs the
+    /// store no longer has, which need no delivery).
+    pub after: u64,
+    pub last: u64,
+    pub events: usize,
+    pub live: bool,
+    pub sent_at: Instant,
+}
+
+/// One QoS 1 message handed to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Item {
-    /// Events with `first < seq <= last` (gaps inside are seqs the store no
-    /// longer has, which need no delivery).
-    Batch {
-        after: u64,
-        last: u64,
-        events: usize,
-        live: bool,
-        sent_at: Instant,
-    },
-    /// A QoS 1 message that is not part of the outbox (the birth message).
+    Batch(SentBatch),
+    /// A QoS 1 message that is not part of the outbox (birth or shutdown status).
     Control,
 }
 
@@ -26,7 +30,6 @@ pub struct AckTracker {
     /// Handed to the client, packet id not yet known (FIFO = channel order).
     handed: VecDeque<Item>,
     by_pkid: HashMap<u16, Item>,
-    pub live_in_flight: usize,
 }
 
 impl AckTracker {
@@ -35,9 +38,6 @@ impl AckTracker {
     }
 
     pub fn handed(&mut self, item: Item) {
-        if matches!(item, Item::Batch { live: true, .. }) {
-            self.live_in_flight += 1;
-        }
         self.handed.push_back(item);
     }
 
@@ -60,18 +60,13 @@ impl AckTracker {
     }
 
     pub fn on_puback(&mut self, pkid: u16) -> Option<Item> {
-        let item = self.by_pkid.remove(&pkid)?;
-        if matches!(item, Item::Batch { live: true, .. }) {
-            self.live_in_flight = self.live_in_flight.saturating_sub(1);
-        }
-        Some(item)
+        self.by_pkid.remove(&pkid)
     }
 
     /// The connection is gone: everything in flight will be sent again.
     pub fn reset(&mut self) {
         self.handed.clear();
         self.by_pkid.clear();
-        self.live_in_flight = 0;
     }
 }
 
@@ -148,12 +143,19 @@ mod tests {
     use super::*;
 
     fn batch(after: u64, last: u64) -> Item {
-        Item::Batch {
+        Item::Batch(SentBatch {
             after,
             last,
             events: (last - after) as usize,
             live: false,
             sent_at: Instant::now(),
+        })
+    }
+
+    fn after_of(item: Option<Item>) -> Option<u64> {
+        match item {
+            Some(Item::Batch(b)) => Some(b.after),
+            _ => None,
         }
     }
 
@@ -164,25 +166,12 @@ mod tests {
         t.handed(batch(10, 20));
         assert!(t.on_outgoing(1));
         assert!(t.on_outgoing(2));
-        assert!(matches!(
-            t.on_puback(1),
-            Some(Item::Batch {
-                after: 0,
-                last: 10,
-                ..
-            })
-        ));
+        assert_eq!(after_of(t.on_puback(1)), Some(0));
         t.handed(batch(20, 30));
         // pkid 1 is free again and gets the next handed item.
         assert!(t.on_outgoing(1));
-        assert!(matches!(
-            t.on_puback(1),
-            Some(Item::Batch { after: 20, .. })
-        ));
-        assert!(matches!(
-            t.on_puback(2),
-            Some(Item::Batch { after: 10, .. })
-        ));
+        assert_eq!(after_of(t.on_puback(1)), Some(20));
+        assert_eq!(after_of(t.on_puback(2)), Some(10));
         assert_eq!(t.in_flight(), 0);
         assert_eq!(t.on_puback(2), None);
     }
@@ -199,8 +188,8 @@ mod tests {
         // PUBACK(1) frees it, then Outgoing::Publish(1) for the stashed one.
         assert_eq!(t.on_puback(1), Some(Item::Control));
         assert!(t.on_outgoing(1));
-        assert!(matches!(t.on_puback(1), Some(Item::Batch { after: 5, .. })));
-        assert!(matches!(t.on_puback(2), Some(Item::Batch { after: 0, .. })));
+        assert_eq!(after_of(t.on_puback(1)), Some(5));
+        assert_eq!(after_of(t.on_puback(2)), Some(0));
     }
 
     #[test]
