@@ -131,7 +131,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckConfig { file } => match config::load(&file) {
             Ok(c) => {
-                println!("{}: ok: {}", file.display(), c.summary());
+                to_stdout(|out| {
+                    writeln!(out, "{}: ok: {}", file.display(), c.summary())?;
+                    Ok(())
+                })?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -153,11 +156,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Decode { hex, json } => {
             let decoded = tracegate_gs1::decode_epc_hex(&hex)
                 .map_err(|e| anyhow::anyhow!("{hex:?} is not an EPC in hex: {e}"))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&decoded)?);
-            } else {
-                println!("{decoded}");
-            }
+            to_stdout(|out| {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&decoded)?)?;
+                } else {
+                    writeln!(out, "{decoded}")?;
+                }
+                Ok(())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status {
@@ -175,11 +181,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let status = runtime()?
                 .block_on(ops::fetch_status(addr))
                 .with_context(|| format!("cannot reach the daemon's status endpoint at {addr}: is tracegate running?"))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{}", ops::render_status_human(&status));
-            }
+            to_stdout(|out| {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+                } else {
+                    write!(out, "{}", ops::render_status_human(&status))?;
+                }
+                Ok(())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { duration } => {
@@ -200,32 +209,53 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 Store::open_reader(&config.store, &config.gateway_id).with_context(|| {
                     format!("cannot open the store at {}", config.store.path.display())
                 })?;
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            let mut after = since;
-            loop {
-                let batch = store.events_after(after, 10_000, pending)?;
-                let Some(last) = batch.last() else { break };
-                after = last.seq;
-                for e in &batch {
-                    if json {
-                        writeln!(out, "{}", e.payload)?;
-                    } else {
-                        writeln!(
-                            out,
-                            "{:>8}  {}  {:<9} {}",
-                            e.seq,
-                            tracegate::event::iso_ms(e.event_utc_ms),
-                            e.event_type,
-                            e.id
-                        )?;
+            to_stdout(|out| {
+                let mut after = since;
+                loop {
+                    let batch = store.events_after(after, 10_000, pending)?;
+                    let Some(last) = batch.last() else { break };
+                    after = last.seq;
+                    for e in &batch {
+                        if json {
+                            writeln!(out, "{}", e.payload)?;
+                        } else {
+                            writeln!(
+                                out,
+                                "{:>8}  {}  {:<9} {}",
+                                e.seq,
+                                tracegate::event::iso_ms(e.event_utc_ms),
+                                e.event_type,
+                                e.id
+                            )?;
+                        }
                     }
                 }
-            }
-            out.flush()?;
+                Ok(())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs `write` against a locked, buffered stdout. A reader that goes away
+/// (`tracegate decode ... | head -1`) ends the output quietly: a closed pipe
+/// is how a Unix pipeline says "enough", not an error worth a message. The
+/// runtime ignores SIGPIPE, so it arrives here as `BrokenPipe`.
+fn to_stdout(write: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match write(&mut out).and_then(|()| out.flush().map_err(anyhow::Error::from)) {
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");

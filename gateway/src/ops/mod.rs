@@ -1,5 +1,6 @@
 //! Operations: logging, the metrics/health/status endpoint, systemd
-//! readiness and watchdog, and reload on SIGHUP.
+//! readiness, watchdog and reload notifications (SIGHUP itself is handled
+//! by `reload.rs`).
 //!
 //! What `run` does with this module, in order:
 //! 1. [`init_logging`] (from `main`, before anything logs).
@@ -7,7 +8,7 @@
 //! 3. [`OpsHttp::bind`] (so a taken port fails start-up, before READY=1),
 //!    then spawn [`OpsHttp::serve`].
 //! 4. [`notify_ready`] once the store is open and readers and publisher run;
-//!    spawn [`watchdog`] and [`reload_on_sighup`].
+//!    spawn [`watchdog`].
 //! 5. On SIGTERM: [`notify_stopping`], flush, exit.
 
 mod http;
@@ -24,8 +25,8 @@ use serde::{Deserialize, Serialize};
 
 pub use logging::{init_logging, LogFormat};
 pub use notify::{
-    notify_extend_timeout, notify_ready, notify_reloading, notify_status, notify_stopping,
-    reload_on_sighup, sighup_stream, watchdog, watchdog_decision, WatchdogDecision,
+    notify_extend_timeout, notify_ready, notify_reload_finished, notify_reloading, notify_status,
+    notify_stopping, watchdog, watchdog_decision, WatchdogDecision,
 };
 
 /// Default address of the HTTP endpoint: loopback only, Prometheus's
@@ -114,8 +115,6 @@ pub enum OpsError {
     },
     #[error("cannot reach tracegate at {addr}: {reason} (is the service running, and is [ops] metrics_addr this address?)")]
     Fetch { addr: SocketAddr, reason: String },
-    #[error("cannot listen for SIGHUP: {0}")]
-    Signal(std::io::Error),
     #[error("{0}")]
     Config(String),
 }
