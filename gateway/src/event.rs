@@ -58,13 +58,6 @@ pub fn uhf_identity(epc: &[u8], d: &Decoded, tid: Option<&[u8]>) -> Map<String, 
     id
 }
 
-/// Whether an EPC pattern from the config is well-formed.
-pub fn check_epc_pattern(pattern: &str) -> Result<(), String> {
-    tracegate_gs1::EpcPattern::parse(pattern)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
 /// The body of a `tap` event, before enrichment.
 pub fn tap_body(
     origin: &Origin,

@@ -203,7 +203,7 @@ pub async fn run_with(
     }
     services.spawn(ops::watchdog(
         heartbeats.clone(),
-        config.ops.stale_after(),
+        config.ops.stale_after,
         services_cancel.clone(),
     ));
     services.close();

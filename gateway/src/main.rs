@@ -129,7 +129,7 @@ fn on_signals(token: CancellationToken) {
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     let (log_format, log_level) = (cli.log_format, cli.log_level);
     match cli.command {
-        Command::CheckConfig { file } => match config::load(&file) {
+        Command::CheckConfig { file } => match config::load_and_check_files(&file) {
             Ok(c) => {
                 to_stdout(|out| {
                     writeln!(out, "{}: ok: {}", file.display(), c.summary())?;
@@ -281,7 +281,7 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
         sim_cancel.clone(),
     )
     .context("cannot start the simulated Mercury reader on a pseudo-terminal")?;
-    add_serial_demo_reader(&mut config, pty.display().to_string());
+    add_serial_demo_reader(&mut config, pty.display().to_string())?;
     let registry = CancellationToken::new();
     let subscriber = start_registry(&mut config, registry.clone())?;
     eprintln!(
@@ -338,8 +338,9 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
 }
 
 /// Adds the pty-backed Mercury reader and a packing-station read point.
-fn add_serial_demo_reader(config: &mut config::Config, port: String) {
+fn add_serial_demo_reader(config: &mut config::Config, port: String) -> anyhow::Result<()> {
     let reader = tracegate_drivers::mercury::MercuryConfig::new("packing-mercury", port);
+    let expected = tracegate_gs1::EpcPattern::parse("urn:epc:pat:sgtin-96:*.0614141.812345.*")?;
     config.read_points.push(config::ReadPoint {
         name: "packing-station".into(),
         reader: reader.name.clone(),
@@ -347,7 +348,7 @@ fn add_serial_demo_reader(config: &mut config::Config, port: String) {
         direction: None,
         rssi_floor_dbm: None,
         epc_patterns: Vec::new(),
-        expect_patterns: vec!["urn:epc:pat:sgtin-96:*.0614141.812345.*".into()],
+        expect_patterns: vec![expected],
         biz_step: Some("packing".into()),
         disposition: Some("in_progress".into()),
         read_point_id: Some("urn:epc:id:sgln:0614141.00777.9".into()),
@@ -355,6 +356,7 @@ fn add_serial_demo_reader(config: &mut config::Config, port: String) {
         action: config::EpcisAction::Observe,
     });
     config.readers.push(config::ReaderConfig::Mercury(reader));
+    Ok(())
 }
 
 /// Starts the in-process broker and a subscriber playing the registry, and
@@ -368,7 +370,7 @@ fn start_registry(
     let (addr, broker) = embedded::start_broker()?;
     // The broker runs on its own threads until the process exits.
     std::mem::forget(broker);
-    config.mqtt = Some(MqttConfig::with_url(format!("mqtt://{addr}")));
+    config.mqtt = Some(MqttConfig::with_url(format!("mqtt://{addr}"))?);
     eprintln!("tracegate demo: in-process MQTT broker on {addr}");
     Ok(Some(tokio::spawn(async move {
         if let Err(e) = embedded::subscribe_and_print(addr, "tracegate/#", cancel).await {

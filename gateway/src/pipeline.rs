@@ -105,12 +105,7 @@ impl Pipeline {
             .iter()
             .map(|rp| Filter {
                 rssi_floor_dbm: rp.rssi_floor_dbm,
-                // Validated when the config was loaded.
-                patterns: rp
-                    .epc_patterns
-                    .iter()
-                    .filter_map(|p| tracegate_gs1::EpcPattern::parse(p).ok())
-                    .collect(),
+                patterns: rp.epc_patterns.clone(),
                 verdicts: HashMap::new(),
             })
             .collect();
@@ -135,16 +130,9 @@ impl Pipeline {
                 config
                     .read_points
                     .iter()
-                    .map(|rp| {
-                        rp.expect_patterns
-                            .iter()
-                            .filter_map(|p| tracegate_gs1::EpcPattern::parse(p).ok())
-                            .collect()
-                    })
+                    .map(|rp| rp.expect_patterns.clone())
                     .collect(),
-                config.flags.over_scan_max_arrivals,
-                i64::try_from(config.flags.over_scan_window_secs.saturating_mul(1000))
-                    .unwrap_or(i64::MAX),
+                config.over_scan,
             ),
             clock,
             taps,

@@ -26,9 +26,10 @@ pub enum ReloadOutcome {
     Rejected(String),
 }
 
-/// Validates the file at `path` against the running config.
+/// Validates the file at `path` (and opens every file it names) against
+/// the running config.
 pub fn check_reload(path: &std::path::Path, running: &Config) -> (ReloadOutcome, Option<Config>) {
-    match config::load(path) {
+    match config::load_and_check_files(path) {
         Ok(new) if new.hash == running.hash => (ReloadOutcome::Unchanged, None),
         Ok(new) => (ReloadOutcome::Apply, Some(new)),
         Err(e) => (ReloadOutcome::Rejected(e.to_string()), None),

@@ -91,8 +91,8 @@ async fn broker_restarted_five_times_mid_stream_loses_nothing() {
     let store_cfg = store_config(dir.path(), 512 * 1024 * 1024, FullPolicy::DropOldest);
     let mut writer = Writer::start(&store_cfg);
     let cfg = mqtt_config(&broker.url());
-    let window = u64::from(cfg.inflight);
-    let batch = cfg.batch_max_events as u64;
+    let window = u64::from(cfg.inflight.get());
+    let batch = cfg.batch_max_events.get() as u64;
     let (ctx, stats) = context(&store_cfg, writer.committed.clone());
     let (cancel, task) = spawn_publisher(cfg, ctx);
 
@@ -320,7 +320,7 @@ async fn live_events_overtake_a_rate_limited_backlog() {
     writer.wait_committed(BACKLOG).await;
 
     let mut cfg = mqtt_config(&broker.url());
-    cfg.backlog_rate_limit = 2_000; // 10 s to drain
+    cfg.backlog_rate_limit = std::num::NonZeroU32::new(2_000); // 10 s to drain
     let (ctx, _stats) = context(&store_cfg, writer.committed.clone());
     let (cancel, task) = spawn_publisher(cfg, ctx);
     registry

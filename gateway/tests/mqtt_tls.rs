@@ -6,14 +6,16 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use tracegate::publish::{probe_connect, MqttConfig, PublishError};
+use tracegate::publish::{probe_connect, ClientAuth, MqttConfig, PublishError};
 use tracegate::store::FullPolicy;
 
 fn tls_config(port: u16, pki: &Pki, cert: &std::path::Path, key: &std::path::Path) -> MqttConfig {
     let mut c = mqtt_config(&format!("mqtts://localhost:{port}"));
     c.ca_file = Some(pki.ca.clone());
-    c.client_cert_file = Some(cert.to_path_buf());
-    c.client_key_file = Some(key.to_path_buf());
+    c.client_auth = Some(ClientAuth {
+        cert_file: cert.to_path_buf(),
+        key_file: key.to_path_buf(),
+    });
     c
 }
 
@@ -75,8 +77,7 @@ async fn client_without_a_certificate_is_refused_when_required() {
     let pki = make_pki();
     let broker = mtls_broker(&pki);
     let mut cfg = tls_config(broker.port, &pki, &pki.client_cert, &pki.client_key);
-    cfg.client_cert_file = None;
-    cfg.client_key_file = None;
+    cfg.client_auth = None;
     assert!(probe(&cfg).await.is_err());
 }
 

@@ -38,7 +38,10 @@ use crate::backoff::Backoff;
 use crate::heartbeat::Heartbeat;
 use crate::store::{StoreConfig, StoredEvent};
 
-pub use config::{BrokerUrl, MqttConfig, MqttProtocol, PayloadFormat, Secret};
+pub use config::{
+    BrokerUrl, ClientAuth, Credentials, MqttConfig, MqttProblem, MqttProtocol, PayloadFormat,
+    RawMqtt, Secret,
+};
 pub use render::{renderer_for, BatchRenderer, BatchSource, JsonRenderer, EVENTS_SCHEMA};
 pub use tls::ensure_crypto_provider;
 
@@ -217,7 +220,7 @@ fn status_payload(id: &GatewayIdentity, online: bool, started_at: &str, reason: 
 /// Largest MQTT packet either way: well above `batch_max_bytes` so a full
 /// batch plus its envelope always fits.
 fn max_packet_size(cfg: &MqttConfig) -> usize {
-    (cfg.batch_max_bytes * 2 + 64 * 1024).max(1024 * 1024)
+    (cfg.batch_max_bytes.get() * 2 + 64 * 1024).max(1024 * 1024)
 }
 
 /// Builds the rumqttc options (client id, TLS, credentials, last will).
@@ -226,17 +229,17 @@ pub fn mqtt_options(
     identity: &GatewayIdentity,
     started_at: &str,
 ) -> Result<MqttOptions, PublishError> {
-    let url = cfg.validate()?;
+    let url = &cfg.broker;
     let topics = Topics::new(&cfg.topic_prefix, &identity.site, &identity.gateway_id)?;
     let client_id = cfg
         .client_id
         .clone()
         .unwrap_or_else(|| identity.gateway_id.clone());
     let mut o = MqttOptions::new(client_id, url.host.clone(), url.port);
-    o.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs));
+    o.set_keep_alive(cfg.keep_alive);
     o.set_clean_session(true);
     // Two more than the window: the birth message and a spare.
-    o.set_inflight(cfg.inflight.saturating_add(2));
+    o.set_inflight(cfg.inflight.get().saturating_add(2));
     let max = max_packet_size(cfg);
     o.set_max_packet_size(max, max);
     o.set_last_will(LastWill::new(
@@ -245,9 +248,9 @@ pub fn mqtt_options(
         QoS::AtLeastOnce,
         true,
     ));
-    if let Some(user_file) = &cfg.username_file {
-        let user = Secret::from_file(user_file, "username")?;
-        let pass = match &cfg.password_file {
+    if let Some(creds) = &cfg.credentials {
+        let user = Secret::from_file(&creds.username_file, "username")?;
+        let pass = match &creds.password_file {
             Some(p) => Secret::from_file(p, "password")?.expose().to_string(),
             None => String::new(),
         };
@@ -262,10 +265,10 @@ pub fn mqtt_options(
 
 fn new_client(cfg: &MqttConfig, opts: MqttOptions) -> (AsyncClient, EventLoop) {
     // Window + birth + health + disconnect + spare: try_publish never finds it full.
-    let cap = usize::from(cfg.inflight) + 8;
+    let cap = usize::from(cfg.inflight.get()) + 8;
     let (client, mut el) = AsyncClient::new(opts, cap);
     let mut net = NetworkOptions::new();
-    net.set_connection_timeout(cfg.connect_timeout_secs);
+    net.set_connection_timeout(cfg.connect_timeout.as_secs());
     net.set_tcp_nodelay(true);
     el.set_network_options(net);
     (client, el)
@@ -402,7 +405,6 @@ pub async fn run(
     ctx: PublisherContext,
     cancel: CancellationToken,
 ) -> Result<(), PublishError> {
-    config.validate()?;
     let renderer = renderer_for(config.payload_format)?;
     let started_at = utc_now_iso();
     let opts = mqtt_options(config, &ctx.identity, &started_at)?;
@@ -414,7 +416,7 @@ pub async fn run(
     let store = StoreIo::open(ctx.store.clone(), ctx.identity.gateway_id.clone()).await?;
     let stats = store.stats().await?;
     let committed = (*ctx.committed.borrow()).max(stats.last_seq);
-    let window = usize::from(config.inflight);
+    let window = usize::from(config.inflight.get());
     let mut p = Publisher {
         cfg: config,
         ctx: &ctx,
@@ -439,7 +441,10 @@ pub async fn run(
         live_buf: VecDeque::new(),
         backlog_buf: VecDeque::new(),
         linger_deadline: None,
-        bucket: TokenBucket::new(config.backlog_rate_limit, config.batch_max_events),
+        bucket: TokenBucket::new(
+            config.backlog_rate_limit.map_or(0, |r| r.get()),
+            config.batch_max_events.get(),
+        ),
         marked: stats.published_upto,
         last_mark: Instant::now(),
         next_health: Instant::now(),
@@ -449,7 +454,7 @@ pub async fn run(
         .published_upto
         .store(stats.published_upto, Ordering::Relaxed);
     tracing::info!(
-        broker = %config.url,
+        broker = %config.broker,
         topic = %p.topics.events,
         pending = stats.pending,
         published_upto = stats.published_upto,
@@ -458,10 +463,7 @@ pub async fn run(
     let (client, mut el) = new_client(config, opts);
     let mut committed_rx = ctx.committed.clone();
     let mut committed_open = true;
-    let mut backoff = Backoff::new(
-        Duration::from_millis(config.reconnect_min_ms),
-        Duration::from_millis(config.reconnect_max_ms),
-    );
+    let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
 
     loop {
         let outcome = {
@@ -685,8 +687,7 @@ impl Publisher<'_> {
         let now = Instant::now();
         let wm = self.acked.watermark();
         if wm > self.marked
-            && now.saturating_duration_since(self.last_mark)
-                >= Duration::from_millis(self.cfg.mark_interval_ms)
+            && now.saturating_duration_since(self.last_mark) >= self.cfg.mark_interval
         {
             match self.store.mark_soon(wm) {
                 Ok(()) => {
@@ -697,7 +698,7 @@ impl Publisher<'_> {
             }
         }
         if self.connected && now >= self.next_health {
-            self.next_health = now + Duration::from_secs(self.cfg.health_interval_secs);
+            self.next_health = now + self.cfg.health_interval;
             let payload = self.health_payload();
             // QoS 0: health is periodic and superseded by the next one; it
             // must not take a slot of the event window.
@@ -709,7 +710,7 @@ impl Publisher<'_> {
         }
         // Stuck = connected with messages out and no PUBACK for a long time;
         // then stop beating and let the watchdog act.
-        let stuck_after = Duration::from_secs(self.cfg.keep_alive_secs * 3);
+        let stuck_after = self.cfg.keep_alive * 3;
         let stuck = self.connected
             && self.tracker.in_flight() > 0
             && now.saturating_duration_since(self.last_progress) > stuck_after;
@@ -776,7 +777,7 @@ impl Publisher<'_> {
             }
         }
         if self.acked.watermark() > self.marked {
-            wake = wake.min(self.last_mark + Duration::from_millis(self.cfg.mark_interval_ms));
+            wake = wake.min(self.last_mark + self.cfg.mark_interval);
         }
         wake.max(now)
     }
@@ -801,7 +802,7 @@ impl Publisher<'_> {
     }
 
     async fn take_live(&mut self, now: Instant) -> Result<Option<Batch>, PublishError> {
-        let n = self.cfg.batch_max_events;
+        let n = self.cfg.batch_max_events.get();
         let avail = self.committed.saturating_sub(self.live_cursor) as usize;
         if avail == 0 && self.live_buf.is_empty() {
             self.linger_deadline = None;
@@ -810,8 +811,8 @@ impl Publisher<'_> {
         if avail < n {
             match self.linger_deadline {
                 None => {
-                    self.linger_deadline = Some(now + Duration::from_millis(self.cfg.linger_ms));
-                    if self.cfg.linger_ms > 0 {
+                    self.linger_deadline = Some(now + self.cfg.linger);
+                    if !self.cfg.linger.is_zero() {
                         return Ok(None);
                     }
                 }
@@ -847,7 +848,7 @@ impl Publisher<'_> {
             self.live_cursor,
             u64::MAX,
             n,
-            self.cfg.batch_max_bytes,
+            self.cfg.batch_max_bytes.get(),
         );
         self.linger_deadline = None;
         match batch {
@@ -867,7 +868,7 @@ impl Publisher<'_> {
             if self.backlog_cursor >= self.backlog_end {
                 return Ok(None);
             }
-            let mut n = self.cfg.batch_max_events;
+            let mut n = self.cfg.batch_max_events.get();
             if let Some(b) = &mut self.bucket {
                 n = n.min(b.available(now));
                 if n == 0 {
@@ -893,7 +894,7 @@ impl Publisher<'_> {
                 self.backlog_cursor,
                 stop,
                 n,
-                self.cfg.batch_max_bytes,
+                self.cfg.batch_max_bytes.get(),
             );
             match batch {
                 Some(b) => {

@@ -578,12 +578,12 @@ pub fn identity() -> GatewayIdentity {
 
 /// A publisher config for tests: fast reconnects, short intervals.
 pub fn mqtt_config(url: &str) -> MqttConfig {
-    let mut c = MqttConfig::with_url(url);
-    c.reconnect_min_ms = 50;
-    c.reconnect_max_ms = 500;
-    c.keep_alive_secs = 5;
-    c.connect_timeout_secs = 2;
-    c.health_interval_secs = 1;
+    let mut c = MqttConfig::with_url(url).unwrap();
+    c.reconnect_min = Duration::from_millis(50);
+    c.reconnect_max = Duration::from_millis(500);
+    c.keep_alive = Duration::from_secs(5);
+    c.connect_timeout = Duration::from_secs(2);
+    c.health_interval = Duration::from_secs(1);
     c
 }
 
