@@ -369,14 +369,6 @@ impl Dedup {
         }
     }
 
-    /// Milliseconds until the next departure could happen, for sleeping.
-    pub fn next_deadline_ms(&self, now_mono_ms: u64) -> Option<u64> {
-        let timeout = ms(self.config.departure_timeout);
-        self.by_last_seen
-            .first()
-            .map(|&(last, _)| (last + timeout).saturating_sub(now_mono_ms))
-    }
-
     fn evict_oldest(&mut self, now: HostTime, out: &mut Vec<TagEvent>) {
         if let Some((_, id)) = self.by_last_seen.pop_first() {
             if let Some(t) = self.tags.remove(&id) {

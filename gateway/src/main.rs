@@ -259,6 +259,8 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
+/// Commits the demo's display may fall behind by before it skips some.
+const DEMO_DISPLAY_BATCHES: usize = 1_024;
 
 async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
     let mut config = config::parse(DEMO_CONFIG, "config/demo.toml (embedded)")?;
@@ -294,7 +296,11 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
             "; events print below as they are committed"
         }
     );
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<tracegate::store::StoredEvent>>();
+    // The display is best effort: when the terminal cannot keep up, whole
+    // commits are skipped (and counted) rather than slowing the writer.
+    let (tx, mut rx) =
+        tracegate::Observer::<Vec<tracegate::store::StoredEvent>>::channel(DEMO_DISPLAY_BATCHES);
+    let display = tx.clone();
     let printer = tokio::spawn(async move {
         let mut n = 0u64;
         while let Some(batch) = rx.recv().await {
@@ -323,6 +329,7 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
     });
     let result = tracegate::run_with(config, shutdown, options).await;
     let printed = printer.await.unwrap_or(0);
+    let skipped = display.dropped();
     if let Some(sub) = subscriber {
         // Let the last acknowledged messages reach the subscriber.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -330,7 +337,12 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
         let _ = sub.await;
     }
     eprintln!(
-        "tracegate demo: {printed} events committed; removing {}",
+        "tracegate demo: {printed} events shown{}; removing {}",
+        if skipped > 0 {
+            format!(" ({skipped} commits not shown: the display fell behind)")
+        } else {
+            String::new()
+        },
         dir.display()
     );
     let _ = std::fs::remove_dir_all(&dir);

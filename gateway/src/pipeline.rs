@@ -247,10 +247,6 @@ impl Pipeline {
         }
         drafts
     }
-
-    pub fn dedup_stats(&self) -> crate::dedup::DedupStats {
-        self.dedup.stats()
-    }
 }
 
 /// Runs until every reader's sink is dropped (readers stopped), then returns,

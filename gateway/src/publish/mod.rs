@@ -31,7 +31,7 @@ use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions,
     NetworkOptions, Outgoing, QoS, TlsConfiguration, Transport,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -157,7 +157,7 @@ pub struct PublisherContext {
     /// (also while backing off from an unreachable broker: that is not a hang).
     pub heartbeat: Arc<Heartbeat>,
     pub stats: Arc<PublisherStats>,
-    pub acks: Option<mpsc::UnboundedSender<AckNotice>>,
+    pub acks: Option<crate::Observer<AckNotice>>,
 }
 
 impl std::fmt::Debug for PublisherContext {
