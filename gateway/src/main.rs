@@ -300,7 +300,7 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
     // commits are skipped (and counted) rather than slowing the writer.
     let (tx, mut rx) =
         tracegate::Observer::<Vec<tracegate::store::StoredEvent>>::channel(DEMO_DISPLAY_BATCHES);
-    let display = tx.clone();
+    let display = tx.drops();
     let printer = tokio::spawn(async move {
         let mut n = 0u64;
         while let Some(batch) = rx.recv().await {
@@ -329,7 +329,7 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
     });
     let result = tracegate::run_with(config, shutdown, options).await;
     let printed = printer.await.unwrap_or(0);
-    let skipped = display.dropped();
+    let skipped = display.get();
     if let Some(sub) = subscriber {
         // Let the last acknowledged messages reach the subscriber.
         tokio::time::sleep(Duration::from_millis(300)).await;

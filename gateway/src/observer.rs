@@ -62,6 +62,23 @@ impl<T> Observer<T> {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+
+    /// The drop count, readable after every sender is gone. Keeping a
+    /// clone of the `Observer` for that would keep the channel open, and a
+    /// watcher waiting for the end of the stream would wait forever.
+    pub fn drops(&self) -> Drops {
+        Drops(self.dropped.clone())
+    }
+}
+
+/// How many items an [`Observer`] dropped; does not keep the channel open.
+#[derive(Debug, Clone)]
+pub struct Drops(Arc<AtomicU64>);
+
+impl Drops {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]
@@ -75,8 +92,18 @@ mod tests {
             assert_eq!(tx.send(i), Ok(()));
         }
         assert_eq!(tx.dropped(), 3);
+        let drops = tx.drops();
         assert_eq!((rx.try_recv(), rx.try_recv()), (Ok(0), Ok(1)));
         assert!(rx.try_recv().is_err());
+        assert_eq!(tx.send(5), Ok(()));
+        drop(tx);
+        assert_eq!(rx.try_recv(), Ok(5));
+        assert!(
+            rx.try_recv().is_err(),
+            "closed once the last sender is gone"
+        );
+        assert_eq!(drops.get(), 3);
+        let (tx, rx) = Observer::channel(1);
         drop(rx);
         assert_eq!(tx.send(9), Err(ObserverClosed));
     }
