@@ -17,7 +17,9 @@
 //! - [`uhf`]: what the two UHF protocols share: the frame buffer with resync,
 //!   the driver's request/response link, simulator faults and config checks.
 //! - [`serial`]: opening serial ports and pseudo-terminal pairs.
+//! - [`backoff`]: the exponential backoff with jitter every retry uses.
 
+pub mod backoff;
 pub mod clock;
 pub mod health;
 pub mod mercury;

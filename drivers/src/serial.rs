@@ -241,10 +241,6 @@ impl PluggablePty {
         }
         result
     }
-
-    pub fn is_plugged(&self) -> bool {
-        self.current.is_some()
-    }
 }
 
 impl Drop for PluggablePty {

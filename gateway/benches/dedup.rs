@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use tracegate::config::{DedupConfig, DedupKey};
 use tracegate::dedup::{Dedup, PointSettings};
+use tracegate::dedup::{DedupConfig, DedupKey};
 use tracegate_drivers::{HostTime, RawRead};
 
 const TAGS: u64 = 10_000;
@@ -52,11 +52,11 @@ fn reads() -> Vec<RawRead> {
 fn config() -> DedupConfig {
     DedupConfig {
         key: DedupKey::Epc,
-        min_reads: 2,
+        min_reads: std::num::NonZeroU32::new(2).unwrap(),
         arrival_window: Duration::from_millis(1_000),
         departure_timeout: Duration::from_millis(3_000),
         report_interval: None,
-        max_tags: 100_000,
+        max_tags: std::num::NonZeroUsize::new(100_000).unwrap(),
     }
 }
 

@@ -1,46 +1,50 @@
-//! Configuration: raw TOML structs (`deny_unknown_fields`), then one
-//! validation step into the typed [`Config`] the gateway runs on.
+//! Configuration: the file is parsed and checked once, here, into the typed
+//! [`Config`] the gateway runs on; each module owns its settings type
+//! (`DedupConfig` in `dedup`, `MqttConfig` in `publish`, `OpsConfig` in
+//! `ops`, ...) and nothing downstream re-parses or re-validates a value.
 //!
-//! Syntax errors, unknown keys and wrong types are reported as
-//! `FILE:LINE:COL: message`; semantic errors (duplicate names, unknown
-//! references, zero windows) name the offending entry.
+//! Every problem found is reported, not only the first, each as
+//! `FILE:LINE:COL: message` where the location is known: every section and
+//! every `[[readers]]`/`[[read_points]]` entry is deserialised on its own so
+//! one mistake does not hide the next. (A TOML syntax error still stops the
+//! parse: after it, the structure of the file is unknown.)
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tracegate_drivers::mercury::MercuryConfig;
 use tracegate_drivers::nfc::PcscConfig;
 use tracegate_drivers::r2000::R2000Config;
 use tracegate_drivers::sim::SimConfig;
+use tracegate_gs1::EpcPattern;
 
-use crate::store::{FullPolicy, StoreConfig};
+use crate::dedup::{DedupConfig, DedupKey, Portal};
+use crate::ops::{OpsConfig, RawOps};
+use crate::publish::{MqttConfig, RawMqtt};
+use crate::store::{FullPolicy, StoreConfig, MIN_MAX_BYTES};
+use crate::suspect::OverScan;
 
 // ---------------------------------------------------------------- raw ----
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    pub gateway: RawGateway,
-    #[serde(default)]
-    pub readers: Vec<ReaderConfig>,
-    #[serde(default)]
-    pub read_points: Vec<RawReadPoint>,
-    #[serde(default)]
-    pub dedup: RawDedup,
-    #[serde(default)]
-    pub store: RawStore,
-    pub mqtt: Option<crate::publish::MqttConfig>,
-    #[serde(default)]
-    pub ops: crate::ops::OpsConfig,
-    #[serde(default)]
-    pub nfc: RawNfc,
-    #[serde(default)]
-    pub flags: RawFlags,
-}
+/// The top-level keys a config file may have.
+const SECTIONS: &[&str] = &[
+    "gateway",
+    "readers",
+    "read_points",
+    "dedup",
+    "store",
+    "mqtt",
+    "ops",
+    "nfc",
+    "flags",
+];
 
 /// Suspicious-serial flags (see `suspect.rs`).
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -162,15 +166,6 @@ pub struct RawDirection {
     pub inside: u8,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum DedupKey {
-    #[default]
-    Epc,
-    Tid,
-    EpcTid,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawDedup {
@@ -237,10 +232,11 @@ pub struct Config {
     pub read_points: Vec<ReadPoint>,
     pub dedup: DedupConfig,
     pub store: StoreConfig,
-    pub mqtt: Option<crate::publish::MqttConfig>,
-    pub ops: crate::ops::OpsConfig,
+    pub mqtt: Option<MqttConfig>,
+    pub ops: OpsConfig,
     pub sun_key_files: Vec<PathBuf>,
-    pub flags: RawFlags,
+    /// `None`: the `over_scanned` flag is off.
+    pub over_scan: Option<OverScan>,
     /// SHA-256 of the source text (first 16 hex digits), for status messages.
     pub hash: String,
     /// Where it came from, for messages.
@@ -253,10 +249,12 @@ pub struct ReadPoint {
     pub reader: String,
     /// Covered antennas; empty for NFC read points.
     pub antennas: Vec<u8>,
-    pub direction: Option<RawDirection>,
+    pub direction: Option<Portal>,
     pub rssi_floor_dbm: Option<i16>,
-    pub epc_patterns: Vec<String>,
-    pub expect_patterns: Vec<String>,
+    /// Only tags matching one of these count (empty: every tag).
+    pub epc_patterns: Vec<EpcPattern>,
+    /// Tags matching none of these are flagged `unexpected` (empty: off).
+    pub expect_patterns: Vec<EpcPattern>,
     pub biz_step: Option<String>,
     pub disposition: Option<String>,
     pub read_point_id: Option<String>,
@@ -264,31 +262,15 @@ pub struct ReadPoint {
     pub action: EpcisAction,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DedupConfig {
-    pub key: DedupKey,
-    pub min_reads: u32,
-    pub arrival_window: Duration,
-    pub departure_timeout: Duration,
-    pub report_interval: Option<Duration>,
-    pub max_tags: usize,
-}
-
-impl Default for DedupConfig {
-    fn default() -> Self {
-        let raw = RawDedup::default();
-        Self {
-            key: raw.key,
-            min_reads: raw.min_reads,
-            arrival_window: Duration::from_millis(raw.arrival_window_ms),
-            departure_timeout: Duration::from_millis(raw.departure_timeout_ms),
-            report_interval: None,
-            max_tags: raw.max_tags,
-        }
-    }
-}
-
 // ------------------------------------------------------------- errors ----
+
+/// One thing wrong with a config file, located where possible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line and column (in characters).
+    pub at: Option<(usize, usize)>,
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -297,17 +279,24 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    /// Syntax errors, unknown keys, wrong types: located in the file.
-    #[error("{path}:{line}:{col}: {message}")]
-    Parse {
+    /// Everything found wrong, in file order, one `FILE:LINE:COL: message`
+    /// (or `FILE: message`) per line.
+    #[error("{}", render_problems(path, problems))]
+    Invalid {
         path: String,
-        line: usize,
-        col: usize,
-        message: String,
+        problems: Vec<Problem>,
     },
-    /// The file parsed but does not make sense.
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+}
+
+fn render_problems(path: &str, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| match p.at {
+            Some((line, col)) => format!("{path}:{line}:{col}: {}", p.message),
+            None => format!("{path}: {}", p.message),
+        })
+        .collect();
+    lines.join("\n")
 }
 
 // ---------------------------------------------------------- functions ----
@@ -315,125 +304,443 @@ pub enum ConfigError {
 /// Reads, parses and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: shown.clone(),
-        source,
-    })?;
+    let text = read(path, &shown)?;
     parse(&text, &shown)
+}
+
+/// [`load`], then opens every file the config names (SUN key files, MQTT
+/// credential and TLS files) and reports each one that cannot be used,
+/// with the field that names it: what `check-config` and a reload need to
+/// know before the daemon relies on the file.
+pub fn load_and_check_files(path: &Path) -> Result<Config, ConfigError> {
+    let shown = path.display().to_string();
+    let text = read(path, &shown)?;
+    let config = parse(&text, &shown)?;
+    let problems = check_files(&config, &Locator { text: &text });
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(invalid(&shown, problems))
+    }
+}
+
+fn read(path: &Path, shown: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: shown.to_owned(),
+        source,
+    })
+}
+
+fn invalid(path: &str, mut problems: Vec<Problem>) -> ConfigError {
+    // File order, like a compiler; problems without a place go last.
+    problems.sort_by_key(|p| p.at.unwrap_or((usize::MAX, usize::MAX)));
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        problems,
+    }
 }
 
 /// Parses and validates config text; `source` names it in errors.
 pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let (line, col) = e
-            .span()
-            .map(|s| line_col(text, refine_offset(text, s, e.message())))
-            .unwrap_or((1, 1));
-        ConfigError::Parse {
-            path: source.to_owned(),
-            line,
-            col,
-            message: e.message().trim().to_owned(),
-        }
-    })?;
     let hash = {
         let digest = Sha256::digest(text.as_bytes());
         hex::encode(&digest[..8])
     };
-    validate(raw, source, hash)
-}
-
-/// Errors inside `[[readers]]` (an internally tagged enum) are reported by
-/// the TOML parser at the start of the table; when the message names an
-/// unknown field, point at the key itself instead.
-fn refine_offset(text: &str, span: std::ops::Range<usize>, message: &str) -> usize {
-    let field = message
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split('`').next());
-    let (Some(field), Some(table)) = (field, text.get(span.clone())) else {
-        return span.start;
-    };
-    let mut offset = 0;
-    for line in table.split_inclusive('\n') {
-        let trimmed = line.trim_start();
-        if let Some(rest) = trimmed.strip_prefix(field) {
-            if rest.trim_start().starts_with('=') {
-                return span.start + offset + (line.len() - trimmed.len());
-            }
-        }
-        offset += line.len();
-    }
-    span.start
-}
-
-/// 1-based line and column (in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let col = before
-        .get(line_start..)
-        .map(|s| s.chars().count())
-        .unwrap_or(0)
-        + 1;
-    (line, col)
-}
-
-struct Problems {
-    source: String,
-    list: Vec<String>,
-}
-
-impl Problems {
-    fn push(&mut self, msg: impl fmt::Display) {
-        self.list.push(msg.to_string());
-    }
-}
-
-fn validate(raw: RawConfig, source: &str, hash: String) -> Result<Config, ConfigError> {
     let mut p = Problems {
-        source: source.to_owned(),
+        at: Locator { text },
         list: Vec::new(),
     };
-    let id_ok = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    // Syntax first: after a syntax error nothing else can be trusted.
+    let top: toml::Table = match toml::from_str(text) {
+        Ok(t) => t,
+        Err(e) => {
+            p.toml_error(&e);
+            return Err(invalid(source, p.list));
+        }
     };
-    if !id_ok(&raw.gateway.id) {
-        p.push(format!(
-            "[gateway] id {:?} must be non-empty and use only letters, digits, '-', '_' and '.' (it is part of MQTT topics and event ids)",
-            raw.gateway.id
-        ));
+    for key in top.keys() {
+        if !SECTIONS.contains(&key.as_str()) {
+            let at = p.at.top_level_key(key);
+            p.push(
+                at,
+                format!(
+                    "unknown field `{key}`, expected one of {}",
+                    SECTIONS
+                        .iter()
+                        .map(|s| format!("`{s}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
     }
-    if !id_ok(&raw.gateway.site) {
-        p.push(format!(
-            "[gateway] site {:?} must be non-empty and use only letters, digits, '-', '_' and '.' (it is part of MQTT topics)",
-            raw.gateway.site
-        ));
+    let raw = RawSections {
+        gateway: section::<OnlyGateway>(text, &mut p).and_then(|s| {
+            if s.gateway.is_none() {
+                p.push(None, "missing table [gateway] (id and site)");
+            }
+            s.gateway
+        }),
+        readers: {
+            let values = section::<OnlyReaders>(text, &mut p).map(|s| s.readers);
+            entries::<ReaderConfig>(values, "readers", &mut p)
+        },
+        read_points: {
+            let values = section::<OnlyReadPoints>(text, &mut p).map(|s| s.read_points);
+            entries::<RawReadPoint>(values, "read_points", &mut p)
+        },
+        dedup: section::<OnlyDedup>(text, &mut p).map(|s| s.dedup),
+        store: section::<OnlyStore>(text, &mut p).map(|s| s.store),
+        mqtt: section::<OnlyMqtt>(text, &mut p).map(|s| s.mqtt),
+        ops: section::<OnlyOps>(text, &mut p).map(|s| s.ops),
+        nfc: section::<OnlyNfc>(text, &mut p).map(|s| s.nfc),
+        flags: section::<OnlyFlags>(text, &mut p).map(|s| s.flags),
+    };
+    match validate(raw, &mut p) {
+        Some(parts) if p.list.is_empty() => Ok(parts.into_config(hash, source)),
+        _ => Err(invalid(source, p.list)),
+    }
+}
+
+// One struct per section, each deserialised from the whole text: the
+// section's errors keep their exact location, and an error in one section
+// does not stop the others from being checked.
+#[derive(Deserialize)]
+struct OnlyGateway {
+    gateway: Option<RawGateway>,
+}
+#[derive(Deserialize)]
+struct OnlyDedup {
+    #[serde(default)]
+    dedup: RawDedup,
+}
+#[derive(Deserialize)]
+struct OnlyStore {
+    #[serde(default)]
+    store: RawStore,
+}
+#[derive(Deserialize)]
+struct OnlyMqtt {
+    mqtt: Option<RawMqtt>,
+}
+#[derive(Deserialize)]
+struct OnlyOps {
+    #[serde(default)]
+    ops: RawOps,
+}
+#[derive(Deserialize)]
+struct OnlyNfc {
+    #[serde(default)]
+    nfc: RawNfc,
+}
+#[derive(Deserialize)]
+struct OnlyFlags {
+    #[serde(default)]
+    flags: RawFlags,
+}
+#[derive(Deserialize)]
+struct OnlyReaders {
+    #[serde(default)]
+    readers: Vec<toml::Value>,
+}
+#[derive(Deserialize)]
+struct OnlyReadPoints {
+    #[serde(default)]
+    read_points: Vec<toml::Value>,
+}
+
+fn section<T: DeserializeOwned>(text: &str, p: &mut Problems) -> Option<T> {
+    match toml::from_str::<T>(text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            p.toml_error(&e);
+            None
+        }
+    }
+}
+
+/// Each entry of an array of tables on its own, so every bad entry is
+/// reported. `None` in the result: that entry is broken (already reported).
+fn entries<T: DeserializeOwned>(
+    values: Option<Vec<toml::Value>>,
+    array: &'static str,
+    p: &mut Problems,
+) -> Vec<Option<T>> {
+    values
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match T::deserialize(v) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let region = p.at.entry(array, i);
+                let message = e.message().trim().to_owned();
+                let at = p.at.refine(region, &message);
+                p.push(at, format!("{array}[{i}]: {message}"));
+                None
+            }
+        })
+        .collect()
+}
+
+/// Finds where things are in the source text, for messages. Best effort:
+/// a key it cannot find (written as a dotted key or an inline table) gets
+/// the location of its section, or none.
+struct Locator<'a> {
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    /// The byte range of `[name]` (or of the `index`-th `[[name]]`): from its
+    /// header to the next header.
+    fn region(&self, name: &str, array: bool, index: usize) -> Option<Range<usize>> {
+        let mut offset = 0;
+        let mut start = None;
+        let mut seen = 0;
+        for line in self.text.split_inclusive('\n') {
+            let header = table_header(line);
+            if let Some(s) = start {
+                if header.is_some() {
+                    return Some(s..offset);
+                }
+            } else if let Some((h, is_array)) = header {
+                if h == name && is_array == array {
+                    if seen == index {
+                        start = Some(offset);
+                    }
+                    seen += 1;
+                }
+            }
+            offset += line.len();
+        }
+        start.map(|s| s..self.text.len())
     }
 
+    fn entry(&self, array: &str, index: usize) -> Option<Range<usize>> {
+        self.region(array, true, index)
+    }
+
+    /// Where `key = ...` is written inside `region` (or the region's start).
+    fn key(&self, region: Option<Range<usize>>, key: &str) -> Option<(usize, usize)> {
+        let region = region?;
+        let body = self.text.get(region.clone())?;
+        let mut offset = 0;
+        for line in body.split_inclusive('\n') {
+            let trimmed = line.trim_start();
+            if let Some(rest) = trimmed.strip_prefix(key) {
+                if rest.trim_start().starts_with('=') {
+                    return Some(
+                        self.line_col(region.start + offset + (line.len() - trimmed.len())),
+                    );
+                }
+            }
+            offset += line.len();
+        }
+        Some(self.line_col(region.start))
+    }
+
+    fn in_section(&self, section: &str, key: &str) -> Option<(usize, usize)> {
+        self.key(self.region(section, false, 0), key)
+    }
+
+    fn in_entry(&self, array: &str, index: usize, key: &str) -> Option<(usize, usize)> {
+        self.key(self.entry(array, index), key)
+    }
+
+    /// An unknown top-level key: either a table header or a bare key
+    /// before the first table.
+    fn top_level_key(&self, key: &str) -> Option<(usize, usize)> {
+        self.region(key, false, 0)
+            .or_else(|| self.region(key, true, 0))
+            .map(|r| self.line_col(r.start))
+            .or_else(|| {
+                let end = self
+                    .text
+                    .split_inclusive('\n')
+                    .scan(0, |off, l| {
+                        let at = *off;
+                        *off += l.len();
+                        Some((at, l))
+                    })
+                    .find(|(_, l)| table_header(l).is_some())
+                    .map_or(self.text.len(), |(at, _)| at);
+                self.key(Some(0..end), key)
+            })
+    }
+
+    /// Errors inside an entry name an unknown field but carry the entry's
+    /// position (or none); point at the key itself when it can be found.
+    fn refine(&self, region: Option<Range<usize>>, message: &str) -> Option<(usize, usize)> {
+        let field = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next());
+        match field {
+            Some(f) => self.key(region, f),
+            None => region.map(|r| self.line_col(r.start)),
+        }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let text = self.text;
+        let offset = offset.min(text.len());
+        let before = text.get(..offset).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let col = before
+            .get(line_start..)
+            .map(|s| s.chars().count())
+            .unwrap_or(0)
+            + 1;
+        (line, col)
+    }
+}
+
+/// `[name]` → (name, false), `[[name]]` → (name, true); anything else None.
+fn table_header(line: &str) -> Option<(String, bool)> {
+    let t = line.trim();
+    let t = t.split('#').next().unwrap_or(t).trim_end();
+    let (inner, array) = if let Some(i) = t.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+        (i, true)
+    } else if let Some(i) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        (i, false)
+    } else {
+        return None;
+    };
+    Some((inner.trim().to_owned(), array))
+}
+
+struct Problems<'a> {
+    at: Locator<'a>,
+    list: Vec<Problem>,
+}
+
+impl Problems<'_> {
+    fn push(&mut self, at: Option<(usize, usize)>, message: impl fmt::Display) {
+        self.list.push(Problem {
+            at,
+            message: message.to_string(),
+        });
+    }
+
+    fn toml_error(&mut self, e: &toml::de::Error) {
+        let at = e.span().map(|s| self.at.line_col(s.start));
+        self.push(at, e.message().trim());
+    }
+}
+
+/// What the file held, section by section; `None` where a section could not
+/// be read (its problems are already recorded).
+struct RawSections {
+    gateway: Option<RawGateway>,
+    readers: Vec<Option<ReaderConfig>>,
+    read_points: Vec<Option<RawReadPoint>>,
+    dedup: Option<RawDedup>,
+    store: Option<RawStore>,
+    mqtt: Option<Option<RawMqtt>>,
+    ops: Option<RawOps>,
+    nfc: Option<RawNfc>,
+    flags: Option<RawFlags>,
+}
+
+/// The checked pieces of a [`Config`].
+struct Parts {
+    gateway: RawGateway,
+    readers: Vec<ReaderConfig>,
+    read_points: Vec<ReadPoint>,
+    dedup: DedupConfig,
+    store: RawStore,
+    mqtt: Option<MqttConfig>,
+    ops: OpsConfig,
+    nfc: RawNfc,
+    over_scan: Option<OverScan>,
+}
+
+impl Parts {
+    fn into_config(self, hash: String, source: &str) -> Config {
+        let data_dir = self.gateway.data_dir;
+        let s = self.store;
+        Config {
+            gateway_id: self.gateway.id,
+            site: self.gateway.site,
+            store: StoreConfig {
+                path: data_dir.join("events.db"),
+                max_bytes: s.max_bytes,
+                full_policy: s.full_policy,
+                commit_interval_ms: s.commit_interval_ms,
+                commit_max_events: s.commit_max_events,
+                retention_secs: s.retention_secs,
+            },
+            data_dir,
+            readers: self.readers,
+            read_points: self.read_points,
+            dedup: self.dedup,
+            mqtt: self.mqtt,
+            ops: self.ops,
+            sun_key_files: self.nfc.sun_key_files,
+            over_scan: self.over_scan,
+            hash,
+            source: source.to_owned(),
+        }
+    }
+}
+
+fn id_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The checks serde cannot do. Returns the pieces when every section could
+/// be read; the caller decides by whether any problem was recorded.
+fn validate(raw: RawSections, p: &mut Problems) -> Option<Parts> {
+    if let Some(g) = &raw.gateway {
+        if !id_ok(&g.id) {
+            let at = p.at.in_section("gateway", "id");
+            p.push(at, format!(
+                "[gateway] id {:?} must be non-empty and use only letters, digits, '-', '_' and '.' (it is part of MQTT topics and event ids)",
+                g.id
+            ));
+        }
+        if !id_ok(&g.site) {
+            let at = p.at.in_section("gateway", "site");
+            p.push(at, format!(
+                "[gateway] site {:?} must be non-empty and use only letters, digits, '-', '_' and '.' (it is part of MQTT topics)",
+                g.site
+            ));
+        }
+    }
+
+    let readers_ok = raw.readers.iter().all(Option::is_some);
     let mut reader_names: HashMap<&str, &ReaderConfig> = HashMap::new();
     for (i, r) in raw.readers.iter().enumerate() {
+        let Some(r) = r else { continue };
+        let at_name = p.at.in_entry("readers", i, "name");
         if !id_ok(r.name()) {
-            p.push(format!(
+            p.push(at_name, format!(
                 "readers[{i}]: name {:?} must be non-empty and use only letters, digits, '-', '_' and '.'",
                 r.name()
             ));
         }
         if reader_names.insert(r.name(), r).is_some() {
-            p.push(format!(
-                "readers[{i}]: duplicate reader name {:?}; every reader needs its own name",
-                r.name()
-            ));
+            p.push(
+                at_name,
+                format!(
+                    "readers[{i}]: duplicate reader name {:?}; every reader needs its own name",
+                    r.name()
+                ),
+            );
         }
         if let Some(ants) = r.antennas() {
             if ants.is_empty() || ants.contains(&0) {
-                p.push(format!(
-                    "readers[{i}] ({}): antennas must list at least one port, numbered from 1",
-                    r.name()
-                ));
+                let at = p.at.in_entry("readers", i, "antennas");
+                p.push(
+                    at,
+                    format!(
+                        "readers[{i}] ({}): antennas must list at least one port, numbered from 1",
+                        r.name()
+                    ),
+                );
             }
         }
         let checked = match r {
@@ -443,171 +750,286 @@ fn validate(raw: RawConfig, source: &str, hash: String) -> Result<Config, Config
             ReaderConfig::Pcsc(_) => Ok(()),
         };
         if let Err(e) = checked {
-            p.push(format!("readers[{i}] ({}): {e}", r.name()));
+            let at = p.at.in_entry("readers", i, "kind");
+            p.push(at, format!("readers[{i}] ({}): {e}", r.name()));
         }
     }
 
     let mut read_points = Vec::new();
     let mut rp_names = HashSet::new();
+    let read_points_ok = raw.read_points.iter().all(Option::is_some);
     for (i, rp) in raw.read_points.into_iter().enumerate() {
-        if !id_ok(&rp.name) {
-            p.push(format!(
-                "read_points[{i}]: name {:?} must be non-empty and use only letters, digits, '-', '_' and '.'",
-                rp.name
-            ));
+        let Some(rp) = rp else { continue };
+        if let Some(point) = read_point(i, rp, &reader_names, readers_ok, &mut rp_names, p) {
+            read_points.push(point);
         }
-        if !rp_names.insert(rp.name.clone()) {
-            p.push(format!(
-                "read_points[{i}]: duplicate read point name {:?}",
-                rp.name
-            ));
-        }
-        let Some(reader) = reader_names.get(rp.reader.as_str()) else {
-            let known: Vec<&str> = reader_names.keys().copied().collect();
-            p.push(format!(
-                "read_points[{i}] ({}): reader {:?} is not defined in [[readers]] (defined: {})",
-                rp.name,
-                rp.reader,
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            ));
-            continue;
-        };
-        let antennas = match (&rp.antennas, reader.antennas()) {
-            (Some(list), Some(all)) => {
-                for a in list {
-                    if !all.contains(a) {
-                        p.push(format!(
-                            "read_points[{i}] ({}): antenna {a} is not one of reader {:?}'s antennas {:?}",
-                            rp.name, rp.reader, all
-                        ));
-                    }
-                }
-                list.clone()
-            }
-            (Some(list), None) if !list.is_empty() => {
-                p.push(format!(
-                    "read_points[{i}] ({}): reader {:?} is an NFC reader and has no antennas",
-                    rp.name, rp.reader
-                ));
-                Vec::new()
-            }
-            (_, Some(all)) => all.to_vec(),
-            (_, None) => Vec::new(),
-        };
-        if let Some(d) = rp.direction {
-            if d.inside == d.outside {
-                p.push(format!(
-                    "read_points[{i}] ({}): direction needs two different antennas, got {} for both",
-                    rp.name, d.inside
-                ));
-            }
-            for a in [d.inside, d.outside] {
-                if !antennas.contains(&a) {
-                    p.push(format!(
-                        "read_points[{i}] ({}): direction antenna {a} is not covered by this read point (antennas {:?})",
-                        rp.name, antennas
-                    ));
-                }
-            }
-        }
-        for pat in rp.epc_patterns.iter().chain(&rp.expect_patterns) {
-            if let Err(e) = crate::event::check_epc_pattern(pat) {
-                p.push(format!(
-                    "read_points[{i}] ({}): epc pattern {pat:?} is invalid: {e}",
-                    rp.name
-                ));
-            }
-        }
-        read_points.push(ReadPoint {
-            name: rp.name,
-            reader: rp.reader,
-            antennas,
-            direction: rp.direction,
-            rssi_floor_dbm: rp.rssi_floor_dbm,
-            epc_patterns: rp.epc_patterns,
-            expect_patterns: rp.expect_patterns,
-            biz_step: rp.biz_step,
-            disposition: rp.disposition,
-            read_point_id: rp.read_point_id,
-            biz_location: rp.biz_location,
-            action: rp.action,
-        });
     }
 
-    let d = &raw.dedup;
-    if d.min_reads == 0 {
-        p.push("[dedup] min_reads must be at least 1");
+    let dedup = raw.dedup.and_then(|d| dedup(d, p));
+    if let Some(s) = &raw.store {
+        if s.max_bytes < MIN_MAX_BYTES {
+            let at = p.at.in_section("store", "max_bytes");
+            p.push(
+                at,
+                format!("[store] max_bytes must be at least {MIN_MAX_BYTES}"),
+            );
+        }
+        for (key, zero) in [
+            ("commit_interval_ms", s.commit_interval_ms == 0),
+            ("commit_max_events", s.commit_max_events == 0),
+        ] {
+            if zero {
+                let at = p.at.in_section("store", key);
+                p.push(at, format!("[store] {key} must be above 0"));
+            }
+        }
+    }
+    let mqtt = match raw.mqtt {
+        Some(Some(m)) => match m.validate() {
+            Ok(m) => Some(Some(m)),
+            Err(problems) => {
+                for problem in problems {
+                    let at = p.at.in_section("mqtt", problem.key);
+                    p.push(at, format!("[mqtt] {}", problem.message));
+                }
+                None
+            }
+        },
+        Some(None) => Some(None),
+        None => None,
+    };
+    let ops = raw.ops.and_then(|o| match o.validate() {
+        Ok(o) => Some(o),
+        Err((key, message)) => {
+            let at = p.at.in_section("ops", key);
+            p.push(at, message);
+            None
+        }
+    });
+    let over_scan = raw.flags.map(|f| {
+        NonZeroUsize::new(f.over_scan_max_arrivals).map(|max_arrivals| {
+            if f.over_scan_window_secs == 0 {
+                let at = p.at.in_section("flags", "over_scan_window_secs");
+                p.push(
+                    at,
+                    "[flags] over_scan_window_secs must be above 0 when over_scan_max_arrivals is set",
+                );
+            }
+            OverScan {
+                max_arrivals,
+                window: Duration::from_secs(f.over_scan_window_secs),
+            }
+        })
+    });
+    if !readers_ok || !read_points_ok {
+        return None;
+    }
+    Some(Parts {
+        gateway: raw.gateway?,
+        readers: raw.readers.into_iter().flatten().collect(),
+        read_points,
+        dedup: dedup?,
+        store: raw.store?,
+        mqtt: mqtt?,
+        ops: ops?,
+        nfc: raw.nfc?,
+        over_scan: over_scan?,
+    })
+}
+
+fn read_point(
+    i: usize,
+    rp: RawReadPoint,
+    reader_names: &HashMap<&str, &ReaderConfig>,
+    readers_ok: bool,
+    rp_names: &mut HashSet<String>,
+    p: &mut Problems,
+) -> Option<ReadPoint> {
+    let at = |key: &str| p.at.in_entry("read_points", i, key);
+    let at_name = at("name");
+    if !id_ok(&rp.name) {
+        p.push(at_name, format!(
+            "read_points[{i}]: name {:?} must be non-empty and use only letters, digits, '-', '_' and '.'",
+            rp.name
+        ));
+    }
+    if !rp_names.insert(rp.name.clone()) {
+        p.push(
+            at_name,
+            format!("read_points[{i}]: duplicate read point name {:?}", rp.name),
+        );
+    }
+    let Some(reader) = reader_names.get(rp.reader.as_str()) else {
+        // A reader entry that failed to parse may be the one meant: saying
+        // "not defined" then would be noise.
+        if readers_ok {
+            let mut known: Vec<&str> = reader_names.keys().copied().collect();
+            known.sort_unstable();
+            let at = p.at.in_entry("read_points", i, "reader");
+            p.push(
+                at,
+                format!(
+                    "read_points[{i}] ({}): reader {:?} is not defined in [[readers]] (defined: {})",
+                    rp.name,
+                    rp.reader,
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        }
+        return None;
+    };
+    let at_antennas = p.at.in_entry("read_points", i, "antennas");
+    let antennas = match (&rp.antennas, reader.antennas()) {
+        (Some(list), Some(all)) => {
+            for a in list {
+                if !all.contains(a) {
+                    p.push(
+                        at_antennas,
+                        format!(
+                            "read_points[{i}] ({}): antenna {a} is not one of reader {:?}'s antennas {:?}",
+                            rp.name, rp.reader, all
+                        ),
+                    );
+                }
+            }
+            list.clone()
+        }
+        (Some(list), None) if !list.is_empty() => {
+            p.push(
+                at_antennas,
+                format!(
+                    "read_points[{i}] ({}): reader {:?} is an NFC reader and has no antennas",
+                    rp.name, rp.reader
+                ),
+            );
+            Vec::new()
+        }
+        (_, Some(all)) => all.to_vec(),
+        (_, None) => Vec::new(),
+    };
+    let direction = rp.direction.map(|d| {
+        let at = p.at.in_entry("read_points", i, "direction");
+        if d.inside == d.outside {
+            p.push(
+                at,
+                format!(
+                    "read_points[{i}] ({}): direction needs two different antennas, got {} for both",
+                    rp.name, d.inside
+                ),
+            );
+        }
+        for a in [d.inside, d.outside] {
+            if !antennas.contains(&a) {
+                p.push(at, format!(
+                    "read_points[{i}] ({}): direction antenna {a} is not covered by this read point (antennas {:?})",
+                    rp.name, antennas
+                ));
+            }
+        }
+        Portal {
+            outside: d.outside,
+            inside: d.inside,
+        }
+    });
+    let mut patterns = |key: &str, list: &[String]| -> Vec<EpcPattern> {
+        let at = p.at.in_entry("read_points", i, key);
+        list.iter()
+            .filter_map(|pat| match EpcPattern::parse(pat) {
+                Ok(parsed) => Some(parsed),
+                Err(e) => {
+                    p.push(
+                        at,
+                        format!(
+                            "read_points[{i}] ({}): {key} {pat:?} is invalid: {e}",
+                            rp.name
+                        ),
+                    );
+                    None
+                }
+            })
+            .collect()
+    };
+    let epc_patterns = patterns("epc_patterns", &rp.epc_patterns);
+    let expect_patterns = patterns("expect_patterns", &rp.expect_patterns);
+    Some(ReadPoint {
+        name: rp.name,
+        reader: rp.reader,
+        antennas,
+        direction,
+        rssi_floor_dbm: rp.rssi_floor_dbm,
+        epc_patterns,
+        expect_patterns,
+        biz_step: rp.biz_step,
+        disposition: rp.disposition,
+        read_point_id: rp.read_point_id,
+        biz_location: rp.biz_location,
+        action: rp.action,
+    })
+}
+
+fn dedup(d: RawDedup, p: &mut Problems) -> Option<DedupConfig> {
+    let at = |key| p.at.in_section("dedup", key);
+    let (a_min, a_win, a_dep, a_max) = (
+        at("min_reads"),
+        at("arrival_window_ms"),
+        at("departure_timeout_ms"),
+        at("max_tags"),
+    );
+    let min_reads = NonZeroU32::new(d.min_reads);
+    if min_reads.is_none() {
+        p.push(a_min, "[dedup] min_reads must be at least 1");
     }
     if d.arrival_window_ms == 0 {
-        p.push("[dedup] arrival_window_ms must be above 0 (a window of zero can never collect min_reads)");
+        p.push(
+            a_win,
+            "[dedup] arrival_window_ms must be above 0 (a window of zero can never collect min_reads)",
+        );
     }
     if d.departure_timeout_ms == 0 {
         p.push(
+            a_dep,
             "[dedup] departure_timeout_ms must be above 0 (a tag would depart between two reads)",
         );
     }
-    if d.max_tags == 0 {
-        p.push("[dedup] max_tags must be at least 1");
+    let max_tags = NonZeroUsize::new(d.max_tags);
+    if max_tags.is_none() {
+        p.push(a_max, "[dedup] max_tags must be at least 1");
     }
-    let s = &raw.store;
-    if s.max_bytes < 1024 * 1024 {
-        p.push("[store] max_bytes must be at least 1048576 (1 MiB)");
-    }
-    if s.commit_interval_ms == 0 || s.commit_max_events == 0 {
-        p.push("[store] commit_interval_ms and commit_max_events must be above 0");
-    }
+    Some(DedupConfig {
+        key: d.key,
+        min_reads: min_reads?,
+        arrival_window: Duration::from_millis(d.arrival_window_ms),
+        departure_timeout: Duration::from_millis(d.departure_timeout_ms),
+        report_interval: (d.report_interval_ms > 0)
+            .then(|| Duration::from_millis(d.report_interval_ms)),
+        max_tags: max_tags?,
+    })
+}
 
-    if let Some(m) = &raw.mqtt {
-        if let Err(e) = m.validate() {
-            p.push(format!("[mqtt] {e}"));
+/// Opens every file `config` names and reports those that cannot be used.
+fn check_files(config: &Config, at: &Locator) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for path in &config.sun_key_files {
+        if let Err(e) = tracegate_drivers::nfc::sun::KeyFile::load(path) {
+            problems.push(Problem {
+                at: at.in_section("nfc", "sun_key_files"),
+                message: format!("[nfc] sun_key_files: {e}"),
+            });
         }
     }
-    if let Err(e) = raw.ops.validate() {
-        p.push(e);
+    if let Some(mqtt) = &config.mqtt {
+        for problem in crate::publish::config::check_files(mqtt) {
+            problems.push(Problem {
+                at: at.in_section("mqtt", problem.key),
+                message: format!("[mqtt] {}", problem.message),
+            });
+        }
     }
-
-    if !p.list.is_empty() {
-        return Err(ConfigError::Invalid {
-            path: p.source,
-            message: p.list.join("; "),
-        });
-    }
-
-    let data_dir = raw.gateway.data_dir;
-    Ok(Config {
-        gateway_id: raw.gateway.id,
-        site: raw.gateway.site,
-        store: StoreConfig {
-            path: data_dir.join("events.db"),
-            max_bytes: s.max_bytes,
-            full_policy: s.full_policy,
-            commit_interval_ms: s.commit_interval_ms,
-            commit_max_events: s.commit_max_events,
-            retention_secs: s.retention_secs,
-        },
-        data_dir,
-        readers: raw.readers,
-        read_points,
-        dedup: DedupConfig {
-            key: d.key,
-            min_reads: d.min_reads,
-            arrival_window: Duration::from_millis(d.arrival_window_ms),
-            departure_timeout: Duration::from_millis(d.departure_timeout_ms),
-            report_interval: (d.report_interval_ms > 0)
-                .then(|| Duration::from_millis(d.report_interval_ms)),
-            max_tags: d.max_tags,
-        },
-        mqtt: raw.mqtt,
-        ops: raw.ops,
-        sun_key_files: raw.nfc.sun_key_files,
-        flags: raw.flags,
-        hash,
-        source: source.to_owned(),
-    })
+    problems
 }
 
 impl Config {
@@ -632,10 +1054,9 @@ impl Config {
             kinds.join(", "),
             self.read_points.len(),
             self.store.path.display(),
-            if self.mqtt.is_some() {
-                "configured"
-            } else {
-                "off"
+            match &self.mqtt {
+                Some(m) => m.broker.to_string(),
+                None => "off".to_owned(),
             }
         )
     }
@@ -664,7 +1085,8 @@ reader = "sim1"
     fn a_minimal_config_validates_with_defaults() {
         let c = parse(MINIMAL, "t.toml").unwrap();
         assert_eq!(c.read_points[0].antennas, vec![1, 2]);
-        assert_eq!(c.dedup.min_reads, 1);
+        assert_eq!(c.dedup.min_reads.get(), 1);
+        assert!(c.mqtt.is_none() && c.over_scan.is_none());
         assert_eq!(c.store.path, PathBuf::from("/tmp/x/events.db"));
     }
 
@@ -719,5 +1141,130 @@ reader = "sim1"
             }
         }
         assert!(n >= 4, "expected the four example configs, found {n}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_each_at_its_line_in_file_order() {
+        let text = r#"colour = "red"
+[gateway]
+id = "gw 1"
+site = "s"
+
+[[readers]]
+name = "r1"
+kind = "sim"
+baud_rate = 9600
+
+[[readers]]
+name = "r2"
+kind = "sim"
+
+[[read_points]]
+name = "door"
+reader = "r2"
+epc_patterns = ["urn:epc:pat:nonsense"]
+
+[dedup]
+min_reads = "three"
+
+[store]
+max_bytes = 10
+
+[mqtt]
+url = "mqtt://h"
+inflight = 0
+keep_alive_secs = 1
+
+[ops]
+stale_after_secs = 0
+"#;
+        let err = parse(text, "t.toml").unwrap_err();
+        let ConfigError::Invalid { problems, .. } = &err else {
+            panic!("{err}");
+        };
+        let lines: Vec<usize> = problems.iter().filter_map(|p| p.at.map(|a| a.0)).collect();
+        assert_eq!(lines, [1, 3, 9, 18, 21, 24, 28, 29, 32], "{err}");
+        let text = err.to_string();
+        for needle in [
+            "t.toml:3:1: [gateway] id \"gw 1\"",
+            "t.toml:9:1: readers[0]: unknown field `baud_rate`",
+            "t.toml:18:1: read_points[0] (door): epc_patterns \"urn:epc:pat:nonsense\" is invalid",
+            "t.toml:21:13: invalid type: string \"three\"",
+            &format!("t.toml:24:1: [store] max_bytes must be at least {MIN_MAX_BYTES}"),
+            "t.toml:28:1: [mqtt] mqtt.inflight",
+            "t.toml:29:1: [mqtt] mqtt.keep_alive_secs",
+            "t.toml:32:1: [ops] stale_after_secs",
+            "t.toml:1:1: unknown field `colour`",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn patterns_mqtt_and_flags_arrive_typed() {
+        let text = format!(
+            "{MINIMAL}epc_patterns = [\"urn:epc:pat:sgtin-96:*.0614141.*.*\"]\n\
+             [mqtt]\nurl = \"mqtts://broker.example\"\nlinger_ms = 0\nbacklog_rate_limit = 500\n\
+             [flags]\nover_scan_max_arrivals = 3\nover_scan_window_secs = 60\n"
+        );
+        let c = parse(&text, "t.toml").unwrap();
+        let decoded = tracegate_gs1::decode_epc_hex("3074257BF7194E4000001A85").unwrap();
+        assert!(c.read_points[0].epc_patterns[0].matches(&decoded));
+        let m = c.mqtt.unwrap();
+        assert_eq!(m.broker.to_string(), "mqtts://broker.example:8883");
+        assert_eq!(m.linger, Duration::ZERO);
+        assert_eq!(m.backlog_rate_limit.map(|r| r.get()), Some(500));
+        let o = c.over_scan.unwrap();
+        assert_eq!(
+            (o.max_arrivals.get(), o.window),
+            (3, Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn the_store_minimum_is_the_stores_own() {
+        let ok = format!("{MINIMAL}\n[store]\nmax_bytes = {MIN_MAX_BYTES}\n");
+        assert_eq!(parse(&ok, "t.toml").unwrap().store.max_bytes, MIN_MAX_BYTES);
+        let below = format!("{MINIMAL}\n[store]\nmax_bytes = {}\n", MIN_MAX_BYTES - 1);
+        assert!(parse(&below, "t.toml").is_err());
+    }
+
+    #[test]
+    fn a_syntax_error_is_located_and_reported_alone() {
+        let text = MINIMAL.replace("site = \"site1\"", "site = \"site1");
+        let err = parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:4:"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    #[test]
+    fn check_files_names_the_field_of_every_file_that_cannot_be_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("user");
+        std::fs::write(&empty, "").unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let missing = dir.path().join("missing");
+        let text = format!(
+            "{MINIMAL}\n[mqtt]\nurl = \"mqtts://h\"\nca_file = {not_pem:?}\n\
+             client_cert_file = {missing:?}\nclient_key_file = {missing:?}\n\
+             username_file = {empty:?}\npassword_file = {missing:?}\n\
+             [nfc]\nsun_key_files = [{missing:?}]\n"
+        );
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, &text).unwrap();
+        load(&path).unwrap();
+        let err = load_and_check_files(&path).unwrap_err().to_string();
+        for needle in [
+            ":17:1: [mqtt] mqtt.ca_file",
+            ":18:1: [mqtt] mqtt.client_cert_file",
+            ":19:1: [mqtt] mqtt.client_key_file",
+            ":20:1: [mqtt] mqtt.username_file",
+            ":21:1: [mqtt] mqtt.password_file",
+            ":23:1: [nfc] sun_key_files",
+        ] {
+            assert!(err.contains(needle), "{needle:?} missing from:\n{err}");
+        }
+        assert_eq!(err.lines().count(), 6, "{err}");
     }
 }

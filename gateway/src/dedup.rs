@@ -22,10 +22,57 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Duration;
 
 use tracegate_drivers::{HostTime, RawRead};
 
-use crate::config::{DedupConfig, DedupKey, RawDirection};
+/// What identifies "the same tag".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DedupKey {
+    #[default]
+    Epc,
+    /// The chip's TID: one physical tag even if its EPC is rewritten.
+    Tid,
+    /// EPC and TID together: a cloned EPC on another chip is another tag.
+    EpcTid,
+}
+
+/// The engine's settings; the config file's `[dedup]` table builds them.
+/// A zero window or timeout would make the semantics meaningless (nothing
+/// could ever arrive, or a tag would depart between two reads), so the
+/// config refuses zeros before they get here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupConfig {
+    pub key: DedupKey,
+    pub min_reads: NonZeroU32,
+    pub arrival_window: Duration,
+    pub departure_timeout: Duration,
+    /// Re-report arrived tags this often (`present` events).
+    pub report_interval: Option<Duration>,
+    pub max_tags: NonZeroUsize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self {
+            key: DedupKey::Epc,
+            min_reads: NonZeroU32::MIN,
+            arrival_window: Duration::from_secs(1),
+            departure_timeout: Duration::from_secs(3),
+            report_interval: None,
+            max_tags: NonZeroUsize::new(100_000).unwrap_or(NonZeroUsize::MIN),
+        }
+    }
+}
+
+/// A two-antenna portal: which antenna faces outside and which inside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Portal {
+    pub outside: u8,
+    pub inside: u8,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -84,7 +131,7 @@ pub struct TagEvent {
 /// Per-read-point settings the engine needs.
 #[derive(Debug, Clone, Default)]
 pub struct PointSettings {
-    pub direction: Option<RawDirection>,
+    pub direction: Option<Portal>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +233,7 @@ impl Dedup {
         let id = match known {
             Some(id) => id,
             None => {
-                if self.tags.len() >= self.config.max_tags {
+                if self.tags.len() >= self.config.max_tags.get() {
                     self.evict_oldest(read.host, out);
                 }
                 let id = self.next_id;
@@ -260,7 +307,7 @@ impl Dedup {
                 t.first_antenna = read.antenna;
             }
             t.window_reads += 1;
-            if t.window_reads >= self.config.min_reads {
+            if t.window_reads >= self.config.min_reads.get() {
                 t.arrived = true;
                 t.last_report_ms = now;
                 self.stats.events += 1;
@@ -322,7 +369,8 @@ impl Dedup {
         }
     }
 
-    /// Milliseconds until the next departure could happen, for sleeping.
+    /// Milliseconds until the next departure could fall due (0: already
+    /// due), so the pipeline can sleep exactly that long.
     pub fn next_deadline_ms(&self, now_mono_ms: u64) -> Option<u64> {
         let timeout = ms(self.config.departure_timeout);
         self.by_last_seen
@@ -389,7 +437,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::sync::Arc;
-    use std::time::Duration;
 
     fn cfg(
         min_reads: u32,
@@ -400,11 +447,11 @@ mod tests {
     ) -> DedupConfig {
         DedupConfig {
             key: DedupKey::Epc,
-            min_reads,
+            min_reads: NonZeroU32::new(min_reads).unwrap(),
             arrival_window: Duration::from_millis(window),
             departure_timeout: Duration::from_millis(timeout),
             report_interval: report.map(Duration::from_millis),
-            max_tags,
+            max_tags: NonZeroUsize::new(max_tags).unwrap(),
         }
     }
 
@@ -490,7 +537,7 @@ mod tests {
     #[test]
     fn a_two_antenna_portal_reports_the_direction_of_travel() {
         let points = vec![PointSettings {
-            direction: Some(RawDirection {
+            direction: Some(Portal {
                 outside: 1,
                 inside: 2,
             }),

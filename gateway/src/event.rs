@@ -840,13 +840,6 @@ impl fmt::Display for Event {
 
 // ------------------------------------------------------------------- misc ----
 
-/// Whether an EPC pattern from the config is well-formed.
-pub fn check_epc_pattern(pattern: &str) -> Result<(), String> {
-    tracegate_gs1::EpcPattern::parse(pattern)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
 /// Bytes as upper-case hex on the wire; either case is read.
 mod hex_upper {
     use serde::{Deserialize, Deserializer, Serializer};

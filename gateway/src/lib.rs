@@ -10,6 +10,7 @@ pub mod dedup;
 pub mod event;
 pub mod heartbeat;
 pub mod nfc;
+pub mod observer;
 pub mod ops;
 pub mod pipeline;
 pub mod publish;
@@ -28,6 +29,7 @@ use tracegate_drivers::{Clock, ReadSink, ReaderHealth};
 
 use crate::config::Config;
 use crate::heartbeat::Heartbeats;
+pub use crate::observer::Observer;
 use crate::store::{Store, StoredEvent};
 
 /// Room in the reader → pipeline channel; readers wait when it is full.
@@ -55,8 +57,9 @@ pub enum RunError {
 /// Knobs for embedding the gateway (the demo, tests).
 #[derive(Debug)]
 pub struct RunOptions {
-    /// Receives every committed event, in commit order.
-    pub on_commit: Option<mpsc::UnboundedSender<Vec<StoredEvent>>>,
+    /// Receives committed events, in commit order, while it keeps up: the
+    /// writer never waits for it (see [`Observer`]).
+    pub on_commit: Option<Observer<Vec<StoredEvent>>>,
     /// How long shutdown may take before the remaining work is abandoned
     /// (it is all in SQLite or still in the readers' buffers).
     pub shutdown_deadline: Duration,
@@ -66,8 +69,9 @@ pub struct RunOptions {
     /// When the configured metrics address is taken, listen on a free port
     /// instead of failing (the demo; a daemon should fail loudly).
     pub metrics_fallback_ephemeral: bool,
-    /// Receives a notice for every batch the broker acknowledged.
-    pub acks: Option<mpsc::UnboundedSender<publish::AckNotice>>,
+    /// Receives a notice for every batch the broker acknowledged, while it
+    /// keeps up: the publisher never waits for it (see [`Observer`]).
+    pub acks: Option<Observer<publish::AckNotice>>,
 }
 
 impl Default for RunOptions {
@@ -207,7 +211,7 @@ pub async fn run_with(
     }
     services.spawn(ops::watchdog(
         heartbeats.clone(),
-        config.ops.stale_after(),
+        config.ops.stale_after,
         services_cancel.clone(),
     ));
     services.close();

@@ -129,9 +129,12 @@ fn on_signals(token: CancellationToken) {
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     let (log_format, log_level) = (cli.log_format, cli.log_level);
     match cli.command {
-        Command::CheckConfig { file } => match config::load(&file) {
+        Command::CheckConfig { file } => match config::load_and_check_files(&file) {
             Ok(c) => {
-                println!("{}: ok: {}", file.display(), c.summary());
+                to_stdout(|out| {
+                    writeln!(out, "{}: ok: {}", file.display(), c.summary())?;
+                    Ok(())
+                })?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -153,11 +156,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Decode { hex, json } => {
             let decoded = tracegate_gs1::decode_epc_hex(&hex)
                 .map_err(|e| anyhow::anyhow!("{hex:?} is not an EPC in hex: {e}"))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&decoded)?);
-            } else {
-                println!("{decoded}");
-            }
+            to_stdout(|out| {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&decoded)?)?;
+                } else {
+                    writeln!(out, "{decoded}")?;
+                }
+                Ok(())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status {
@@ -175,11 +181,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let status = runtime()?
                 .block_on(ops::fetch_status(addr))
                 .with_context(|| format!("cannot reach the daemon's status endpoint at {addr}: is tracegate running?"))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{}", ops::render_status_human(&status));
-            }
+            to_stdout(|out| {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+                } else {
+                    write!(out, "{}", ops::render_status_human(&status))?;
+                }
+                Ok(())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { duration } => {
@@ -200,39 +209,62 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 Store::open_reader(&config.store, &config.gateway_id).with_context(|| {
                     format!("cannot open the store at {}", config.store.path.display())
                 })?;
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            let mut after = since;
-            loop {
-                let batch = store.events_after(after, 10_000, pending)?;
-                let Some(last) = batch.last() else { break };
-                after = last.seq;
-                for e in &batch {
-                    if json {
-                        writeln!(out, "{}", e.payload)?;
-                    } else {
-                        match serde_json::from_str::<tracegate::event::Event>(&e.payload) {
-                            Ok(event) => writeln!(out, "{}", event.human_line())?,
-                            // Written by a newer gateway: what every event has.
-                            Err(_) => writeln!(
-                                out,
-                                "{:>8}  {}  {:<9} {}",
-                                e.seq,
-                                tracegate::event::iso_ms(e.event_utc_ms),
-                                e.event_type,
-                                e.id
-                            )?,
+            to_stdout(|out| {
+                let mut after = since;
+                loop {
+                    let batch = store.events_after(after, 10_000, pending)?;
+                    let Some(last) = batch.last() else { break };
+                    after = last.seq;
+                    for e in &batch {
+                        if json {
+                            writeln!(out, "{}", e.payload)?;
+                        } else {
+                            match serde_json::from_str::<tracegate::event::Event>(&e.payload) {
+                                Ok(event) => writeln!(out, "{}", event.human_line())?,
+                                // Written by a newer gateway: what every event has.
+                                Err(_) => writeln!(
+                                    out,
+                                    "{:>8}  {}  {:<9} {}",
+                                    e.seq,
+                                    tracegate::event::iso_ms(e.event_utc_ms),
+                                    e.event_type,
+                                    e.id
+                                )?,
+                            }
                         }
                     }
                 }
-            }
-            out.flush()?;
+                Ok(())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
+/// Runs `write` against a locked, buffered stdout. A reader that goes away
+/// (`tracegate decode ... | head -1`) ends the output quietly: a closed pipe
+/// is how a Unix pipeline says "enough", not an error worth a message. The
+/// runtime ignores SIGPIPE, so it arrives here as `BrokenPipe`.
+fn to_stdout(write: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match write(&mut out).and_then(|()| out.flush().map_err(anyhow::Error::from)) {
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
+/// Commits the demo's display may fall behind by before it skips some.
+const DEMO_DISPLAY_BATCHES: usize = 1_024;
 
 async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
     let mut config = config::parse(DEMO_CONFIG, "config/demo.toml (embedded)")?;
@@ -255,7 +287,7 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
         sim_cancel.clone(),
     )
     .context("cannot start the simulated Mercury reader on a pseudo-terminal")?;
-    add_serial_demo_reader(&mut config, pty.display().to_string());
+    add_serial_demo_reader(&mut config, pty.display().to_string())?;
     let registry = CancellationToken::new();
     let subscriber = start_registry(&mut config, registry.clone())?;
     eprintln!(
@@ -268,7 +300,11 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
             "; events print below as they are committed"
         }
     );
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<tracegate::store::StoredEvent>>();
+    // The display is best effort: when the terminal cannot keep up, whole
+    // commits are skipped (and counted) rather than slowing the writer.
+    let (tx, mut rx) =
+        tracegate::Observer::<Vec<tracegate::store::StoredEvent>>::channel(DEMO_DISPLAY_BATCHES);
+    let display = tx.drops();
     let printer = tokio::spawn(async move {
         let mut n = 0u64;
         while let Some(batch) = rx.recv().await {
@@ -297,6 +333,7 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
     });
     let result = tracegate::run_with(config, shutdown, options).await;
     let printed = printer.await.unwrap_or(0);
+    let skipped = display.get();
     if let Some(sub) = subscriber {
         // Let the last acknowledged messages reach the subscriber.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -304,7 +341,12 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
         let _ = sub.await;
     }
     eprintln!(
-        "tracegate demo: {printed} events committed; removing {}",
+        "tracegate demo: {printed} events shown{}; removing {}",
+        if skipped > 0 {
+            format!(" ({skipped} commits not shown: the display fell behind)")
+        } else {
+            String::new()
+        },
         dir.display()
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -312,8 +354,9 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
 }
 
 /// Adds the pty-backed Mercury reader and a packing-station read point.
-fn add_serial_demo_reader(config: &mut config::Config, port: String) {
+fn add_serial_demo_reader(config: &mut config::Config, port: String) -> anyhow::Result<()> {
     let reader = tracegate_drivers::mercury::MercuryConfig::new("packing-mercury", port);
+    let expected = tracegate_gs1::EpcPattern::parse("urn:epc:pat:sgtin-96:*.0614141.812345.*")?;
     config.read_points.push(config::ReadPoint {
         name: "packing-station".into(),
         reader: reader.name.clone(),
@@ -321,7 +364,7 @@ fn add_serial_demo_reader(config: &mut config::Config, port: String) {
         direction: None,
         rssi_floor_dbm: None,
         epc_patterns: Vec::new(),
-        expect_patterns: vec!["urn:epc:pat:sgtin-96:*.0614141.812345.*".into()],
+        expect_patterns: vec![expected],
         biz_step: Some("packing".into()),
         disposition: Some("in_progress".into()),
         read_point_id: Some("urn:epc:id:sgln:0614141.00777.9".into()),
@@ -329,6 +372,7 @@ fn add_serial_demo_reader(config: &mut config::Config, port: String) {
         action: config::EpcisAction::Observe,
     });
     config.readers.push(config::ReaderConfig::Mercury(reader));
+    Ok(())
 }
 
 /// Starts the in-process broker and a subscriber playing the registry, and
@@ -342,7 +386,7 @@ fn start_registry(
     let (addr, broker) = embedded::start_broker()?;
     // The broker runs on its own threads until the process exits.
     std::mem::forget(broker);
-    config.mqtt = Some(MqttConfig::with_url(format!("mqtt://{addr}")));
+    config.mqtt = Some(MqttConfig::with_url(format!("mqtt://{addr}"))?);
     eprintln!("tracegate demo: in-process MQTT broker on {addr}");
     Ok(Some(tokio::spawn(async move {
         if let Err(e) = embedded::subscribe_and_print(addr, "tracegate/#", cancel).await {

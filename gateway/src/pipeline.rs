@@ -112,12 +112,7 @@ impl Pipeline {
             .iter()
             .map(|rp| Filter {
                 rssi_floor_dbm: rp.rssi_floor_dbm,
-                // Validated when the config was loaded.
-                patterns: rp
-                    .epc_patterns
-                    .iter()
-                    .filter_map(|p| tracegate_gs1::EpcPattern::parse(p).ok())
-                    .collect(),
+                patterns: rp.epc_patterns.clone(),
                 verdicts: HashMap::new(),
             })
             .collect();
@@ -142,16 +137,9 @@ impl Pipeline {
                 config
                     .read_points
                     .iter()
-                    .map(|rp| {
-                        rp.expect_patterns
-                            .iter()
-                            .filter_map(|p| tracegate_gs1::EpcPattern::parse(p).ok())
-                            .collect()
-                    })
+                    .map(|rp| rp.expect_patterns.clone())
                     .collect(),
-                config.flags.over_scan_max_arrivals,
-                i64::try_from(config.flags.over_scan_window_secs.saturating_mul(1000))
-                    .unwrap_or(i64::MAX),
+                config.over_scan,
             ),
             clock,
             taps,
@@ -282,10 +270,6 @@ impl Pipeline {
         drafts
     }
 
-    pub fn dedup_stats(&self) -> crate::dedup::DedupStats {
-        self.dedup.stats()
-    }
-
     /// How long [`run`] may sleep before [`Pipeline::on_tick`] has work: the
     /// next departure deadline, never more than [`MAX_TICK`] (periodic
     /// `present` reports and gauges), plus [`TICK_SLACK`] so that departures
@@ -308,6 +292,7 @@ const MAX_TICK: Duration = Duration::from_millis(100);
 /// time-to-registry latency; waking for every single deadline instead would
 /// cost one wake-up and one write request per departing tag.
 const TICK_SLACK: Duration = Duration::from_millis(5);
+
 /// The event for a dedup decision at a read point.
 fn uhf_event(
     origin: &Origin,

@@ -3,6 +3,9 @@
 //! valid change restarts the gateway's components in-process with an ordered
 //! shutdown, so everything in flight is committed before the new config
 //! takes over (readers pause for the restart, typically well under a second).
+//!
+//! systemd hears RELOADING=1 on every SIGHUP and READY=1 when the reload is
+//! over, whatever its outcome; a rejected file is named in the status line.
 
 use std::path::PathBuf;
 
@@ -23,9 +26,10 @@ pub enum ReloadOutcome {
     Rejected(String),
 }
 
-/// Validates the file at `path` against the running config.
+/// Validates the file at `path` (and opens every file it names) against
+/// the running config.
 pub fn check_reload(path: &std::path::Path, running: &Config) -> (ReloadOutcome, Option<Config>) {
-    match config::load(path) {
+    match config::load_and_check_files(path) {
         Ok(new) if new.hash == running.hash => (ReloadOutcome::Unchanged, None),
         Ok(new) => (ReloadOutcome::Apply, Some(new)),
         Err(e) => (ReloadOutcome::Rejected(e.to_string()), None),
@@ -61,17 +65,20 @@ pub async fn run_with_reload(
                 }
                 _ = hup_recv => {}
             }
+            crate::ops::notify_reloading();
             let (outcome, new) = check_reload(&path, &config);
             match outcome {
                 ReloadOutcome::Unchanged => {
                     tracing::info!(event = "config.reload_unchanged", path = %path.display(), "SIGHUP: configuration unchanged");
+                    crate::ops::notify_reload_finished(None);
                 }
                 ReloadOutcome::Rejected(error) => {
                     tracing::error!(event = "config.reload_rejected", path = %path.display(), %error, "SIGHUP: new configuration is invalid; keeping the running one");
+                    crate::ops::notify_reload_finished(Some(&error));
                 }
                 ReloadOutcome::Apply => {
                     tracing::info!(event = "config.reloading", path = %path.display(), "SIGHUP: applying the new configuration");
-                    crate::ops::notify_reloading();
+                    // `run` sends READY=1 once the new components are up.
                     generation.cancel();
                     task.await.unwrap_or_else(|e| {
                         Err(RunError::Writer(format!("gateway task failed: {e}")))

@@ -12,10 +12,20 @@
 //!   copied onto many tags).
 
 use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use tracegate_gs1::{Decoded, EpcPattern};
 
 use crate::event::Flag;
+
+/// When a serial counts as `over_scanned`: more than `max_arrivals`
+/// arrivals at one read point within `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverScan {
+    pub max_arrivals: NonZeroUsize,
+    pub window: Duration,
+}
 
 /// Entries kept per table before the oldest are forgotten.
 const TABLE_CAP: usize = 100_000;
@@ -27,21 +37,20 @@ pub struct Suspicion {
     tid_order: VecDeque<Vec<u8>>,
     arrivals: HashMap<(usize, Vec<u8>), VecDeque<i64>>,
     arrival_order: VecDeque<(usize, Vec<u8>)>,
-    max_arrivals: usize,
-    window_ms: i64,
+    over_scan: Option<OverScan>,
 }
 
 impl Suspicion {
-    /// `expect[i]`: expected patterns of read point `i` (empty: anything goes).
-    pub fn new(expect: Vec<Vec<EpcPattern>>, max_arrivals: usize, window_ms: i64) -> Self {
+    /// `expect[i]`: expected patterns of read point `i` (empty: anything
+    /// goes); without `over_scan` nothing is flagged `over_scanned`.
+    pub fn new(expect: Vec<Vec<EpcPattern>>, over_scan: Option<OverScan>) -> Self {
         Self {
             expect,
             tids: HashMap::new(),
             tid_order: VecDeque::new(),
             arrivals: HashMap::new(),
             arrival_order: VecDeque::new(),
-            max_arrivals,
-            window_ms,
+            over_scan,
         }
     }
 
@@ -79,7 +88,8 @@ impl Suspicion {
                 }
             }
         }
-        if let (Some(at), true) = (arrival_utc_ms, self.max_arrivals > 0) {
+        if let (Some(at), Some(limit)) = (arrival_utc_ms, self.over_scan) {
+            let window_ms = i64::try_from(limit.window.as_millis()).unwrap_or(i64::MAX);
             let key = (read_point, epc.to_vec());
             if !self.arrivals.contains_key(&key) {
                 if self.arrivals.len() >= TABLE_CAP {
@@ -91,10 +101,10 @@ impl Suspicion {
             }
             let times = self.arrivals.entry(key).or_default();
             times.push_back(at);
-            while times.front().is_some_and(|&t| at - t > self.window_ms) {
+            while times.front().is_some_and(|&t| at - t > window_ms) {
                 times.pop_front();
             }
-            if times.len() > self.max_arrivals {
+            if times.len() > limit.max_arrivals.get() {
                 flags.push(Flag::OverScanned);
             }
         }
@@ -114,7 +124,7 @@ mod tests {
 
     #[test]
     fn a_non_gs1_epc_is_flagged_unknown() {
-        let mut s = Suspicion::new(vec![vec![]], 0, 0);
+        let mut s = Suspicion::new(vec![vec![]], None);
         let e = epc("E2801170000002111111AAAA");
         let d = tracegate_gs1::decode_epc(&e);
         assert_eq!(s.flags(0, &e, &d, None, None), vec![Flag::Unknown]);
@@ -130,7 +140,7 @@ mod tests {
         let other = EpcPattern::parse("urn:epc:pat:sgtin-96:3.0614141.999999.*").unwrap();
         let e = epc(SGTIN);
         let d = tracegate_gs1::decode_epc(&e);
-        let mut s = Suspicion::new(vec![vec![pat], vec![other]], 0, 0);
+        let mut s = Suspicion::new(vec![vec![pat], vec![other]], None);
         assert!(s.flags(0, &e, &d, None, None).is_empty());
         assert_eq!(s.flags(1, &e, &d, None, None), vec![Flag::Unexpected]);
     }
@@ -139,7 +149,7 @@ mod tests {
     fn one_epc_with_two_tids_is_flagged_cloned() {
         let e = epc(SGTIN);
         let d = tracegate_gs1::decode_epc(&e);
-        let mut s = Suspicion::new(vec![vec![]], 0, 0);
+        let mut s = Suspicion::new(vec![vec![]], None);
         assert!(s.flags(0, &e, &d, Some(&[1, 2, 3]), None).is_empty());
         assert!(s.flags(0, &e, &d, Some(&[1, 2, 3]), None).is_empty());
         assert_eq!(
@@ -152,7 +162,13 @@ mod tests {
     fn too_many_arrivals_within_the_window_are_flagged_over_scanned() {
         let e = epc(SGTIN);
         let d = tracegate_gs1::decode_epc(&e);
-        let mut s = Suspicion::new(vec![vec![]], 2, 60_000);
+        let mut s = Suspicion::new(
+            vec![vec![]],
+            Some(OverScan {
+                max_arrivals: NonZeroUsize::new(2).unwrap(),
+                window: Duration::from_secs(60),
+            }),
+        );
         assert!(s.flags(0, &e, &d, None, Some(0)).is_empty());
         assert!(s.flags(0, &e, &d, None, Some(1_000)).is_empty());
         assert_eq!(

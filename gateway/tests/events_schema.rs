@@ -46,7 +46,8 @@ metrics_addr = "off"
         dir.path().display()
     );
     let config = tracegate::config::parse(&text, "schema.toml").unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Read only after the run: room for every commit of it.
+    let (tx, mut rx) = tracegate::Observer::channel(100_000);
     let shutdown = CancellationToken::new();
     let options = tracegate::RunOptions {
         on_commit: Some(tx),

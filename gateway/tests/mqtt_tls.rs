@@ -6,14 +6,16 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use tracegate::publish::{probe_connect, MqttConfig, PublishError};
+use tracegate::publish::{probe_connect, ClientAuth, MqttConfig, PublishError};
 use tracegate::store::FullPolicy;
 
 fn tls_config(port: u16, pki: &Pki, cert: &std::path::Path, key: &std::path::Path) -> MqttConfig {
     let mut c = mqtt_config(&format!("mqtts://localhost:{port}"));
     c.ca_file = Some(pki.ca.clone());
-    c.client_cert_file = Some(cert.to_path_buf());
-    c.client_key_file = Some(key.to_path_buf());
+    c.client_auth = Some(ClientAuth {
+        cert_file: cert.to_path_buf(),
+        key_file: key.to_path_buf(),
+    });
     c
 }
 
@@ -34,6 +36,9 @@ async fn probe(cfg: &MqttConfig) -> Result<(), PublishError> {
 
 #[tokio::test]
 async fn client_with_a_certificate_from_the_trusted_ca_connects() {
+    if !mosquitto_available() {
+        return;
+    }
     let pki = make_pki();
     let broker = mtls_broker(&pki);
     probe(&tls_config(
@@ -48,6 +53,9 @@ async fn client_with_a_certificate_from_the_trusted_ca_connects() {
 
 #[tokio::test]
 async fn client_certificate_from_another_ca_is_refused() {
+    if !mosquitto_available() {
+        return;
+    }
     let pki = make_pki();
     let broker = mtls_broker(&pki);
     let e = probe(&tls_config(
@@ -63,16 +71,21 @@ async fn client_certificate_from_another_ca_is_refused() {
 
 #[tokio::test]
 async fn client_without_a_certificate_is_refused_when_required() {
+    if !mosquitto_available() {
+        return;
+    }
     let pki = make_pki();
     let broker = mtls_broker(&pki);
     let mut cfg = tls_config(broker.port, &pki, &pki.client_cert, &pki.client_key);
-    cfg.client_cert_file = None;
-    cfg.client_key_file = None;
+    cfg.client_auth = None;
     assert!(probe(&cfg).await.is_err());
 }
 
 #[tokio::test]
 async fn plaintext_client_is_refused_by_a_tls_listener() {
+    if !mosquitto_available() {
+        return;
+    }
     let pki = make_pki();
     let broker = mtls_broker(&pki);
     let cfg = mqtt_config(&format!("mqtt://127.0.0.1:{}", broker.port));
@@ -81,6 +94,9 @@ async fn plaintext_client_is_refused_by_a_tls_listener() {
 
 #[tokio::test]
 async fn tls_client_does_not_fall_back_to_plaintext() {
+    if !mosquitto_available() {
+        return;
+    }
     let pki = make_pki();
     let broker = Mosquitto::start();
     let cfg = tls_config(broker.port, &pki, &pki.client_cert, &pki.client_key);
@@ -89,6 +105,9 @@ async fn tls_client_does_not_fall_back_to_plaintext() {
 
 #[tokio::test]
 async fn broker_certificate_not_signed_by_the_configured_ca_is_refused() {
+    if !mosquitto_available() {
+        return;
+    }
     let pki = make_pki();
     let other = make_pki();
     let broker = mtls_broker(&pki);
@@ -117,6 +136,9 @@ async fn unreadable_key_file_is_a_clear_config_error_without_its_content() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_flow_over_mutual_tls() {
+    if !mosquitto_available() {
+        return;
+    }
     let pki = make_pki();
     let broker = mtls_broker(&pki);
     // The registry side also needs a client certificate here.

@@ -33,7 +33,7 @@ async fn writer_fires_acks_reports_seq_and_streams_committed_events() {
     let store = Store::open(&cfg, "dock-01").unwrap();
     let (tx, rx) = mpsc::channel(1024);
     let (committed_tx, mut committed) = watch::channel(0u64);
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    let (ev_tx, mut ev_rx) = tracegate::Observer::channel(1024);
     let writer = spawn_writer(store, rx, committed_tx, Some(ev_tx));
 
     let mut acks = Vec::new();

@@ -3,7 +3,7 @@
 //! the CLI against them.
 //!
 //! The binary is the one cargo built for this workspace
-//! (`target/<profile>/tracegate`); `.ci/test.sh` builds it before the tests.
+//! (`target/<profile>/tracegate`); `.ci/run` builds it before the tests.
 //! `TRACEGATE_BIN` points elsewhere (an installed or cross-built binary).
 
 use std::path::{Path, PathBuf};
@@ -139,4 +139,22 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::E
 /// The `seq` of each event, in order.
 pub fn seqs(events: &[serde_json::Value]) -> Vec<u64> {
     events.iter().filter_map(|e| e["seq"].as_u64()).collect()
+}
+
+/// Decides what a test that needs a peer outside this process (pcscd, a
+/// real broker) does when `probe` says it is missing: print
+/// `skipped: <reason>` and return false, so `cargo test` passes on a bare
+/// machine; or, with `require_var=1` (CI sets it), fail loudly so a missing
+/// service cannot pass as a skip.
+#[allow(clippy::panic)] // failing the calling test is the point
+pub fn peer_available(require_var: &str, probe: Result<(), String>) -> bool {
+    let Err(why) = probe else { return true };
+    if std::env::var(require_var).as_deref() == Ok("1") {
+        panic!("{require_var}=1 but {why}");
+    }
+    // Written to stderr directly: libtest captures `println!`/`eprintln!` of
+    // passing tests, and a skip must show in a plain `cargo test` run.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "skipped: {why}");
+    false
 }

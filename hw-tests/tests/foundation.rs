@@ -69,11 +69,16 @@ fn check_config_accepts_every_example_and_locates_unknown_keys() {
             .arg(&path)
             .output()
             .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        // check-config opens every file a config names; the examples name
+        // key files that only exist on a configured gateway. Those may be
+        // the only problems, each naming its field and file.
         assert!(
-            out.status.success(),
-            "{}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
+            out.status.success()
+                || err.lines().all(|l| l.contains("[nfc] sun_key_files")
+                    && l.contains("cannot read SUN key file /etc/tracegate/")),
+            "{}: {err}",
+            path.display()
         );
     }
     let gw = TempGateway::new("gw", &SIM.replace("seed = 7", "seed = 7\nsede = 8")).unwrap();
@@ -84,7 +89,10 @@ fn check_config_accepts_every_example_and_locates_unknown_keys() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    let expected = format!("{}:15:1: unknown field `sede`", gw.config.display());
+    let expected = format!(
+        "{}:15:1: readers[0]: unknown field `sede`",
+        gw.config.display()
+    );
     assert!(err.starts_with(&expected), "{err}");
 }
 

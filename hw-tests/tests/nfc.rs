@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use tracegate_drivers::nfc::emu::{EmulatedCard, Ntag21x, Ntag424, SunBehaviour};
 use tracegate_drivers::nfc::sun::{AesKey, MacInput, SunKeys};
 use tracegate_drivers::nfc::vpcd::{self, VPCD_SLOT0};
-use tracegate_hw_tests::{signal, wait_exit, wait_for, TempGateway};
+use tracegate_hw_tests::{peer_available, signal, wait_exit, wait_for, TempGateway};
 
 const SLOT0_READER: &str = "Virtual PCD 00 00";
 const DL: &str = "https://id.example.org/01/09506000134352/21/SER123";
@@ -28,14 +28,14 @@ fn pcscd_available() -> bool {
             rs.iter()
                 .any(|r| r.to_string_lossy().contains(SLOT0_READER))
         });
-    if matches!(found, Ok(true)) {
-        return true;
-    }
-    if std::env::var("TRACEGATE_REQUIRE_PCSCD").as_deref() == Ok("1") {
-        panic!("TRACEGATE_REQUIRE_PCSCD=1 but pcscd with vpcd is not running ({found:?}); run .ci/nfc-setup.sh");
-    }
-    println!("skipped: pcscd not running ({found:?})");
-    false
+    let probe = match found {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!(
+            "pcscd runs but has no {SLOT0_READER:?} reader (install vsmartcard-vpcd, restart pcscd; .ci/nfc-setup.sh)"
+        )),
+        Err(e) => Err(format!("pcscd not running ({e}); .ci/nfc-setup.sh starts it")),
+    };
+    peer_available("TRACEGATE_REQUIRE_PCSCD", probe)
 }
 
 fn keys() -> SunKeys {

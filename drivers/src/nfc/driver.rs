@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use super::card::{self, Transmit, TransmitError};
 use super::sun;
 use super::{PcscConfig, PcscError};
+use crate::backoff::Backoff;
 use crate::read::Tap;
 use crate::{Clock, ReadSink, ReaderHealth, ReaderState as HealthState};
 
@@ -129,7 +130,7 @@ fn card_gone(e: PErr) -> bool {
 
 impl Driver {
     fn run(&mut self) -> Result<(), PcscError> {
-        let mut backoff = BACKOFF_START;
+        let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
         loop {
             if self.cancel.is_cancelled() {
                 return Ok(());
@@ -144,11 +145,11 @@ impl Driver {
                     };
                     self.health
                         .record_failure(&format_args!("cannot connect to pcscd: {e}; {hint}"));
-                    warn!(reader = %self.reader_name, error = %e, retry_in_ms = backoff.as_millis() as u64, "pcscd unavailable");
-                    if self.sleep(backoff) {
+                    let delay = backoff.next_delay();
+                    warn!(reader = %self.reader_name, error = %e, retry_in_ms = delay.as_millis() as u64, "pcscd unavailable");
+                    if self.sleep(delay) {
                         return Ok(());
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
             };
@@ -162,10 +163,9 @@ impl Driver {
                     self.health
                         .record_failure(&format_args!("lost pcscd: {e}; reconnecting"));
                     warn!(reader = %self.reader_name, error = %e, "lost pcscd, re-establishing the context");
-                    if self.sleep(backoff) {
+                    if self.sleep(backoff.next_delay()) {
                         return Ok(());
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }
@@ -207,7 +207,7 @@ impl Driver {
             .cloned()
     }
 
-    fn session(&mut self, ctx: &Context, backoff: &mut Duration) -> End {
+    fn session(&mut self, ctx: &Context, backoff: &mut Backoff) -> End {
         let mut states = vec![ReaderState::new(
             pcsc::PNP_NOTIFICATION().to_owned(),
             State::UNAWARE,
@@ -251,7 +251,7 @@ impl Driver {
                             self.health.set_detail("pcsc_reader", shown);
                             self.health.set_detail("card", "absent");
                             self.health.set_state(HealthState::Running);
-                            *backoff = BACKOFF_START;
+                            backoff.reset();
                             waiting_reported = false;
                             states.push(ReaderState::new(r.clone(), State::UNAWARE));
                         }

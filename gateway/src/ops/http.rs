@@ -239,7 +239,7 @@ impl OpsHttp {
             metrics: install_metrics()?,
             heartbeats,
             status,
-            stale_after_ms: cfg.stale_after_secs.saturating_mul(1000),
+            stale_after_ms: u64::try_from(cfg.stale_after.as_millis()).unwrap_or(u64::MAX),
         };
         tracing::info!(addr = %self.addr, "serving /metrics, /healthz and /status");
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -555,7 +555,7 @@ mod tests {
     ) {
         let cfg = OpsConfig {
             metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
-            stale_after_secs,
+            stale_after: std::time::Duration::from_secs(stale_after_secs),
         };
         let server = OpsHttp::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = server.local_addr();

@@ -1,5 +1,6 @@
 //! Operations: logging, the metrics/health/status endpoint, systemd
-//! readiness and watchdog, and reload on SIGHUP.
+//! readiness, watchdog and reload notifications (SIGHUP itself is handled
+//! by `reload.rs`).
 //!
 //! What `run` does with this module, in order:
 //! 1. [`init_logging`] (from `main`, before anything logs).
@@ -7,7 +8,7 @@
 //! 3. [`OpsHttp::bind`] (so a taken port fails start-up, before READY=1),
 //!    then spawn [`OpsHttp::serve`].
 //! 4. [`notify_ready`] once the store is open and readers and publisher run;
-//!    spawn [`watchdog`] and [`reload_on_sighup`].
+//!    spawn [`watchdog`].
 //! 5. On SIGTERM: [`notify_stopping`], flush, exit.
 
 mod http;
@@ -22,23 +23,25 @@ pub use status::{
 };
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use logging::{init_logging, LogFormat};
 pub use notify::{
-    notify_extend_timeout, notify_ready, notify_reloading, notify_status, notify_stopping,
-    reload_on_sighup, sighup_stream, watchdog, watchdog_decision, WatchdogDecision,
+    notify_extend_timeout, notify_ready, notify_reload_finished, notify_reloading, notify_status,
+    notify_stopping, watchdog, watchdog_decision, WatchdogDecision,
 };
 
 /// Default address of the HTTP endpoint: loopback only, Prometheus's
 /// conventional exporter port range.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9464";
 
-/// The `[ops]` table of the configuration.
+/// The `[ops]` table as written in the file; [`RawOps::validate`] gives
+/// the [`OpsConfig`] the gateway runs on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct OpsConfig {
+pub struct RawOps {
     /// Where `/metrics`, `/healthz` and `/status` are served. `"off"`
     /// disables the endpoint (and with it `tracegate status`).
     #[serde(with = "addr_or_off")]
@@ -48,7 +51,7 @@ pub struct OpsConfig {
     pub stale_after_secs: u64,
 }
 
-impl Default for OpsConfig {
+impl Default for RawOps {
     fn default() -> Self {
         Self {
             metrics_addr: DEFAULT_HTTP_ADDR.parse().ok(),
@@ -57,20 +60,39 @@ impl Default for OpsConfig {
     }
 }
 
-impl OpsConfig {
-    pub fn stale_after(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.stale_after_secs)
-    }
+/// Operations settings, checked once when the configuration is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpsConfig {
+    /// `None`: no HTTP endpoint.
+    pub metrics_addr: Option<SocketAddr>,
+    /// How long a component may go without progress before it counts as
+    /// stuck; never zero (everything would be stuck all the time).
+    pub stale_after: Duration,
+}
 
-    /// Checks values serde cannot: call from the config validation.
-    pub fn validate(&self) -> Result<(), OpsError> {
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            metrics_addr: DEFAULT_HTTP_ADDR.parse().ok(),
+            stale_after: Duration::from_secs(20),
+        }
+    }
+}
+
+impl RawOps {
+    /// Checks what serde cannot; the error names the key.
+    pub fn validate(self) -> Result<OpsConfig, (&'static str, String)> {
         if self.stale_after_secs == 0 {
-            return Err(OpsError::Config(
+            return Err((
+                "stale_after_secs",
                 "[ops] stale_after_secs must be at least 1 (seconds a component may go without progress)"
                     .into(),
             ));
         }
-        Ok(())
+        Ok(OpsConfig {
+            metrics_addr: self.metrics_addr,
+            stale_after: Duration::from_secs(self.stale_after_secs),
+        })
     }
 }
 
@@ -117,8 +139,6 @@ pub enum OpsError {
     },
     #[error("cannot reach tracegate at {addr}: {reason} (is the service running, and is [ops] metrics_addr this address?)")]
     Fetch { addr: SocketAddr, reason: String },
-    #[error("cannot listen for SIGHUP: {0}")]
-    Signal(std::io::Error),
     #[error("{0}")]
     Config(String),
 }
@@ -130,7 +150,7 @@ mod tests {
     #[derive(Debug, Deserialize)]
     struct Wrapper {
         #[serde(default)]
-        ops: OpsConfig,
+        ops: RawOps,
     }
 
     #[test]
@@ -157,12 +177,12 @@ mod tests {
     }
 
     #[test]
-    fn a_zero_stale_age_is_rejected() {
-        let cfg = OpsConfig {
+    fn a_zero_stale_age_is_rejected_and_a_valid_one_becomes_a_duration() {
+        let raw = RawOps {
             stale_after_secs: 0,
-            ..OpsConfig::default()
+            ..RawOps::default()
         };
-        assert!(cfg.validate().is_err());
-        assert!(OpsConfig::default().validate().is_ok());
+        assert_eq!(raw.validate().unwrap_err().0, "stale_after_secs");
+        assert_eq!(RawOps::default().validate().unwrap(), OpsConfig::default());
     }
 }

@@ -1,15 +1,13 @@
 //! systemd readiness, status, watchdog and reload notifications.
 //!
 //! Every function is a no-op outside systemd (no `NOTIFY_SOCKET`), so `run`
-//! calls them unconditionally.
+//! calls them unconditionally. SIGHUP itself is handled in `reload.rs`.
 
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use super::OpsError;
 use crate::heartbeat::Heartbeats;
 
 fn send(states: &[NotifyState]) {
@@ -126,37 +124,17 @@ pub async fn watchdog(heartbeats: Heartbeats, max_age: Duration, cancel: Cancell
     }
 }
 
-/// A stream of SIGHUPs. Installing it also stops SIGHUP from killing the
-/// process, so create it early in `run`.
-pub fn sighup_stream() -> Result<Signal, OpsError> {
-    signal(SignalKind::hangup()).map_err(OpsError::Signal)
-}
-
-/// Calls `reload` on every SIGHUP until `cancel` fires, wrapped in
-/// RELOADING=1 … READY=1. `reload` re-reads and validates the configuration
-/// and applies what can change at run time; it returns a one-line summary,
-/// or an error that is logged while the old configuration stays in force.
-pub async fn reload_on_sighup<F>(mut hup: Signal, cancel: CancellationToken, mut reload: F)
-where
-    F: FnMut() -> Result<String, String>,
-{
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            got = hup.recv() => if got.is_none() { return },
-        }
-        tracing::info!("SIGHUP: reloading configuration");
-        notify_reloading();
-        match reload() {
-            Ok(summary) => {
-                tracing::info!(%summary, "configuration reloaded");
-                send(&[NotifyState::Ready, NotifyState::Status("running")]);
-            }
-            Err(error) => {
-                tracing::error!(%error, "reload failed, keeping the running configuration");
-                let status = format!("reload failed: {error}").replace(['\n', '\r'], " ");
-                send(&[NotifyState::Ready, NotifyState::Status(&status)]);
-            }
+/// READY=1 after a reload that restarted nothing: the file was unchanged,
+/// or it was rejected and the running configuration stays. A rejection is
+/// shown in `systemctl status` until the next successful start or reload.
+/// (A reload that applies a new file restarts the components, and `run`
+/// sends READY=1 itself once they are up.)
+pub fn notify_reload_finished(rejected: Option<&str>) {
+    match rejected {
+        None => send(&[NotifyState::Ready, NotifyState::Status("running")]),
+        Some(error) => {
+            let status = format!("reload failed: {error}").replace(['\n', '\r'], " ");
+            send(&[NotifyState::Ready, NotifyState::Status(&status)]);
         }
     }
 }
@@ -381,40 +359,20 @@ mod tests {
     }
 
     #[test]
-    fn sighup_runs_reload_and_reports_failures_to_systemd() {
+    fn a_rejected_reload_says_why_in_the_status_and_is_ready_again() {
         let _g = ENV.lock().unwrap_or_else(|p| p.into_inner());
         let sd = FakeSystemd::start(None);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        rt.block_on(async {
-            let hup = sighup_stream().unwrap();
-            let cancel = CancellationToken::new();
-            let c = calls.clone();
-            let task = tokio::spawn(reload_on_sighup(hup, cancel.clone(), move || {
-                let n = c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                if n == 0 {
-                    Ok("2 readers".into())
-                } else {
-                    Err("readers[0].port: no such device".into())
-                }
-            }));
-            for _ in 0..2 {
-                nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGHUP)
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            cancel.cancel();
-            task.await.unwrap();
-        });
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        notify_reloading();
+        notify_reload_finished(Some("readers[0].port: no such\ndevice"));
         let msgs = sd.drain(Duration::from_millis(100));
-        assert_eq!(count(&msgs, "RELOADING=1"), 2, "{msgs:?}");
-        assert!(
-            msgs.iter()
-                .any(|m| m.contains("STATUS=reload failed: readers[0].port: no such device")),
+        assert_eq!(count(&msgs, "RELOADING=1"), 1, "{msgs:?}");
+        assert!(count(&msgs, "READY=1") >= 1, "{msgs:?}");
+        assert_eq!(
+            count(
+                &msgs,
+                "STATUS=reload failed: readers[0].port: no such device"
+            ),
+            1,
             "{msgs:?}"
         );
     }

@@ -1,7 +1,9 @@
 //! The `[mqtt]` table of the configuration file.
 
 use std::fmt;
+use std::num::{NonZeroU16, NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -29,11 +31,13 @@ pub enum PayloadFormat {
     Epcis2,
 }
 
-/// The `[mqtt]` table. Secrets are never in this struct: only paths of the
-/// files holding them, so `Debug` is safe to log.
+/// The `[mqtt]` table as written in the file; [`RawMqtt::validate`] turns
+/// it into the [`MqttConfig`] the publisher runs on. Secrets are never in
+/// either struct, only paths of the files holding them, so `Debug` is safe
+/// to log.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MqttConfig {
+pub struct RawMqtt {
     /// `mqtt://host:port` (plain, default port 1883) or `mqtts://host:port`
     /// (TLS, default port 8883). Credentials in the URL are refused.
     pub url: String,
@@ -95,6 +99,66 @@ pub struct MqttConfig {
     pub payload_format: PayloadFormat,
 }
 
+/// The publisher's settings, checked once when the configuration is loaded:
+/// nothing downstream validates or parses them again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttConfig {
+    pub broker: BrokerUrl,
+    /// Topic prefix: non-empty, no wildcards, no trailing '/'.
+    pub topic_prefix: String,
+    /// 1 to 256 bytes; `None`: the gateway id.
+    pub client_id: Option<String>,
+    /// PEM CA bundle for TLS; `None`: the system bundle.
+    pub ca_file: Option<PathBuf>,
+    /// Mutual TLS (only with a TLS broker URL).
+    pub client_auth: Option<ClientAuth>,
+    pub credentials: Option<Credentials>,
+    /// 5 s to 65535 s (what MQTT's keep-alive field can carry).
+    pub keep_alive: Duration,
+    /// At least 1 s.
+    pub connect_timeout: Duration,
+    /// At most this many events in one message (up to 10000).
+    pub batch_max_events: NonZeroUsize,
+    /// At most this many bytes of event JSON in one message (1 KiB to 16 MiB).
+    pub batch_max_bytes: NonZeroUsize,
+    /// How long a partly filled batch of live events may wait (zero: never).
+    pub linger: Duration,
+    /// Backlog drain rate in events/s; `None`: unlimited.
+    pub backlog_rate_limit: Option<NonZeroU32>,
+    /// Unacknowledged messages allowed at once (up to 1000).
+    pub inflight: NonZeroU16,
+    /// At least 1 s.
+    pub health_interval: Duration,
+    /// First reconnect delay (at least 1 ms), doubling up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// How often, at most, the published watermark is written to SQLite.
+    pub mark_interval: Duration,
+    pub payload_format: PayloadFormat,
+}
+
+/// Client certificate and key for mutual TLS: one is useless without the other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// Files holding the MQTT user name and (optionally) password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username_file: PathBuf,
+    pub password_file: Option<PathBuf>,
+}
+
+/// One thing wrong with the `[mqtt]` table, and the key it is about (so the
+/// config loader can point at the line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttProblem {
+    pub key: &'static str,
+    pub message: String,
+}
+
 fn default_topic_prefix() -> String {
     "tracegate".to_string()
 }
@@ -129,10 +193,10 @@ fn default_mark_interval_ms() -> u64 {
     200
 }
 
-impl MqttConfig {
-    /// A config with every default and the given URL.
+impl RawMqtt {
+    /// A table with every default and the given URL.
     pub fn with_url(url: impl Into<String>) -> Self {
-        MqttConfig {
+        RawMqtt {
             url: url.into(),
             topic_prefix: default_topic_prefix(),
             client_id: None,
@@ -157,70 +221,254 @@ impl MqttConfig {
         }
     }
 
-    /// Checks everything that can be checked without touching the network.
-    pub fn validate(&self) -> Result<BrokerUrl, PublishError> {
-        let url = BrokerUrl::parse(&self.url)?;
-        let bad = |msg: String| Err(PublishError::Config(msg));
+    /// Checks everything that can be checked without touching the network
+    /// or the files named, and reports every problem, not only the first.
+    pub fn validate(self) -> Result<MqttConfig, Vec<MqttProblem>> {
+        let mut problems = Vec::new();
+        let mut bad = |key: &'static str, message: String| {
+            problems.push(MqttProblem { key, message });
+        };
+        let broker = match BrokerUrl::parse(&self.url) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                bad("url", e.to_string());
+                None
+            }
+        };
         if self.protocol == MqttProtocol::V5 {
-            return bad("mqtt.protocol = \"5\" is not supported yet; use \"3.1.1\"".into());
+            bad(
+                "protocol",
+                "mqtt.protocol = \"5\" is not supported yet; use \"3.1.1\"".into(),
+            );
         }
         if self.topic_prefix.is_empty()
             || self.topic_prefix.contains(['+', '#', '\0'])
             || self.topic_prefix.ends_with('/')
         {
-            return bad(format!(
-                "mqtt.topic_prefix {:?} must be non-empty, without '+', '#' or a trailing '/'",
-                self.topic_prefix
-            ));
+            bad(
+                "topic_prefix",
+                format!(
+                    "mqtt.topic_prefix {:?} must be non-empty, without '+', '#' or a trailing '/'",
+                    self.topic_prefix
+                ),
+            );
         }
-        if self.batch_max_events == 0 || self.batch_max_events > 10_000 {
-            return bad("mqtt.batch_max_events must be between 1 and 10000".into());
-        }
-        if self.batch_max_bytes < 1024 || self.batch_max_bytes > 16 * 1024 * 1024 {
-            return bad("mqtt.batch_max_bytes must be between 1024 and 16777216".into());
-        }
-        if self.inflight == 0 || self.inflight > 1000 {
-            return bad("mqtt.inflight must be between 1 and 1000".into());
-        }
-        if self.keep_alive_secs < 5 || self.keep_alive_secs > 65_535 {
-            return bad("mqtt.keep_alive_secs must be between 5 and 65535".into());
+        let batch_max_events = NonZeroUsize::new(self.batch_max_events)
+            .filter(|n| n.get() <= 10_000)
+            .or_else(|| {
+                bad(
+                    "batch_max_events",
+                    "mqtt.batch_max_events must be between 1 and 10000".into(),
+                );
+                None
+            });
+        let batch_max_bytes = NonZeroUsize::new(self.batch_max_bytes)
+            .filter(|n| (1024..=16 * 1024 * 1024).contains(&n.get()))
+            .or_else(|| {
+                bad(
+                    "batch_max_bytes",
+                    "mqtt.batch_max_bytes must be between 1024 and 16777216".into(),
+                );
+                None
+            });
+        let inflight = NonZeroU16::new(self.inflight)
+            .filter(|n| n.get() <= 1000)
+            .or_else(|| {
+                bad(
+                    "inflight",
+                    "mqtt.inflight must be between 1 and 1000".into(),
+                );
+                None
+            });
+        if !(5..=65_535).contains(&self.keep_alive_secs) {
+            bad(
+                "keep_alive_secs",
+                "mqtt.keep_alive_secs must be between 5 and 65535".into(),
+            );
         }
         if self.connect_timeout_secs == 0 {
-            return bad("mqtt.connect_timeout_secs must be at least 1".into());
+            bad(
+                "connect_timeout_secs",
+                "mqtt.connect_timeout_secs must be at least 1".into(),
+            );
         }
         if self.health_interval_secs == 0 {
-            return bad("mqtt.health_interval_secs must be at least 1".into());
+            bad(
+                "health_interval_secs",
+                "mqtt.health_interval_secs must be at least 1".into(),
+            );
         }
         if self.reconnect_min_ms == 0 || self.reconnect_max_ms < self.reconnect_min_ms {
-            return bad(
+            bad(
+                "reconnect_min_ms",
                 "mqtt.reconnect_min_ms must be at least 1 and not above reconnect_max_ms".into(),
             );
         }
-        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
-            return bad(
-                "mqtt.client_cert_file and mqtt.client_key_file must be given together".into(),
-            );
-        }
-        if !url.tls
-            && (self.ca_file.is_some()
-                || self.client_cert_file.is_some()
-                || self.client_key_file.is_some())
-        {
-            return bad(format!(
-                "mqtt.url {} is plain MQTT but TLS files are configured; use mqtts://",
-                self.url
-            ));
-        }
-        if self.password_file.is_some() && self.username_file.is_none() {
-            return bad("mqtt.password_file needs mqtt.username_file".into());
-        }
-        if let Some(id) = &self.client_id {
-            if id.is_empty() || id.len() > 256 {
-                return bad("mqtt.client_id must be 1 to 256 bytes".into());
+        let client_auth = match (self.client_cert_file, self.client_key_file) {
+            (Some(cert_file), Some(key_file)) => Some(ClientAuth {
+                cert_file,
+                key_file,
+            }),
+            (None, None) => None,
+            (cert, _) => {
+                bad(
+                    if cert.is_some() {
+                        "client_cert_file"
+                    } else {
+                        "client_key_file"
+                    },
+                    "mqtt.client_cert_file and mqtt.client_key_file must be given together".into(),
+                );
+                None
+            }
+        };
+        if let Some(url) = &broker {
+            if !url.tls && (self.ca_file.is_some() || client_auth.is_some()) {
+                bad(
+                    "url",
+                    format!(
+                        "mqtt.url {} is plain MQTT but TLS files are configured; use mqtts://",
+                        self.url
+                    ),
+                );
             }
         }
-        Ok(url)
+        let credentials = match (self.username_file, self.password_file) {
+            (Some(username_file), password_file) => Some(Credentials {
+                username_file,
+                password_file,
+            }),
+            (None, None) => None,
+            (None, Some(_)) => {
+                bad(
+                    "password_file",
+                    "mqtt.password_file needs mqtt.username_file".into(),
+                );
+                None
+            }
+        };
+        if let Some(id) = &self.client_id {
+            if id.is_empty() || id.len() > 256 {
+                bad("client_id", "mqtt.client_id must be 1 to 256 bytes".into());
+            }
+        }
+        match (broker, batch_max_events, batch_max_bytes, inflight) {
+            (Some(broker), Some(batch_max_events), Some(batch_max_bytes), Some(inflight))
+                if problems.is_empty() =>
+            {
+                Ok(MqttConfig {
+                    broker,
+                    topic_prefix: self.topic_prefix,
+                    client_id: self.client_id,
+                    ca_file: self.ca_file,
+                    client_auth,
+                    credentials,
+                    keep_alive: Duration::from_secs(self.keep_alive_secs),
+                    connect_timeout: Duration::from_secs(self.connect_timeout_secs),
+                    batch_max_events,
+                    batch_max_bytes,
+                    linger: Duration::from_millis(self.linger_ms),
+                    backlog_rate_limit: NonZeroU32::new(self.backlog_rate_limit),
+                    inflight,
+                    health_interval: Duration::from_secs(self.health_interval_secs),
+                    reconnect_min: Duration::from_millis(self.reconnect_min_ms),
+                    reconnect_max: Duration::from_millis(self.reconnect_max_ms),
+                    mark_interval: Duration::from_millis(self.mark_interval_ms),
+                    payload_format: self.payload_format,
+                })
+            }
+            _ => Err(problems),
+        }
     }
+}
+
+impl MqttConfig {
+    /// Settings with every default and the given URL (the demo, tests).
+    pub fn with_url(url: impl Into<String>) -> Result<MqttConfig, PublishError> {
+        RawMqtt::with_url(url).validate().map_err(|problems| {
+            PublishError::Config(
+                problems
+                    .into_iter()
+                    .map(|p| p.message)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })
+    }
+}
+
+/// Opens every file the settings name and reports, per field, each one the
+/// publisher could not use: credentials must have a non-empty first line,
+/// TLS files must hold PEM certificates or a key, and a client certificate
+/// must go with its key. Contents never appear in a message.
+pub fn check_files(cfg: &MqttConfig) -> Vec<MqttProblem> {
+    let mut problems = Vec::new();
+    let mut bad = |key: &'static str, message: String| {
+        problems.push(MqttProblem { key, message });
+    };
+    if let Some(creds) = &cfg.credentials {
+        if let Err(e) = Secret::from_file(&creds.username_file, "username") {
+            bad("username_file", format!("mqtt.username_file: {e}"));
+        }
+        if let Some(path) = &creds.password_file {
+            if let Err(e) = Secret::from_file(path, "password") {
+                bad("password_file", format!("mqtt.password_file: {e}"));
+            }
+        }
+    }
+    if !cfg.broker.tls {
+        return problems;
+    }
+    let ca = cfg
+        .ca_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(super::tls::SYSTEM_CA_BUNDLE));
+    let mut files_ok = true;
+    if let Err(e) = pem_certificates(&ca) {
+        files_ok = false;
+        bad("ca_file", format!("mqtt.ca_file {}: {e}", ca.display()));
+    }
+    if let Some(auth) = &cfg.client_auth {
+        if let Err(e) = pem_certificates(&auth.cert_file) {
+            files_ok = false;
+            bad(
+                "client_cert_file",
+                format!("mqtt.client_cert_file {}: {e}", auth.cert_file.display()),
+            );
+        }
+        use rustls::pki_types::pem::PemObject;
+        if let Err(e) = rustls::pki_types::PrivateKeyDer::from_pem_file(&auth.key_file) {
+            files_ok = false;
+            bad(
+                "client_key_file",
+                format!(
+                    "mqtt.client_key_file {}: no usable private key ({e})",
+                    auth.key_file.display()
+                ),
+            );
+        }
+    }
+    // Each file is fine on its own; whether they work together (a key that
+    // matches the certificate) is what building the TLS client tells.
+    if files_ok {
+        if let Err(e) = super::tls::client_config(cfg) {
+            bad("client_cert_file", e.to_string());
+        }
+    }
+    problems
+}
+
+/// The number of PEM certificates in `path`; none is an error.
+fn pem_certificates(path: &Path) -> Result<usize, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read it: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    Ok(certs.len())
 }
 
 /// A parsed broker URL.
@@ -276,6 +524,17 @@ impl BrokerUrl {
             return err("missing host");
         }
         Ok(BrokerUrl { tls, host, port })
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -349,10 +608,8 @@ mod tests {
     }
 
     #[test]
-    fn credentials_in_url_are_not_echoed_in_the_error() {
-        let e = MqttConfig::with_url("mqtt://user:hunter2@h")
-            .validate()
-            .unwrap_err();
+    fn credentials_in_the_url_are_refused_before_any_connection() {
+        let e = MqttConfig::with_url("mqtt://user:hunter2@h").unwrap_err();
         // The URL is echoed, so the refusal itself must be the guard: the
         // config never reaches a connection attempt or a log line.
         assert!(e
@@ -361,25 +618,60 @@ mod tests {
     }
 
     #[test]
-    fn toml_table_with_defaults_and_unknown_key_refused() {
-        let c: MqttConfig = toml::from_str("url = \"mqtt://127.0.0.1:1883\"").unwrap();
-        assert_eq!(c, MqttConfig::with_url("mqtt://127.0.0.1:1883"));
+    fn a_table_with_defaults_becomes_typed_settings_and_unknown_keys_are_refused() {
+        let raw: RawMqtt = toml::from_str("url = \"mqtt://127.0.0.1:1883\"").unwrap();
+        assert_eq!(raw, RawMqtt::with_url("mqtt://127.0.0.1:1883"));
+        let c = raw.validate().unwrap();
         assert_eq!(c.topic_prefix, "tracegate");
-        assert!(c.validate().is_ok());
-        let e = toml::from_str::<MqttConfig>("url = \"mqtt://h\"\nbatch_size = 3").unwrap_err();
+        assert_eq!(c.broker.to_string(), "mqtt://127.0.0.1:1883");
+        assert_eq!(c.keep_alive, Duration::from_secs(30));
+        assert_eq!(c.backlog_rate_limit, None);
+        let e = toml::from_str::<RawMqtt>("url = \"mqtt://h\"\nbatch_size = 3").unwrap_err();
         assert!(e.to_string().contains("batch_size"));
-        let c: MqttConfig = toml::from_str("url = \"mqtt://h\"\nprotocol = \"5\"").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("3.1.1"));
+        let raw: RawMqtt = toml::from_str("url = \"mqtt://h\"\nprotocol = \"5\"").unwrap();
+        let problems = raw.validate().unwrap_err();
+        assert_eq!(problems[0].key, "protocol");
+        assert!(problems[0].message.contains("3.1.1"));
+    }
+
+    #[test]
+    fn every_problem_in_the_table_is_reported_with_its_key() {
+        let mut raw = RawMqtt::with_url("mqtt://h");
+        raw.batch_max_events = 0;
+        raw.inflight = 0;
+        raw.keep_alive_secs = 1;
+        raw.password_file = Some("/pw".into());
+        let keys: Vec<&str> = raw.validate().unwrap_err().iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "batch_max_events",
+                "inflight",
+                "keep_alive_secs",
+                "password_file"
+            ]
+        );
     }
 
     #[test]
     fn tls_files_with_plain_url_and_half_client_auth_are_refused() {
-        let mut c = MqttConfig::with_url("mqtt://h");
+        let mut c = RawMqtt::with_url("mqtt://h");
         c.ca_file = Some("/x".into());
-        assert!(c.validate().is_err());
-        let mut c = MqttConfig::with_url("mqtts://h");
+        assert_eq!(c.validate().unwrap_err()[0].key, "url");
+        let mut c = RawMqtt::with_url("mqtts://h");
         c.client_cert_file = Some("/x".into());
-        assert!(c.validate().is_err());
+        assert_eq!(c.validate().unwrap_err()[0].key, "client_cert_file");
+    }
+
+    #[test]
+    fn broker_urls_print_back_in_their_canonical_form() {
+        for (given, shown) in [
+            ("mqtt://h", "mqtt://h:1883"),
+            ("mqtts://[::1]", "mqtts://[::1]:8883"),
+            ("mqtt://10.0.0.1:1884/", "mqtt://10.0.0.1:1884"),
+        ] {
+            assert_eq!(BrokerUrl::parse(given).unwrap().to_string(), shown);
+        }
     }
 
     #[test]

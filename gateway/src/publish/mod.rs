@@ -33,14 +33,17 @@ use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions,
     NetworkOptions, Outgoing, QoS, TlsConfiguration, Transport,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::heartbeat::Heartbeat;
 use crate::store::StoreConfig;
 
-pub use config::{BrokerUrl, MqttConfig, MqttProtocol, PayloadFormat, Secret};
+pub use config::{
+    BrokerUrl, ClientAuth, Credentials, MqttConfig, MqttProblem, MqttProtocol, PayloadFormat,
+    RawMqtt, Secret,
+};
 pub use render::{renderer_for, BatchRenderer, BatchSource, JsonRenderer, EVENTS_SCHEMA};
 pub use tls::ensure_crypto_provider;
 
@@ -156,7 +159,7 @@ pub struct PublisherContext {
     /// (also while backing off from an unreachable broker: that is not a hang).
     pub heartbeat: Arc<Heartbeat>,
     pub stats: Arc<PublisherStats>,
-    pub acks: Option<mpsc::UnboundedSender<AckNotice>>,
+    pub acks: Option<crate::Observer<AckNotice>>,
 }
 
 impl std::fmt::Debug for PublisherContext {
@@ -219,7 +222,7 @@ fn status_payload(id: &GatewayIdentity, online: bool, started_at: &str, reason: 
 /// Largest MQTT packet either way: well above `batch_max_bytes` so a full
 /// batch plus its envelope always fits.
 fn max_packet_size(cfg: &MqttConfig) -> usize {
-    (cfg.batch_max_bytes * 2 + 64 * 1024).max(1024 * 1024)
+    (cfg.batch_max_bytes.get() * 2 + 64 * 1024).max(1024 * 1024)
 }
 
 /// Builds the rumqttc options (client id, TLS, credentials, last will).
@@ -228,27 +231,17 @@ pub fn mqtt_options(
     identity: &GatewayIdentity,
     started_at: &str,
 ) -> Result<MqttOptions, PublishError> {
-    let url = cfg.validate()?;
-    options_for(cfg, &url, identity, started_at)
-}
-
-/// [`mqtt_options`] for a config already validated into `url`.
-fn options_for(
-    cfg: &MqttConfig,
-    url: &BrokerUrl,
-    identity: &GatewayIdentity,
-    started_at: &str,
-) -> Result<MqttOptions, PublishError> {
+    let url = &cfg.broker;
     let topics = Topics::new(&cfg.topic_prefix, &identity.site, &identity.gateway_id)?;
     let client_id = cfg
         .client_id
         .clone()
         .unwrap_or_else(|| identity.gateway_id.clone());
     let mut o = MqttOptions::new(client_id, url.host.clone(), url.port);
-    o.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs));
+    o.set_keep_alive(cfg.keep_alive);
     o.set_clean_session(true);
     // Two more than the window: the birth message and a spare.
-    o.set_inflight(cfg.inflight.saturating_add(2));
+    o.set_inflight(cfg.inflight.get().saturating_add(2));
     let max = max_packet_size(cfg);
     o.set_max_packet_size(max, max);
     o.set_last_will(LastWill::new(
@@ -257,9 +250,9 @@ fn options_for(
         QoS::AtLeastOnce,
         true,
     ));
-    if let Some(user_file) = &cfg.username_file {
-        let user = Secret::from_file(user_file, "username")?;
-        let pass = match &cfg.password_file {
+    if let Some(creds) = &cfg.credentials {
+        let user = Secret::from_file(&creds.username_file, "username")?;
+        let pass = match &creds.password_file {
             Some(p) => Secret::from_file(p, "password")?.expose().to_string(),
             None => String::new(),
         };
@@ -274,10 +267,10 @@ fn options_for(
 
 fn new_client(cfg: &MqttConfig, opts: MqttOptions) -> (AsyncClient, EventLoop) {
     // Window + birth + health + disconnect + spare: try_publish never finds it full.
-    let cap = usize::from(cfg.inflight) + 8;
+    let cap = usize::from(cfg.inflight.get()) + 8;
     let (client, mut el) = AsyncClient::new(opts, cap);
     let mut net = NetworkOptions::new();
-    net.set_connection_timeout(cfg.connect_timeout_secs);
+    net.set_connection_timeout(cfg.connect_timeout.as_secs());
     net.set_tcp_nodelay(true);
     el.set_network_options(net);
     (client, el)
@@ -354,10 +347,9 @@ pub async fn run(
     ctx: PublisherContext,
     cancel: CancellationToken,
 ) -> Result<(), PublishError> {
-    let url = config.validate()?;
     let renderer = renderer_for(config.payload_format)?;
     let started_at = utc_now_iso();
-    let opts = options_for(config, &url, &ctx.identity, &started_at)?;
+    let opts = mqtt_options(config, &ctx.identity, &started_at)?;
     let topics = Topics::new(
         &config.topic_prefix,
         &ctx.identity.site,
@@ -391,7 +383,7 @@ pub async fn run(
         .published_upto
         .store(stats.published_upto, Ordering::Relaxed);
     tracing::info!(
-        broker = %config.url,
+        broker = %config.broker,
         topic = %up.topics.events,
         pending = stats.pending,
         published_upto = stats.published_upto,
@@ -399,10 +391,7 @@ pub async fn run(
     );
     let mut committed_rx = ctx.committed.clone();
     let mut committed_open = true;
-    let mut backoff = Backoff::new(
-        Duration::from_millis(config.reconnect_min_ms),
-        Duration::from_millis(config.reconnect_max_ms),
-    );
+    let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
 
     loop {
         // A fresh client and event loop for every connection. rumqttc keeps
@@ -589,7 +578,7 @@ impl Uplink<'_> {
             .published_upto
             .store(self.outbox.watermark(), Ordering::Relaxed);
         if self.outbox.is_connected() && now >= self.next_health {
-            self.next_health = now + Duration::from_secs(self.cfg.health_interval_secs);
+            self.next_health = now + self.cfg.health_interval;
             let payload = self.health_payload();
             // QoS 0: health is periodic and superseded by the next one; it
             // must not take a slot of the event window.

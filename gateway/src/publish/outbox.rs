@@ -64,15 +64,15 @@ pub struct OutboxConfig {
 impl OutboxConfig {
     pub fn from_mqtt(cfg: &MqttConfig) -> OutboxConfig {
         OutboxConfig {
-            batch_max_events: cfg.batch_max_events.max(1),
-            batch_max_bytes: cfg.batch_max_bytes,
-            linger: Duration::from_millis(cfg.linger_ms),
-            backlog_rate: NonZeroU32::new(cfg.backlog_rate_limit),
-            window: usize::from(cfg.inflight).max(1),
-            mark_interval: Duration::from_millis(cfg.mark_interval_ms),
+            batch_max_events: cfg.batch_max_events.get(),
+            batch_max_bytes: cfg.batch_max_bytes.get(),
+            linger: cfg.linger,
+            backlog_rate: cfg.backlog_rate_limit,
+            window: usize::from(cfg.inflight.get()),
+            mark_interval: cfg.mark_interval,
             // Three keep-alives without a PUBACK while rumqttc still thinks
             // the connection is up means something is wedged.
-            stall_after: Duration::from_secs(cfg.keep_alive_secs.saturating_mul(3)),
+            stall_after: cfg.keep_alive.saturating_mul(3),
         }
     }
 }

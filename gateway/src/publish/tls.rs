@@ -51,8 +51,9 @@ pub fn client_config(cfg: &MqttConfig) -> Result<Arc<ClientConfig>, PublishError
             .with_safe_default_protocol_versions()
             .map_err(|e| PublishError::Tls(format!("TLS protocol versions: {e}")))?
             .with_root_certificates(roots);
-    let config = match (&cfg.client_cert_file, &cfg.client_key_file) {
-        (Some(cert_path), Some(key_path)) => {
+    let config = match &cfg.client_auth {
+        Some(auth) => {
+            let (cert_path, key_path) = (&auth.cert_file, &auth.key_file);
             let chain = CertificateDer::pem_file_iter(cert_path)
                 .map_err(|e| tls_err(cert_path, "cannot read the client certificate", e))?
                 .collect::<Result<Vec<_>, _>>()
@@ -71,7 +72,7 @@ pub fn client_config(cfg: &MqttConfig) -> Result<Arc<ClientConfig>, PublishError
                 ))
             })?
         }
-        _ => builder.with_no_client_auth(),
+        None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
 }

@@ -601,7 +601,7 @@ pub fn spawn_writer(
     store: Store,
     rx: mpsc::Receiver<WriteRequest>,
     committed: watch::Sender<u64>,
-    on_commit: Option<mpsc::UnboundedSender<Vec<StoredEvent>>>,
+    on_commit: Option<crate::Observer<Vec<StoredEvent>>>,
 ) -> WriterHandle {
     writer::spawn(store, rx, committed, on_commit, None)
 }
@@ -614,7 +614,7 @@ pub fn spawn_writer_with_heartbeat(
     store: Store,
     rx: mpsc::Receiver<WriteRequest>,
     committed: watch::Sender<u64>,
-    on_commit: Option<mpsc::UnboundedSender<Vec<StoredEvent>>>,
+    on_commit: Option<crate::Observer<Vec<StoredEvent>>>,
     heartbeat: Arc<crate::heartbeat::Heartbeat>,
 ) -> WriterHandle {
     writer::spawn(store, rx, committed, on_commit, Some(heartbeat))

@@ -29,7 +29,7 @@ pub fn spawn(
     store: Store,
     rx: mpsc::Receiver<WriteRequest>,
     committed: watch::Sender<u64>,
-    on_commit: Option<mpsc::UnboundedSender<Vec<StoredEvent>>>,
+    on_commit: Option<crate::Observer<Vec<StoredEvent>>>,
     heartbeat: Option<Arc<Heartbeat>>,
 ) -> WriterHandle {
     let spawned = std::thread::Builder::new()
@@ -49,7 +49,7 @@ fn run(
     mut store: Store,
     mut rx: mpsc::Receiver<WriteRequest>,
     committed: watch::Sender<u64>,
-    on_commit: Option<mpsc::UnboundedSender<Vec<StoredEvent>>>,
+    on_commit: Option<crate::Observer<Vec<StoredEvent>>>,
     heartbeat: Option<Arc<Heartbeat>>,
 ) -> Result<(), StoreError> {
     let beat = || {
@@ -133,7 +133,7 @@ fn commit_batch(
     batch: Vec<WriteRequest>,
     closed: bool,
     committed: &watch::Sender<u64>,
-    on_commit: Option<&mpsc::UnboundedSender<Vec<StoredEvent>>>,
+    on_commit: Option<&crate::Observer<Vec<StoredEvent>>>,
 ) -> Result<(), StoreError> {
     let groups: Vec<&[EventDraft]> = batch.iter().map(|r| r.drafts.as_slice()).collect();
     let mut backoff = BACKOFF_START;
