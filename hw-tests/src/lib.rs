@@ -158,3 +158,22 @@ pub fn peer_available(require_var: &str, probe: Result<(), String>) -> bool {
     let _ = writeln!(std::io::stderr(), "skipped: {why}");
     false
 }
+
+/// The reader vsmartcard's vpcd registers with pcscd (slot 0).
+pub const VPCD_READER: &str = "Virtual PCD 00 00";
+
+/// Whether pcscd runs with vpcd's virtual reader; see [`peer_available`]
+/// for what happens when it does not.
+pub fn pcscd_available() -> bool {
+    let found = pcsc::Context::establish(pcsc::Scope::User)
+        .and_then(|ctx| ctx.list_readers_owned())
+        .map(|rs| rs.iter().any(|r| r.to_string_lossy().contains(VPCD_READER)));
+    let probe = match found {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!(
+            "pcscd runs but has no {VPCD_READER:?} reader (install vsmartcard-vpcd, restart pcscd; .ci/nfc-setup.sh)"
+        )),
+        Err(e) => Err(format!("pcscd not running ({e}); .ci/nfc-setup.sh starts it")),
+    };
+    peer_available("TRACEGATE_REQUIRE_PCSCD", probe)
+}

@@ -14,29 +14,12 @@ use nix::sys::signal::Signal;
 use tracegate_drivers::nfc::emu::{EmulatedCard, Ntag21x, Ntag424, SunBehaviour};
 use tracegate_drivers::nfc::sun::{AesKey, MacInput, SunKeys};
 use tracegate_drivers::nfc::vpcd::{self, VPCD_SLOT0};
-use tracegate_hw_tests::{peer_available, signal, wait_exit, wait_for, TempGateway};
+use tracegate_hw_tests::{pcscd_available, signal, wait_exit, wait_for, TempGateway};
 
 const SLOT0_READER: &str = "Virtual PCD 00 00";
 const DL: &str = "https://id.example.org/01/09506000134352/21/SER123";
 const META: &str = "000102030405060708090A0B0C0D0E0F";
 const FILE: &str = "F0E0D0C0B0A090807060504030201000";
-
-fn pcscd_available() -> bool {
-    let found = pcsc::Context::establish(pcsc::Scope::User)
-        .and_then(|ctx| ctx.list_readers_owned())
-        .map(|rs| {
-            rs.iter()
-                .any(|r| r.to_string_lossy().contains(SLOT0_READER))
-        });
-    let probe = match found {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(format!(
-            "pcscd runs but has no {SLOT0_READER:?} reader (install vsmartcard-vpcd, restart pcscd; .ci/nfc-setup.sh)"
-        )),
-        Err(e) => Err(format!("pcscd not running ({e}); .ci/nfc-setup.sh starts it")),
-    };
-    peer_available("TRACEGATE_REQUIRE_PCSCD", probe)
-}
 
 fn keys() -> SunKeys {
     SunKeys {
