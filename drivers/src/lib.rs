@@ -26,6 +26,7 @@ pub mod mercury;
 pub mod nfc;
 pub mod r2000;
 pub mod read;
+pub mod secret_file;
 pub mod serial;
 pub mod sim;
 pub mod sink;

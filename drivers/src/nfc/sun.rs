@@ -326,13 +326,7 @@ impl KeyFile {
     /// Loads a key file (format: see `docs/nfc.md`).
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
         let shown = path.display().to_string();
-        #[cfg(unix)]
-        if let Ok(meta) = std::fs::metadata(path) {
-            use std::os::unix::fs::PermissionsExt;
-            if meta.permissions().mode() & 0o004 != 0 {
-                tracing::warn!(path = %shown, "SUN key file is world-readable; chmod 600 or 640 it");
-            }
-        }
+        crate::secret_file::warn_if_readable_by_others(path, "SUN key");
         let mut text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Io {
             path: shown.clone(),
             source,

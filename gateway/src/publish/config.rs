@@ -545,6 +545,7 @@ pub struct Secret(String);
 impl Secret {
     /// Reads the first line of `path` (a trailing newline is not part of it).
     pub fn from_file(path: &Path, what: &str) -> Result<Secret, PublishError> {
+        tracegate_drivers::secret_file::warn_if_readable_by_others(path, &format!("MQTT {what}"));
         let text = std::fs::read_to_string(path).map_err(|e| {
             PublishError::Config(format!(
                 "cannot read the MQTT {what} file {}: {e}",

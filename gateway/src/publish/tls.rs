@@ -61,6 +61,10 @@ pub fn client_config(cfg: &MqttConfig) -> Result<Arc<ClientConfig>, PublishError
             if chain.is_empty() {
                 return Err(tls_err(cert_path, "no certificate in", "empty"));
             }
+            tracegate_drivers::secret_file::warn_if_readable_by_others(
+                key_path,
+                "MQTT client private key",
+            );
             // The error text of a key file never includes its content.
             let key = PrivateKeyDer::from_pem_file(key_path)
                 .map_err(|e| tls_err(key_path, "cannot load the client key", e))?;
