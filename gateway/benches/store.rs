@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracegate::store::{spawn_writer, EventDraft, FullPolicy, Store, StoreConfig, WriteRequest};
 
 fn draft(i: u64) -> EventDraft {
@@ -91,8 +91,8 @@ fn through_writer(n: u64) -> f64 {
         .build()
         .unwrap();
     let (tx, rx) = mpsc::channel(4096);
-    let (committed_tx, mut committed) = watch::channel(0u64);
-    let writer = spawn_writer(store, rx, committed_tx, None);
+    let w = spawn_writer(store, rx, None, None).unwrap();
+    let mut committed = w.committed;
     let start = Instant::now();
     rt.block_on(async {
         for i in 0..n {
@@ -107,7 +107,8 @@ fn through_writer(n: u64) -> f64 {
     });
     let rate = n as f64 / start.elapsed().as_secs_f64();
     drop(tx);
-    writer.join().unwrap();
+    drop(w.watermark);
+    w.handle.join().unwrap();
     rate
 }
 

@@ -18,7 +18,6 @@ pub mod config;
 pub mod embedded;
 pub mod epcis;
 pub mod render;
-mod store_io;
 mod tls;
 mod tracker;
 
@@ -36,13 +35,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::heartbeat::Heartbeat;
-use crate::store::{StoreConfig, StoredEvent};
+use crate::store::{StoreError, StoreReader, StoredEvent, Watermark};
 
 pub use config::{BrokerUrl, MqttConfig, MqttProtocol, PayloadFormat, Secret};
 pub use render::{renderer_for, BatchRenderer, BatchSource, JsonRenderer, EVENTS_SCHEMA};
 pub use tls::ensure_crypto_provider;
 
-use store_io::StoreIo;
 use tracker::{AckTracker, AckedRanges, Item};
 
 pub const STATUS_SCHEMA: &str = "tracegate.status/1";
@@ -60,6 +58,12 @@ pub enum PublishError {
     Render(String),
     #[error("MQTT connection: {0}")]
     Connection(String),
+}
+
+impl From<StoreError> for PublishError {
+    fn from(e: StoreError) -> Self {
+        PublishError::Store(e.to_string())
+    }
 }
 
 /// Who this gateway is, for the status (birth/will) message and envelopes.
@@ -145,8 +149,10 @@ impl PublisherStats {
 /// Everything [`run`] needs from the rest of the gateway.
 pub struct PublisherContext {
     pub identity: GatewayIdentity,
-    /// Opened with `Store::open_reader` (for `events_after` and `mark_published`).
-    pub store: StoreConfig,
+    /// The daemon's read connection.
+    pub reader: StoreReader,
+    /// Persisted by the store writer; dropping it lets the writer finish.
+    pub watermark: Watermark,
     /// Highest committed seq, from the store writer.
     pub committed: watch::Receiver<u64>,
     pub health: HealthFn,
@@ -161,7 +167,6 @@ impl std::fmt::Debug for PublisherContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PublisherContext")
             .field("identity", &self.identity)
-            .field("store", &self.store)
             .field("committed", &*self.committed.borrow())
             .finish_non_exhaustive()
     }
@@ -368,7 +373,7 @@ enum Outcome {
 struct Publisher<'a> {
     cfg: &'a MqttConfig,
     ctx: &'a PublisherContext,
-    store: StoreIo,
+    store: StoreReader,
     topics: Topics,
     source: BatchSource,
     renderer: Box<dyn BatchRenderer>,
@@ -411,7 +416,7 @@ pub async fn run(
         &ctx.identity.site,
         &ctx.identity.gateway_id,
     )?;
-    let store = StoreIo::open(ctx.store.clone(), ctx.identity.gateway_id.clone()).await?;
+    let store = ctx.reader.clone();
     let stats = store.stats().await?;
     let committed = (*ctx.committed.borrow()).max(stats.last_seq);
     let window = usize::from(config.inflight);
@@ -591,7 +596,7 @@ pub async fn run(
     ctx.stats.connected.store(false, Ordering::Relaxed);
     let wm = p.acked.watermark();
     if wm > p.marked {
-        p.store.mark_now(wm).await?;
+        p.ctx.watermark.advance(wm);
     }
     tracing::info!(published_upto = wm, "MQTT publisher stopped");
     Ok(())
@@ -688,13 +693,9 @@ impl Publisher<'_> {
             && now.saturating_duration_since(self.last_mark)
                 >= Duration::from_millis(self.cfg.mark_interval_ms)
         {
-            match self.store.mark_soon(wm) {
-                Ok(()) => {
-                    self.marked = wm;
-                    self.last_mark = now;
-                }
-                Err(e) => tracing::error!(error = %e, "cannot record the published watermark"),
-            }
+            self.ctx.watermark.advance(wm);
+            self.marked = wm;
+            self.last_mark = now;
         }
         if self.connected && now >= self.next_health {
             self.next_health = now + Duration::from_secs(self.cfg.health_interval_secs);
