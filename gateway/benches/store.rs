@@ -10,6 +10,8 @@
 //! - `append_1000`: `Store::append` with 1000 events per call.
 //! - `writer_1000`: single-event `WriteRequest`s through `spawn_writer`
 //!   (commit_max_events = 1000), timed until the last seq is reported committed.
+//! - `paced_1500/s`: single-event requests at a steady 1,500/s through
+//!   `spawn_writer`, request -> ack latency.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
@@ -112,6 +114,51 @@ fn through_writer(n: u64) -> f64 {
     rate
 }
 
+/// Request -> ack latency (ms, p50 and p99) at a steady `rate` of
+/// single-event requests for `secs`: what one busy dock door sends, and what
+/// an event's time -> PUBACK latency starts with.
+fn paced_latency(rate: u64, secs: u64) -> (f64, f64) {
+    let dir = tempdir();
+    let store = Store::open(&config(&dir), "dock-01").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, rx) = mpsc::channel(4096);
+    let w = spawn_writer(store, rx, None, None).unwrap();
+    let mut lat: Vec<f64> = rt.block_on(async {
+        let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut waits = Vec::new();
+        for i in 0..rate * secs {
+            tick.tick().await;
+            let (ack, acked) = tracegate_drivers::CommitAck::pair();
+            let sent = Instant::now();
+            tx.send(WriteRequest {
+                drafts: vec![draft(i)],
+                ack: Some(ack),
+            })
+            .await
+            .unwrap();
+            waits.push(tokio::spawn(async move {
+                acked.await.unwrap();
+                sent.elapsed().as_secs_f64() * 1000.0
+            }));
+        }
+        let mut out = Vec::new();
+        for w in waits {
+            out.push(w.await.unwrap());
+        }
+        out
+    });
+    drop(tx);
+    drop(w.watermark);
+    w.handle.join().unwrap();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+    (pct(0.5), pct(0.99))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -141,6 +188,8 @@ fn main() {
     println!("one_per_commit : {single:>10.0} events/s ({n_single} events, median of {runs})");
     println!("append_1000    : {append:>10.0} events/s ({n_group} events, median of {runs})");
     println!("writer_1000    : {writer:>10.0} events/s ({n_group} events, median of {runs})");
+    let (p50, p99) = paced_latency(1_500, if quick { 1 } else { 5 });
+    println!("paced_1500/s   : request -> ack p50 {p50:.1} ms, p99 {p99:.1} ms");
     println!(
         "ratio group/single: append {:.1}x, writer {:.1}x",
         append / single,
