@@ -107,12 +107,14 @@
 //! what it deletes. The writer thread calls it every 10 s.
 //!
 //! **Writer.** [`spawn_writer`] owns the writer `Store` on its own thread
-//! (with a small current-thread runtime for timed waits). It commits as soon
-//! as a request arrives, together with whatever else is already queued (up
-//! to `commit_max_events` drafts), in one transaction; requests that arrive
-//! during a commit form the next group. So an idle gateway commits each
-//! event at once and a busy one commits in groups as large as the disk's
-//! fsync time makes them, with no timer in between. After a commit it sends
+//! (with a small current-thread runtime for timed waits). When idle it
+//! commits a request as soon as it arrives, together with whatever else is
+//! already queued, in one transaction. Under load it groups: requests that
+//! arrive during a commit form the next group, and a commit starts at most
+//! once per `commit_interval_ms` (a few ms is enough: on a disk with fast
+//! fsync a steady stream then still forms groups instead of paying a
+//! transaction per event). `commit_max_events` drafts waiting commit at
+//! once. After a commit it sends
 //! the new `last_seq` on [`Writer::committed`], sends the stored events on
 //! `on_commit`, then fires the acks. A failing commit is logged and retried
 //! with [`crate::backoff::Backoff`] (50 ms doubling to 5 s); nothing is
@@ -176,9 +178,9 @@ pub struct StoreConfig {
     /// Upper bound on the database size (pages in use), bytes.
     pub max_bytes: u64,
     pub full_policy: FullPolicy,
-    /// No longer read: the writer commits as soon as it is free (see
-    /// "Writer" above), so there is no interval to wait for. Kept while
-    /// configuration files still carry the setting.
+    /// Commits start at most this often: an idle writer commits a request
+    /// at once, a busy one groups what arrives within this time (see
+    /// "Writer" above). 0 commits whenever the previous commit is done.
     pub commit_interval_ms: u64,
     /// The most drafts one group commit takes from the queue.
     pub commit_max_events: usize,
