@@ -259,7 +259,10 @@ pub async fn run_with(
     tokio::time::sleep(publisher_grace).await;
     services_cancel.cancel();
     let late = deadline + Duration::from_secs(1);
-    if tokio::time::timeout_at(late, services.wait()).await.is_err() {
+    if tokio::time::timeout_at(late, services.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             event = "gateway.shutdown_timeout",
             stage = "services",

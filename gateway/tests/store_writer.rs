@@ -139,6 +139,43 @@ async fn requests_queued_before_a_commit_are_grouped_up_to_commit_max_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_writer_starts_at_most_one_commit_per_commit_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir, 10 << 20, FullPolicy::DropOldest);
+    cfg.commit_interval_ms = 300;
+    let store = Store::open(&cfg, "dock-01").unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    let w = spawn_writer(store, rx, Some(ev_tx), None).unwrap();
+    let (req, ack) = request(1, T0);
+    tx.send(req).await.unwrap();
+    ack.await.unwrap();
+    let first = std::time::Instant::now();
+    // Two more right behind it: they wait for the interval, then share one commit.
+    let mut acks = Vec::new();
+    for i in 1..3 {
+        let (req, ack) = request(1, T0 + i);
+        tx.send(req).await.unwrap();
+        acks.push(ack);
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    assert!(
+        first.elapsed() >= Duration::from_millis(200),
+        "second commit after {:?}",
+        first.elapsed()
+    );
+    let sizes = [
+        ev_rx.recv().await.unwrap().len(),
+        ev_rx.recv().await.unwrap().len(),
+    ];
+    assert_eq!(sizes, [1, 2]);
+    drop(tx);
+    finish(w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_commits_everything_queued_when_the_channel_closes() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&dir, 10 << 20, FullPolicy::DropOldest);
@@ -305,7 +342,9 @@ async fn stats_watch_follows_commits_and_the_watermark_without_a_query() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&dir, 10 << 20, FullPolicy::DropOldest);
     let mut store = Store::open(&cfg, "dock-01").unwrap();
-    store.append((0..3).map(|i| draft(T0 + i)).collect()).unwrap();
+    store
+        .append((0..3).map(|i| draft(T0 + i)).collect())
+        .unwrap();
     let (tx, rx) = mpsc::channel(16);
     let w = spawn_writer(store, rx, None, None).unwrap();
     // True from the start, not zeros until the first commit.
@@ -337,7 +376,9 @@ async fn one_reader_thread_answers_reads_stats_and_many_concurrent_callers() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&dir, 10 << 20, FullPolicy::DropOldest);
     let mut store = Store::open(&cfg, "dock-01").unwrap();
-    store.append((0..5).map(|i| draft(T0 + i)).collect()).unwrap();
+    store
+        .append((0..5).map(|i| draft(T0 + i)).collect())
+        .unwrap();
     let reader = StoreReader::spawn(Store::open_reader(&cfg, "dock-01").unwrap()).unwrap();
     let evs = reader.read_after(2, 10).await.unwrap();
     assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);

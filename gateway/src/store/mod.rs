@@ -144,9 +144,7 @@ use tracegate_drivers::CommitAck;
 pub use append::AppendOutcome;
 pub use reader::StoreReader;
 pub use schema::{BUSY_TIMEOUT, SCHEMA_VERSION};
-pub use writer::{
-    spawn_writer, Watermark, Writer, WriterHandle, STATS_EVERY, WATERMARK_EVERY,
-};
+pub use writer::{spawn_writer, Watermark, Writer, WriterHandle, STATS_EVERY, WATERMARK_EVERY};
 
 /// Pages kept free for `overflow` events (see the module docs).
 pub const HEADROOM_PAGES: u64 = 4;

@@ -418,7 +418,9 @@ fn refresh_stats(store: &Store, out: &Outputs, st: &mut State) {
             out.stats.send_replace(s);
             st.stats_dirty = false;
         }
-        Err(e) => tracing::warn!(error = %e, "cannot read the store stats; status shows older ones"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the store stats; status shows older ones")
+        }
     }
     st.next_stats = Instant::now() + STATS_EVERY;
 }

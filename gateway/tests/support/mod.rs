@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracegate::heartbeat::Heartbeats;
 use tracegate::publish::{GatewayIdentity, MqttConfig, PublisherContext, PublisherStats};
 use tracegate::store::{
-    spawn_writer, EventDraft, FullPolicy, Store, StoreConfig, StoreReader, Watermark,
-    WriteRequest, WriterHandle,
+    spawn_writer, EventDraft, FullPolicy, Store, StoreConfig, StoreReader, Watermark, WriteRequest,
+    WriterHandle,
 };
 
 pub const GATEWAY: &str = "gw-test";
