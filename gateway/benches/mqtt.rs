@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 use support::*;
 use tracegate::publish::AckNotice;
-use tracegate::store::{FullPolicy, Store, StoreConfig};
+use tracegate::store::{FullPolicy, Store, StoreConfig, Watermark, WATERMARK_EVERY};
 
 fn scale(n: u64) -> u64 {
     let s: f64 = std::env::var("TRACEGATE_BENCH_SCALE")
@@ -82,16 +82,21 @@ struct TimedWriter {
     committed: watch::Receiver<u64>,
     commits: Arc<Mutex<Vec<(u64, Instant)>>>,
     thread: std::thread::JoinHandle<()>,
+    /// For the publisher; persisted by the thread, as the real writer does.
+    watermark: Option<Watermark>,
 }
 
 impl TimedWriter {
     fn start(cfg: &StoreConfig) -> TimedWriter {
         let mut store = Store::open(cfg, GATEWAY).unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<tracegate::store::EventDraft>>();
-        let (ctx, crx) = watch::channel(store.stats().unwrap().last_seq);
+        let stats = store.stats().unwrap();
+        let (ctx, crx) = watch::channel(stats.last_seq);
+        let (watermark, wm_rx) = Watermark::channel(stats.published_upto);
         let commits = Arc::new(Mutex::new(Vec::new()));
         let c = commits.clone();
         let thread = std::thread::spawn(move || {
+            let mut marked = (stats.published_upto, Instant::now());
             while let Some(mut drafts) = rx.blocking_recv() {
                 while let Ok(more) = rx.try_recv() {
                     drafts.extend(more);
@@ -102,6 +107,11 @@ impl TimedWriter {
                     ctx.send_replace(last.seq);
                     c.lock().unwrap().push((last.seq, now));
                 }
+                let upto = *wm_rx.borrow();
+                if upto > marked.0 && now >= marked.1 + WATERMARK_EVERY {
+                    store.mark_published(upto).unwrap();
+                    marked = (upto, now);
+                }
             }
         });
         TimedWriter {
@@ -109,6 +119,7 @@ impl TimedWriter {
             committed: crx,
             commits,
             thread,
+            watermark: Some(watermark),
         }
     }
 }
@@ -138,8 +149,8 @@ async fn throughput(broker: &Mosquitto) {
     let registry = Registry::start(broker.addr(), "tracegate/+/+/events").await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = store_config(dir.path(), 4 * 1024 * 1024 * 1024, FullPolicy::DropOldest);
-    let w = TimedWriter::start(&cfg);
-    let (ctx, _stats) = context(&cfg, w.committed.clone());
+    let mut w = TimedWriter::start(&cfg);
+    let (ctx, _stats) = context(&cfg, w.committed.clone(), w.watermark.take().unwrap());
     let (cancel, task) = spawn_publisher(mqtt_config(&broker.url()), ctx);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let start = Instant::now();
@@ -188,9 +199,9 @@ async fn drain(broker: &Mosquitto) {
         fill_start.elapsed().as_secs_f64()
     );
 
-    let w = TimedWriter::start(&cfg);
+    let mut w = TimedWriter::start(&cfg);
     let live_from = *w.committed.borrow() + 1;
-    let (mut ctx, stats) = context(&cfg, w.committed.clone());
+    let (mut ctx, stats) = context(&cfg, w.committed.clone(), w.watermark.take().unwrap());
     let (ack_tx, mut ack_rx) = tracegate::Observer::channel(1 << 20);
     ctx.acks = Some(ack_tx);
     let acks = Arc::new(Mutex::new(Vec::new()));
@@ -250,8 +261,8 @@ async fn steady_latency(broker: &Mosquitto) {
     let secs = 10u64;
     let dir = tempfile::tempdir().unwrap();
     let cfg = store_config(dir.path(), 1024 * 1024 * 1024, FullPolicy::DropOldest);
-    let w = TimedWriter::start(&cfg);
-    let (mut ctx, _stats) = context(&cfg, w.committed.clone());
+    let mut w = TimedWriter::start(&cfg);
+    let (mut ctx, _stats) = context(&cfg, w.committed.clone(), w.watermark.take().unwrap());
     let (ack_tx, mut ack_rx) = tracegate::Observer::channel(1 << 20);
     ctx.acks = Some(ack_tx);
     let (cancel, task) = spawn_publisher(mqtt_config(&broker.url()), ctx);

@@ -206,7 +206,7 @@ impl Default for RawStore {
         Self {
             max_bytes: 512 * 1024 * 1024,
             full_policy: FullPolicy::DropOldest,
-            commit_interval_ms: 100,
+            commit_interval_ms: 10,
             commit_max_events: 1_000,
             retention_secs: 7 * 24 * 3600,
         }

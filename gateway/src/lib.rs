@@ -30,7 +30,7 @@ use tracegate_drivers::{Clock, ReadSink, ReaderHealth};
 use crate::config::Config;
 use crate::heartbeat::Heartbeats;
 pub use crate::observer::Observer;
-use crate::store::{Store, StoredEvent};
+use crate::store::{Store, StoreReader, StoreStats, StoredEvent};
 
 /// Room in the reader → pipeline channel; readers wait when it is full.
 const READ_CHANNEL: usize = 1_024;
@@ -103,28 +103,14 @@ pub async fn run_with(
     let clock = Clock::new();
     let heartbeats = Heartbeats::new(clock);
 
-    let store = Store::open(&config.store, &config.gateway_id)?;
-    tracing::info!(
-        event = "store.opened",
-        path = %config.store.path.display(),
-        store_id = store.store_id(),
-        "event store open"
-    );
     let (write_tx, write_rx) = mpsc::channel(WRITE_CHANNEL);
-    let (committed_tx, committed_rx) = watch::channel(0u64);
-    let writer = store::spawn_writer_with_heartbeat(
-        store,
-        write_rx,
-        committed_tx,
-        options.on_commit,
-        heartbeats.register("store"),
-    );
-    // A second connection for status and health: WAL readers never block
-    // the writer.
-    let status_store = Arc::new(std::sync::Mutex::new(Store::open_reader(
-        &config.store,
-        &config.gateway_id,
-    )?));
+    let (writer, reader) = open_store(&config, write_rx, options.on_commit, &heartbeats).await?;
+    let store::Writer {
+        committed: committed_rx,
+        stats: store_stats,
+        watermark,
+        handle: mut writer,
+    } = writer;
 
     let (sink, read_rx) = ReadSink::channel(READ_CHANNEL);
     let readers_cancel = shutdown.child_token();
@@ -155,11 +141,11 @@ pub async fn run_with(
     ));
 
     let publisher_stats = Arc::new(publish::PublisherStats::default());
-    let status_source = status_source(&config, healths, status_store, publisher_stats.clone());
+    let status_source = status_source(&config, healths, store_stats, publisher_stats.clone());
     // Background services stop after the writer has committed everything.
     let services_cancel = CancellationToken::new();
     let services = TaskTracker::new();
-    if let Some(mqtt) = config.mqtt.clone() {
+    if let (Some(mqtt), Some(reader)) = (config.mqtt.clone(), reader) {
         let ctx = publish::PublisherContext {
             identity: publish::GatewayIdentity {
                 gateway_id: config.gateway_id.clone(),
@@ -168,7 +154,8 @@ pub async fn run_with(
                 config_hash: config.hash.clone(),
                 reader_names: config.readers.iter().map(|r| r.name().to_owned()).collect(),
             },
-            store: config.store.clone(),
+            reader,
+            watermark,
             committed: committed_rx,
             health: {
                 // The health message carries the status at its top level.
@@ -185,6 +172,10 @@ pub async fn run_with(
                 tracing::error!(event = "publisher.failed", error = %e, "the MQTT publisher stopped; events stay in the outbox");
             }
         });
+    } else {
+        // No publisher: nothing will raise the watermark, and the writer
+        // must not wait for it at shutdown.
+        drop(watermark);
     }
     let mut metrics_addr = None;
     if let Some(addr) = config.ops.metrics_addr {
@@ -257,20 +248,17 @@ pub async fn run_with(
             "pipeline did not drain in time"
         );
     }
-    let joined = tokio::task::spawn_blocking(move || writer.thread.join());
-    let result = match tokio::time::timeout_at(deadline, joined).await {
-        Ok(Ok(Ok(Ok(())))) => Ok(()),
-        Ok(Ok(Ok(Err(e)))) => Err(RunError::Writer(e.to_string())),
-        Ok(Ok(Err(_))) | Ok(Err(_)) => Err(RunError::Writer("the writer thread panicked".into())),
-        Err(_) => {
-            tracing::warn!(
-                event = "gateway.shutdown_timeout",
-                stage = "store",
-                "store writer did not finish in time"
-            );
-            Ok(())
-        }
-    };
+    // The pipeline has dropped its sender: the writer commits what is queued.
+    if tokio::time::timeout_at(deadline, writer.drained())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            event = "gateway.shutdown_timeout",
+            stage = "store",
+            "store writer did not commit everything in time"
+        );
+    }
     // The publisher gets what is left of the deadline to collect PUBACKs for
     // the last batches; anything unacknowledged is resent on the next start.
     let publisher_grace = deadline
@@ -278,7 +266,8 @@ pub async fn run_with(
         .min(Duration::from_millis(500));
     tokio::time::sleep(publisher_grace).await;
     services_cancel.cancel();
-    if tokio::time::timeout_at(deadline + Duration::from_secs(1), services.wait())
+    let late = deadline + Duration::from_secs(1);
+    if tokio::time::timeout_at(late, services.wait())
         .await
         .is_err()
     {
@@ -288,8 +277,61 @@ pub async fn run_with(
             "publisher or endpoints did not stop in time"
         );
     }
+    // The publisher has dropped its watermark handle: the writer persists
+    // the last value, checkpoints and exits.
+    let joined = tokio::task::spawn_blocking(move || writer.join());
+    let result = match tokio::time::timeout_at(late, joined).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(RunError::Writer(e.to_string())),
+        Ok(Err(_)) => Err(RunError::Writer("the writer thread panicked".into())),
+        Err(_) => {
+            tracing::warn!(
+                event = "gateway.shutdown_timeout",
+                stage = "store",
+                "store writer did not finish in time"
+            );
+            Ok(())
+        }
+    };
     tracing::info!(event = "gateway.stopped", "gateway stopped");
     result
+}
+
+/// Opens the store off the async runtime (quick_check and migrations can
+/// take a while on a large file), starts the writer on it, and opens the one
+/// read connection when a publisher will need it.
+async fn open_store(
+    config: &Config,
+    write_rx: mpsc::Receiver<store::WriteRequest>,
+    on_commit: Option<Observer<Vec<StoredEvent>>>,
+    heartbeats: &Heartbeats,
+) -> Result<(store::Writer, Option<StoreReader>), RunError> {
+    let store_cfg = config.store.clone();
+    let gateway_id = config.gateway_id.clone();
+    let want_reader = config.mqtt.is_some();
+    let heartbeat = heartbeats.register("store");
+    let opened = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&store_cfg, &gateway_id)?;
+        tracing::info!(
+            event = "store.opened",
+            path = %store_cfg.path.display(),
+            store_id = store.store_id(),
+            "event store open"
+        );
+        let writer = store::spawn_writer(store, write_rx, on_commit, Some(heartbeat))?;
+        let reader = if want_reader {
+            Some(StoreReader::spawn(Store::open_reader(
+                &store_cfg,
+                &gateway_id,
+            )?)?)
+        } else {
+            None
+        };
+        Ok::<_, store::StoreError>((writer, reader))
+    })
+    .await
+    .map_err(|_| RunError::Writer("opening the store panicked".into()))?;
+    Ok(opened?)
 }
 
 /// Builds the status served on `/status`, merged into MQTT health messages,
@@ -297,7 +339,7 @@ pub async fn run_with(
 fn status_source(
     config: &Config,
     healths: Vec<Arc<ReaderHealth>>,
-    store: Arc<std::sync::Mutex<Store>>,
+    store: watch::Receiver<StoreStats>,
     publisher: Arc<publish::PublisherStats>,
 ) -> ops::StatusSource {
     let gateway = config.gateway_id.clone();
@@ -307,17 +349,8 @@ fn status_source(
     let started = tracegate_drivers::clock::utc_now_ms();
     Arc::new(move || {
         let now = tracegate_drivers::clock::utc_now_ms();
-        let stats = match store.lock() {
-            Ok(s) => s.stats().map_err(|e| e.to_string()),
-            Err(_) => Err("the status connection is poisoned".to_owned()),
-        };
-        let store = match stats {
-            Ok(stats) => Some(ops::StoreStatus::new(stats, now)),
-            Err(e) => {
-                tracing::warn!(event = "ops.store_stats_failed", error = %e, "cannot read the store statistics for the status");
-                None
-            }
-        };
+        // The writer's latest figures: no SQL on the caller's task.
+        let store = Some(ops::StoreStatus::new(store.borrow().clone(), now));
         ops::Status {
             gateway: gateway.clone(),
             site: site.clone(),

@@ -43,7 +43,22 @@ fn publisher_child_process() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         });
-        let (ctx, _stats) = context(&store_cfg, rx);
+        // Nor a writer to persist the watermark: a connection of its own
+        // does it here (the parent's writer keeps committing events).
+        let mut marker = Store::open_reader(&store_cfg, GATEWAY).unwrap();
+        let (watermark, wm) = tracegate::store::Watermark::channel(0);
+        std::thread::spawn(move || {
+            let mut marked = 0;
+            loop {
+                let upto = *wm.borrow();
+                if upto > marked {
+                    marker.mark_published(upto).unwrap();
+                    marked = upto;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let (ctx, _stats) = context(&store_cfg, rx, watermark);
         let (_cancel, task) = spawn_publisher(mqtt_config(&url), ctx);
         task.await.unwrap().unwrap();
     });

@@ -21,7 +21,7 @@ async fn every_one_of_100k_committed_events_reaches_the_registry() {
     let dir = tempfile::tempdir().unwrap();
     let store_cfg = store_config(dir.path(), 512 * 1024 * 1024, FullPolicy::DropOldest);
     let mut writer = Writer::start(&store_cfg);
-    let (ctx, stats) = context(&store_cfg, writer.committed.clone());
+    let (ctx, stats) = context(&store_cfg, writer.committed.clone(), writer.watermark());
     let (cancel, task) = spawn_publisher(mqtt_config(&broker.url()), ctx);
 
     const N: u64 = 100_000;
@@ -93,7 +93,7 @@ async fn broker_restarted_five_times_mid_stream_loses_nothing() {
     let cfg = mqtt_config(&broker.url());
     let window = u64::from(cfg.inflight.get());
     let batch = cfg.batch_max_events.get() as u64;
-    let (ctx, stats) = context(&store_cfg, writer.committed.clone());
+    let (ctx, stats) = context(&store_cfg, writer.committed.clone(), writer.watermark());
     let (cancel, task) = spawn_publisher(cfg, ctx);
 
     const RESTARTS: u64 = 5;
@@ -191,7 +191,7 @@ async fn store_full_while_broker_down_reports_exact_drop_count_and_delivers_the_
     let dir = tempfile::tempdir().unwrap();
     let store_cfg = store_config(dir.path(), 1024 * 1024, FullPolicy::DropOldest);
     let mut writer = Writer::start(&store_cfg);
-    let (ctx, _stats) = context(&store_cfg, writer.committed.clone());
+    let (ctx, _stats) = context(&store_cfg, writer.committed.clone(), writer.watermark());
     let (cancel, task) = spawn_publisher(mqtt_config(&broker.url()), ctx);
 
     // Some events go through while the broker is up.
@@ -321,7 +321,7 @@ async fn live_events_overtake_a_rate_limited_backlog() {
 
     let mut cfg = mqtt_config(&broker.url());
     cfg.backlog_rate_limit = std::num::NonZeroU32::new(2_000); // 10 s to drain
-    let (ctx, _stats) = context(&store_cfg, writer.committed.clone());
+    let (ctx, _stats) = context(&store_cfg, writer.committed.clone(), writer.watermark());
     let (cancel, task) = spawn_publisher(cfg, ctx);
     registry
         .wait_until(Duration::from_secs(30), "backlog started", |r| {

@@ -44,7 +44,7 @@ async fn demo_broker_carries_events_from_store_to_subscriber() {
     let dir = tempfile::tempdir().unwrap();
     let store_cfg = store_config(dir.path(), 64 * 1024 * 1024, FullPolicy::DropOldest);
     let mut writer = Writer::start(&store_cfg);
-    let (ctx, _stats) = context(&store_cfg, writer.committed.clone());
+    let (ctx, _stats) = context(&store_cfg, writer.committed.clone(), writer.watermark());
     let (cancel, task) = spawn_publisher(mqtt_config(&format!("mqtt://{addr}")), ctx);
     writer.append(0, 5_000, 100).await;
     writer.wait_committed(5_000).await;

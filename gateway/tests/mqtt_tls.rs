@@ -145,7 +145,7 @@ async fn events_flow_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
     let store_cfg = store_config(dir.path(), 64 * 1024 * 1024, FullPolicy::DropOldest);
     let mut writer = Writer::start(&store_cfg);
-    let (ctx, stats) = context(&store_cfg, writer.committed.clone());
+    let (ctx, stats) = context(&store_cfg, writer.committed.clone(), writer.watermark());
     let cfg = tls_config(broker.port, &pki, &pki.client_cert, &pki.client_key);
     let (cancel, task) = spawn_publisher(cfg, ctx);
     writer.append(0, 2_000, 100).await;

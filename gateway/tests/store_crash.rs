@@ -20,7 +20,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rand::Rng;
 use store_common::*;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracegate::store::{spawn_writer, FullPolicy, Store, StoreConfig, WriteRequest};
 
 const CHILD_ENV: &str = "STORE_CRASH_CHILD_DB";
@@ -80,11 +80,13 @@ fn crash_child() {
         .build()
         .unwrap();
     let (tx, rx) = mpsc::channel::<WriteRequest>(64);
-    let (committed_tx, mut committed) = watch::channel(0u64);
-    let _writer = spawn_writer(store, rx, committed_tx, None);
+    let writer = spawn_writer(store, rx, None, None).unwrap();
+    let mut committed = writer.committed;
+    let watermark = writer.watermark;
 
-    // A second connection raising the watermark, as the publisher does.
-    let mut reader = Store::open_reader(&cfg, "crash-gw").unwrap();
+    // The publisher's part: read pending events on a second connection and
+    // raise the watermark, which the writer persists.
+    let reader = Store::open_reader(&cfg, "crash-gw").unwrap();
     let pause = match mode {
         Mode::Roomy => Duration::from_millis(3),
         Mode::Small => Duration::from_millis(100),
@@ -92,7 +94,7 @@ fn crash_child() {
     std::thread::spawn(move || loop {
         if let Ok(evs) = reader.events_after(0, 50, true) {
             if let Some(e) = evs.last() {
-                reader.mark_published(e.seq).unwrap();
+                watermark.advance(e.seq);
             }
         }
         std::thread::sleep(pause);

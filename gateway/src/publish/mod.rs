@@ -21,7 +21,6 @@ pub mod embedded;
 pub mod epcis;
 pub mod outbox;
 pub mod render;
-mod store_io;
 mod tls;
 mod tracker;
 
@@ -38,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::heartbeat::Heartbeat;
-use crate::store::StoreConfig;
+use crate::store::{StoreError, StoreReader, Watermark};
 
 pub use config::{
     BrokerUrl, ClientAuth, Credentials, MqttConfig, MqttProblem, MqttProtocol, PayloadFormat,
@@ -48,7 +47,6 @@ pub use render::{renderer_for, BatchRenderer, BatchSource, JsonRenderer, EVENTS_
 pub use tls::ensure_crypto_provider;
 
 use outbox::{Acked, Action, Batch, ConnId, Outbox, OutboxConfig, Split};
-use store_io::StoreIo;
 
 pub const STATUS_SCHEMA: &str = "tracegate.status/1";
 pub const HEALTH_SCHEMA: &str = "tracegate.health/1";
@@ -65,6 +63,12 @@ pub enum PublishError {
     Render(String),
     #[error("MQTT connection: {0}")]
     Connection(String),
+}
+
+impl From<StoreError> for PublishError {
+    fn from(e: StoreError) -> Self {
+        PublishError::Store(e.to_string())
+    }
 }
 
 /// Who this gateway is, for the status (birth/will) message and envelopes.
@@ -150,8 +154,10 @@ impl PublisherStats {
 /// Everything [`run`] needs from the rest of the gateway.
 pub struct PublisherContext {
     pub identity: GatewayIdentity,
-    /// Opened with `Store::open_reader` (for `events_after` and `mark_published`).
-    pub store: StoreConfig,
+    /// The daemon's one read connection (events to publish, store figures).
+    pub reader: StoreReader,
+    /// Persisted by the store writer; dropping it lets the writer finish.
+    pub watermark: Watermark,
     /// Highest committed seq, from the store writer.
     pub committed: watch::Receiver<u64>,
     pub health: HealthFn,
@@ -166,7 +172,6 @@ impl std::fmt::Debug for PublisherContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PublisherContext")
             .field("identity", &self.identity)
-            .field("store", &self.store)
             .field("committed", &*self.committed.borrow())
             .finish_non_exhaustive()
     }
@@ -329,7 +334,7 @@ enum SessionEnd {
 struct Uplink<'a> {
     cfg: &'a MqttConfig,
     ctx: &'a PublisherContext,
-    store: StoreIo,
+    store: StoreReader,
     outbox: Outbox,
     topics: Topics,
     source: BatchSource,
@@ -355,7 +360,7 @@ pub async fn run(
         &ctx.identity.site,
         &ctx.identity.gateway_id,
     )?;
-    let store = StoreIo::open(ctx.store.clone(), ctx.identity.gateway_id.clone()).await?;
+    let store = ctx.reader.clone();
     let stats = store.stats().await?;
     let committed = (*ctx.committed.borrow()).max(stats.last_seq);
     let now = Instant::now();
@@ -491,7 +496,8 @@ pub async fn run(
     ctx.stats.connected.store(false, Ordering::Relaxed);
     let wm = up.outbox.watermark();
     if wm > up.outbox.persisted() {
-        up.store.mark_now(wm).await?;
+        // The writer persists it before it exits (it waits for this handle).
+        up.ctx.watermark.advance(wm);
     }
     tracing::info!(published_upto = wm, "MQTT publisher stopped");
     Ok(())
@@ -568,10 +574,10 @@ impl Uplink<'_> {
             }
         }
         if let Some(wm) = self.outbox.watermark_to_persist(now) {
-            match self.store.mark_soon(wm) {
-                Ok(()) => self.outbox.on_persisted(wm, now),
-                Err(e) => tracing::error!(error = %e, "cannot record the published watermark"),
-            }
+            // Never blocks: the writer persists the highest value it has
+            // been given in its next watermark transaction.
+            self.ctx.watermark.advance(wm);
+            self.outbox.on_persisted(wm, now);
         }
         self.ctx
             .stats

@@ -1,7 +1,5 @@
 //! The SQLite event store and outbox: the durability point of the gateway.
 //!
-//! CONTRACT (used by the pipeline, the publisher, the CLI and the demo; keep
-//! these signatures, extend freely):
 //! - [`Store::open`] opens or creates the database (WAL, synchronous=FULL,
 //!   migrations by `user_version`, `PRAGMA quick_check`; a corrupt file is
 //!   moved aside and a fresh one started, with an error logged).
@@ -10,7 +8,9 @@
 //!   `max_bytes` with the full policy and recording `overflow` events.
 //! - [`Store::pending`] / [`Store::mark_published`]: the outbox, kept as a
 //!   watermark (`published_upto`), not per-row flags.
-//! - [`spawn_writer`]: the group-commit thread the pipeline feeds.
+//! - [`spawn_writer`]: the group-commit thread the pipeline feeds; it also
+//!   persists the publisher's [`Watermark`] and publishes [`StoreStats`].
+//! - [`StoreReader`]: the one read connection, on its own thread.
 //!
 //! # Design
 //!
@@ -19,13 +19,20 @@
 //! `kill -9` and power cuts lose nothing committed (the crash test in
 //! `tests/store_crash.rs` kills a writer 20+ times and checks this).
 //!
-//! **Connections.** One writer ([`Store::open`], owned by the writer thread)
-//! and any number of second connections ([`Store::open_reader`]) for the
-//! publisher and the CLI. Second connections read without blocking the
-//! writer (WAL) and may also write the watermark ([`Store::mark_published`])
-//! and SUN counters; write locks are taken with `BEGIN IMMEDIATE` and wait up
-//! to [`BUSY_TIMEOUT`]. Only the writer creates, migrates and checks the
-//! file.
+//! **Connections.** The daemon holds two, each owned by one thread, so no
+//! rusqlite call runs on a tokio worker:
+//! - the writer ([`Store::open`], moved into [`spawn_writer`]'s thread): the
+//!   only one that creates, migrates, checks or writes the file. Events,
+//!   the published watermark and pruning all go through it, so writes never
+//!   wait for another connection's lock.
+//! - the reader ([`Store::open_reader`], moved into [`StoreReader::spawn`]'s
+//!   thread): the publisher's reads. WAL readers never block the writer and
+//!   see only committed transactions.
+//!
+//! Status needs neither: the writer sends fresh [`StoreStats`] on a watch
+//! channel. Other processes (the `tracegate events` CLI, tests) open their
+//! own second connections with [`Store::open_reader`]; those may write (the
+//! API allows it) and then wait up to [`BUSY_TIMEOUT`] for the lock.
 //!
 //! **Corruption.** If opening, `quick_check` or the migration fails with
 //! SQLite's corruption codes ("file is not a database", "database disk image
@@ -100,31 +107,44 @@
 //! what it deletes. The writer thread calls it every 10 s.
 //!
 //! **Writer.** [`spawn_writer`] owns the writer `Store` on its own thread
-//! (with a small current-thread runtime for timed receives). A batch starts
-//! with the first request and is committed when `commit_max_events` drafts
-//! are waiting or `commit_interval_ms` has passed since that first request,
-//! in one transaction. After the commit it sends the new `last_seq` on
-//! `committed` (also once at start, with the store's current `last_seq`),
-//! sends the stored events on `on_commit`, then fires the acks. A failing
-//! commit is logged and retried with backoff (50 ms doubling to 5 s);
-//! nothing is acknowledged until it succeeds. When `rx` closes, queued
-//! requests are committed, the WAL is checkpointed, and the thread returns.
-//! [`spawn_writer_with_heartbeat`] also beats a watchdog heartbeat.
+//! (with a small current-thread runtime for timed waits). When idle it
+//! commits a request as soon as it arrives, together with whatever else is
+//! already queued, in one transaction. Under load it groups: requests that
+//! arrive during a commit form the next group, and a commit starts at most
+//! once per `commit_interval_ms` (a few ms is enough: on a disk with fast
+//! fsync a steady stream then still forms groups instead of paying a
+//! transaction per event). `commit_max_events` drafts waiting commit at
+//! once. After a commit it sends
+//! the new `last_seq` on [`Writer::committed`], sends the stored events on
+//! `on_commit`, then fires the acks. A failing commit is logged and retried
+//! with [`crate::backoff::Backoff`] (50 ms doubling to 5 s); nothing is
+//! acknowledged until it succeeds.
+//!
+//! The publisher raises the watermark through [`Watermark::advance`] (never
+//! blocks); the writer persists it at most every [`WATERMARK_EVERY`] in a
+//! small transaction of its own. [`Writer::stats`] is refreshed after
+//! commits, watermark writes and prunes, at most every [`STATS_EVERY`].
+//!
+//! Shutdown: when the request channel closes, the writer commits what is
+//! queued and signals [`WriterHandle::drained`]; it keeps persisting the
+//! watermark until the [`Watermark`] is dropped, writes its last value,
+//! checkpoints the WAL and returns.
 
 mod append;
+mod reader;
 mod schema;
 mod writer;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use rusqlite::{Connection, OptionalExtension};
-use tokio::sync::{mpsc, watch};
 use tracegate_drivers::CommitAck;
 
 pub use append::AppendOutcome;
+pub use reader::StoreReader;
 pub use schema::{BUSY_TIMEOUT, SCHEMA_VERSION};
+pub use writer::{spawn_writer, Watermark, Writer, WriterHandle, STATS_EVERY, WATERMARK_EVERY};
 
 /// Pages kept free for `overflow` events (see the module docs).
 pub const HEADROOM_PAGES: u64 = 4;
@@ -156,9 +176,11 @@ pub struct StoreConfig {
     /// Upper bound on the database size (pages in use), bytes.
     pub max_bytes: u64,
     pub full_policy: FullPolicy,
-    /// Group commit: commit at least this often while events are waiting...
+    /// Commits start at most this often: an idle writer commits a request
+    /// at once, a busy one groups what arrives within this time (see
+    /// "Writer" above). 0 commits whenever the previous commit is done.
     pub commit_interval_ms: u64,
-    /// ...or as soon as this many events are waiting.
+    /// The most drafts one group commit takes from the queue.
     pub commit_max_events: usize,
     /// Published events older than this are deleted (in ranges).
     pub retention_secs: u64,
@@ -256,7 +278,9 @@ pub enum StoreError {
     Config(String),
     #[error("the store writer thread panicked (a bug: please report it)")]
     WriterPanicked,
-    #[error("store writer could not start its thread or timer runtime: {0}")]
+    #[error("the store reader thread has stopped")]
+    ReaderStopped,
+    #[error("could not start a store thread or its timer runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }
 
@@ -334,7 +358,8 @@ impl Store {
         Self::from_conn(conn, config, gateway_id, store_id)
     }
 
-    /// Opens an existing store for reading (CLI, publisher) alongside the writer.
+    /// Opens an existing store as a second connection alongside the writer
+    /// (for [`StoreReader::spawn`], the CLI, tests).
     pub fn open_reader(config: &StoreConfig, gateway_id: &str) -> Result<Store, StoreError> {
         let (conn, store_id) = schema::open_second(&config.path)?;
         Self::from_conn(conn, config, gateway_id, store_id)
@@ -573,49 +598,4 @@ fn from_i64(v: i64) -> u64 {
 pub struct WriteRequest {
     pub drafts: Vec<EventDraft>,
     pub ack: Option<CommitAck>,
-}
-
-/// Handle to the writer thread; `join` waits for it to flush and stop.
-#[derive(Debug)]
-pub struct WriterHandle {
-    pub thread: std::thread::JoinHandle<Result<(), StoreError>>,
-}
-
-impl WriterHandle {
-    /// Waits for the writer to commit what it holds and stop. A panicked
-    /// writer thread is reported as an error, not propagated.
-    pub fn join(self) -> Result<(), StoreError> {
-        match self.thread.join() {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::WriterPanicked),
-        }
-    }
-}
-
-/// Starts the group-commit writer on its own thread. It commits when
-/// `commit_max_events` are waiting or `commit_interval_ms` has passed, sends
-/// the highest committed seq on `committed` and every committed event on
-/// `on_commit` (if given, for the demo), fires acks, and exits after `rx`
-/// closes and the last batch is committed.
-pub fn spawn_writer(
-    store: Store,
-    rx: mpsc::Receiver<WriteRequest>,
-    committed: watch::Sender<u64>,
-    on_commit: Option<crate::Observer<Vec<StoredEvent>>>,
-) -> WriterHandle {
-    writer::spawn(store, rx, committed, on_commit, None)
-}
-
-/// [`spawn_writer`] with a watchdog heartbeat: the writer beats it after
-/// every commit and at least once a second while idle, and stops beating
-/// while a commit keeps failing (so systemd restarts the daemon, whose next
-/// open checks the database).
-pub fn spawn_writer_with_heartbeat(
-    store: Store,
-    rx: mpsc::Receiver<WriteRequest>,
-    committed: watch::Sender<u64>,
-    on_commit: Option<crate::Observer<Vec<StoredEvent>>>,
-    heartbeat: Arc<crate::heartbeat::Heartbeat>,
-) -> WriterHandle {
-    writer::spawn(store, rx, committed, on_commit, Some(heartbeat))
 }

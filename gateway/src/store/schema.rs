@@ -142,8 +142,8 @@ fn check_header(path: &Path) -> Result<(), OpenFailure> {
     Ok(())
 }
 
-/// Opens an existing store as a second connection (publisher, CLI). It may
-/// write the watermark and SUN counters, but never creates or migrates.
+/// Opens an existing store as a second connection (the daemon's reader
+/// thread, the CLI, tests). It never creates or migrates the file.
 pub fn open_second(path: &Path) -> Result<(Connection, String), StoreError> {
     if !path.exists() {
         return Err(StoreError::NotFound {

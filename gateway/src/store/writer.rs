@@ -1,18 +1,35 @@
-//! The group-commit writer thread.
+//! The group-commit writer thread: the only connection that writes.
+//!
+//! An idle writer commits a request as soon as it arrives. Grouping happens
+//! under load only, in two ways: while one commit (one fsync) runs, new
+//! requests queue up and the next commit takes everything queued; and a
+//! commit starts at most once per `commit_interval_ms`, so on a disk whose
+//! fsync is fast a steady stream still forms groups instead of paying a
+//! transaction (CPU, WAL pages, checkpoints) per event. A group never
+//! exceeds `commit_max_events` drafts; reaching it commits at once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::append::now_utc_ms;
+use super::{Store, StoreError, StoreStats, StoredEvent, WriteRequest};
+use crate::backoff::Backoff;
 use crate::heartbeat::Heartbeat;
 
-use super::{EventDraft, Store, StoreError, StoredEvent, WriteRequest, WriterHandle};
-
 /// How often the writer deletes published events past their retention.
-pub const PRUNE_EVERY: Duration = Duration::from_secs(10);
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+/// The published watermark is written at most this often (each write is a
+/// transaction with its own fsync; a watermark a moment old only means a few
+/// events are resent after a crash, which at-least-once delivery allows).
+pub const WATERMARK_EVERY: Duration = Duration::from_millis(250);
+
+/// The stats watch is refreshed at most this often while commits keep
+/// coming (reading them costs a few queries; status does not need more).
+pub const STATS_EVERY: Duration = Duration::from_millis(100);
 
 /// Commit retries back off from this...
 const BACKOFF_START: Duration = Duration::from_millis(50);
@@ -25,118 +42,397 @@ const SHUTDOWN_ATTEMPTS: u32 = 5;
 /// While idle the writer still wakes this often, to beat its heartbeat.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 
-pub fn spawn(
+/// Raises the outbox watermark (`published_upto`) without touching SQLite:
+/// the writer thread persists the value in its own time (at most every
+/// [`WATERMARK_EVERY`], and always before it exits). Owned by the publisher.
+#[derive(Debug)]
+pub struct Watermark {
+    tx: watch::Sender<u64>,
+}
+
+impl Watermark {
+    /// Records that every event up to `upto` is acknowledged. Never blocks
+    /// and never fails; values below the current one are ignored, and values
+    /// given in quick succession collapse into the highest.
+    pub fn advance(&self, upto: u64) {
+        self.tx.send_if_modified(|v| {
+            if upto > *v {
+                *v = upto;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The highest value given so far (or the persisted one at start).
+    pub fn get(&self) -> u64 {
+        *self.tx.borrow()
+    }
+
+    /// A watermark and its receiving end, for a writer other than
+    /// [`spawn_writer`] (test harnesses): apply `*rx.borrow()` with
+    /// [`Store::mark_published`].
+    pub fn channel(initial: u64) -> (Watermark, watch::Receiver<u64>) {
+        let (tx, rx) = watch::channel(initial);
+        (Watermark { tx }, rx)
+    }
+}
+
+/// What [`spawn_writer`] hands back: the outputs of the writer thread.
+#[derive(Debug)]
+pub struct Writer {
+    /// Highest committed seq, updated after every commit (before the acks
+    /// fire and before `on_commit` is sent).
+    pub committed: watch::Receiver<u64>,
+    /// The store's counters, refreshed after commits, watermark writes and
+    /// prunes (at most every [`STATS_EVERY`]; never more stale than that).
+    pub stats: watch::Receiver<StoreStats>,
+    /// The outbox watermark; the writer exits only once this is dropped.
+    pub watermark: Watermark,
+    pub handle: WriterHandle,
+}
+
+/// Handle to the writer thread.
+#[derive(Debug)]
+pub struct WriterHandle {
+    thread: std::thread::JoinHandle<Result<(), StoreError>>,
+    drained: Option<oneshot::Receiver<()>>,
+}
+
+impl WriterHandle {
+    /// Resolves once the request channel is closed and everything that was
+    /// queued in it is committed (or the thread has stopped). The thread
+    /// itself keeps running until the [`Watermark`] is dropped too.
+    pub async fn drained(&mut self) {
+        if let Some(rx) = self.drained.as_mut() {
+            // An error means the thread is gone: nothing more will commit.
+            let _ = rx.await;
+            self.drained = None;
+        }
+    }
+
+    /// Waits for the writer to commit what it holds, persist the final
+    /// watermark and stop. Blocks: call it off the async runtime. A panicked
+    /// writer thread is reported as an error, not propagated.
+    pub fn join(self) -> Result<(), StoreError> {
+        match self.thread.join() {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::WriterPanicked),
+        }
+    }
+}
+
+/// Starts the group-commit writer on its own thread and returns its outputs.
+///
+/// Reads the store's current counters first, so the watches start with true
+/// values; that is SQL on the calling thread, so call this where blocking is
+/// allowed (a `spawn_blocking` closure, together with [`Store::open`]).
+///
+/// The thread commits every request it receives, sends the committed events
+/// on `on_commit` (if given, for the demo), fires the acks, persists the
+/// watermark, prunes, and beats `heartbeat` after every commit and at least
+/// once a second while idle (it stops beating while a commit keeps failing,
+/// so systemd restarts the daemon, whose next open checks the database). It
+/// exits after `rx` is closed and drained AND the [`Watermark`] is dropped,
+/// applying the watermark's last value first.
+pub fn spawn_writer(
     store: Store,
     rx: mpsc::Receiver<WriteRequest>,
-    committed: watch::Sender<u64>,
     on_commit: Option<crate::Observer<Vec<StoredEvent>>>,
     heartbeat: Option<Arc<Heartbeat>>,
-) -> WriterHandle {
-    let spawned = std::thread::Builder::new()
-        .name("store-writer".into())
-        .spawn(move || run(store, rx, committed, on_commit, heartbeat));
-    let thread = match spawned {
-        Ok(t) => t,
-        Err(e) => {
-            let msg = e.to_string();
-            std::thread::spawn(move || Err(StoreError::Runtime(std::io::Error::other(msg))))
-        }
+) -> Result<Writer, StoreError> {
+    let stats = store.stats()?;
+    let (committed_tx, committed) = watch::channel(stats.last_seq);
+    let (watermark, wm_rx) = Watermark::channel(stats.published_upto);
+    let (stats_tx, stats_rx) = watch::channel(stats);
+    let (drained_tx, drained) = oneshot::channel();
+    let out = Outputs {
+        committed: committed_tx,
+        stats: stats_tx,
+        on_commit,
+        heartbeat,
     };
-    WriterHandle { thread }
+    let thread = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || run(store, rx, wm_rx, out, drained_tx))
+        .map_err(StoreError::Runtime)?;
+    Ok(Writer {
+        committed,
+        stats: stats_rx,
+        watermark,
+        handle: WriterHandle {
+            thread,
+            drained: Some(drained),
+        },
+    })
+}
+
+struct Outputs {
+    committed: watch::Sender<u64>,
+    stats: watch::Sender<StoreStats>,
+    on_commit: Option<crate::Observer<Vec<StoredEvent>>>,
+    heartbeat: Option<Arc<Heartbeat>>,
+}
+
+impl Outputs {
+    fn beat(&self) {
+        if let Some(h) = &self.heartbeat {
+            h.beat();
+        }
+    }
+}
+
+/// What woke the idle writer.
+enum Wake {
+    Request(WriteRequest),
+    RequestsClosed,
+    Watermark,
+    WatermarkClosed,
+    Timer,
+}
+
+/// The writer's bookkeeping between loop turns.
+struct State {
+    requests_open: bool,
+    watermark_open: bool,
+    /// The watermark value last written to SQLite.
+    watermark_written: u64,
+    next_watermark: Instant,
+    next_prune: Instant,
+    /// When the last commit started.
+    last_commit: Option<Instant>,
+    /// Something changed since the stats watch was last refreshed.
+    stats_dirty: bool,
+    next_stats: Instant,
+}
+
+impl State {
+    /// How long the idle writer may sleep before it has timed work to do.
+    fn idle_wait(&self, watermark_wanted: u64, now: Instant) -> Duration {
+        let mut until = self.next_prune.min(now + IDLE_WAKE);
+        if watermark_wanted > self.watermark_written {
+            until = until.min(self.next_watermark);
+        }
+        if self.stats_dirty {
+            until = until.min(self.next_stats);
+        }
+        until.saturating_duration_since(now)
+    }
 }
 
 fn run(
     mut store: Store,
     mut rx: mpsc::Receiver<WriteRequest>,
-    committed: watch::Sender<u64>,
-    on_commit: Option<crate::Observer<Vec<StoredEvent>>>,
-    heartbeat: Option<Arc<Heartbeat>>,
+    mut wm_rx: watch::Receiver<u64>,
+    out: Outputs,
+    drained_tx: oneshot::Sender<()>,
 ) -> Result<(), StoreError> {
-    let beat = || {
-        if let Some(h) = &heartbeat {
-            h.beat();
-        }
-    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .map_err(StoreError::Runtime)?;
-    let interval = Duration::from_millis(store.config.commit_interval_ms.max(1));
     let max_events = store.config.commit_max_events.max(1);
-    committed.send_replace(store.last_seq()?);
-    let mut next_prune = Instant::now() + PRUNE_EVERY;
-    let mut closed = false;
+    let gap = Duration::from_millis(store.config.commit_interval_ms);
+    let now = Instant::now();
+    let mut st = State {
+        requests_open: true,
+        watermark_open: true,
+        watermark_written: *wm_rx.borrow_and_update(),
+        next_watermark: now,
+        next_prune: now + PRUNE_EVERY,
+        last_commit: None,
+        stats_dirty: false,
+        next_stats: now,
+    };
+    let mut drained_tx = Some(drained_tx);
 
-    while !closed {
+    while st.requests_open || st.watermark_open {
+        out.beat();
         let mut batch: Vec<WriteRequest> = Vec::new();
         let mut waiting = 0usize;
-        beat();
-        let wait = next_prune
-            .saturating_duration_since(Instant::now())
-            .min(IDLE_WAKE);
-        match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
-            Ok(Some(req)) => {
-                waiting += req.drafts.len();
-                batch.push(req);
+        if st.requests_open {
+            take_queued(&mut rx, &mut batch, &mut waiting, max_events, &mut st);
+        }
+        if batch.is_empty() && (st.requests_open || st.watermark_open) {
+            let wait = st.idle_wait(*wm_rx.borrow(), Instant::now());
+            let wake = rt.block_on(wait_for_work(
+                &mut rx,
+                st.requests_open,
+                &mut wm_rx,
+                st.watermark_open,
+                wait,
+            ));
+            match wake {
+                Wake::Request(req) => {
+                    waiting += req.drafts.len();
+                    batch.push(req);
+                    // Whatever queued up meanwhile joins this commit.
+                    take_queued(&mut rx, &mut batch, &mut waiting, max_events, &mut st);
+                }
+                Wake::RequestsClosed => st.requests_open = false,
+                Wake::WatermarkClosed => st.watermark_open = false,
+                Wake::Watermark | Wake::Timer => {}
             }
-            Ok(None) => closed = true,
-            Err(_) => {} // idle: beat, maybe prune
         }
         if !batch.is_empty() {
-            // The interval counts from the first uncommitted request.
-            let deadline = tokio::time::Instant::now() + interval;
-            while waiting < max_events {
-                let next = match rx.try_recv() {
-                    Ok(req) => Some(req),
-                    Err(TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
-                    Err(TryRecvError::Empty) => {
-                        match rt
-                            .block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await })
-                        {
-                            Ok(Some(req)) => Some(req),
-                            Ok(None) => {
-                                closed = true;
-                                break;
-                            }
-                            Err(_) => None,
-                        }
-                    }
-                };
-                match next {
-                    Some(req) => {
-                        waiting += req.drafts.len();
-                        batch.push(req);
-                    }
-                    None => break,
+            if let Some(not_before) = st.last_commit.map(|t| t + gap) {
+                if waiting < max_events && Instant::now() < not_before && st.requests_open {
+                    // Under load: let the group fill until the gap is over.
+                    rt.block_on(fill_until(
+                        &mut rx,
+                        &mut batch,
+                        &mut waiting,
+                        max_events,
+                        not_before,
+                        &mut st,
+                    ));
                 }
             }
-            commit_batch(&mut store, batch, closed, &committed, on_commit.as_ref())?;
+            st.last_commit = Some(Instant::now());
+            commit_batch(&mut store, batch, !st.requests_open, &out)?;
+            st.stats_dirty = true;
         }
-        if Instant::now() >= next_prune {
-            if let Err(e) = store.prune(now_utc_ms()) {
-                tracing::warn!(error = %e, "pruning published events failed; will retry");
+        if !st.requests_open {
+            if let Some(tx) = drained_tx.take() {
+                // Nobody may be waiting for this; that is fine.
+                let _ = tx.send(());
             }
-            next_prune = Instant::now() + PRUNE_EVERY;
+        }
+        let now = Instant::now();
+        let wanted = *wm_rx.borrow_and_update();
+        if wanted > st.watermark_written && now >= st.next_watermark {
+            write_watermark(&mut store, wanted, &mut st);
+        }
+        if now >= st.next_prune {
+            match store.prune(now_utc_ms()) {
+                Ok(n) => st.stats_dirty |= n > 0,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning published events failed; will retry")
+                }
+            }
+            st.next_prune = now + PRUNE_EVERY;
+        }
+        if st.stats_dirty && now >= st.next_stats {
+            refresh_stats(&store, &out, &mut st);
         }
     }
+
+    // Both inputs are closed: persist the publisher's last word.
+    let wanted = *wm_rx.borrow();
+    if wanted > st.watermark_written {
+        write_watermark(&mut store, wanted, &mut st);
+    }
+    refresh_stats(&store, &out, &mut st);
     if let Err(e) = store.checkpoint() {
         tracing::warn!(error = %e, "final WAL checkpoint failed (harmless: replayed at next open)");
     }
     Ok(())
 }
 
+/// Moves already-queued requests into `batch` without waiting, until
+/// `max_events` drafts are waiting or the queue is empty.
+fn take_queued(
+    rx: &mut mpsc::Receiver<WriteRequest>,
+    batch: &mut Vec<WriteRequest>,
+    waiting: &mut usize,
+    max_events: usize,
+    st: &mut State,
+) {
+    while *waiting < max_events {
+        match rx.try_recv() {
+            Ok(req) => {
+                *waiting += req.drafts.len();
+                batch.push(req);
+            }
+            Err(TryRecvError::Empty) => break,
+            Err(TryRecvError::Disconnected) => {
+                st.requests_open = false;
+                break;
+            }
+        }
+    }
+}
+
+/// Adds requests to `batch` as they arrive, until `deadline`, `max_events`
+/// drafts, or the channel closes.
+async fn fill_until(
+    rx: &mut mpsc::Receiver<WriteRequest>,
+    batch: &mut Vec<WriteRequest>,
+    waiting: &mut usize,
+    max_events: usize,
+    deadline: Instant,
+    st: &mut State,
+) {
+    let deadline = tokio::time::Instant::from_std(deadline);
+    while *waiting < max_events {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(req)) => {
+                *waiting += req.drafts.len();
+                batch.push(req);
+            }
+            Ok(None) => {
+                st.requests_open = false;
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+async fn wait_for_work(
+    rx: &mut mpsc::Receiver<WriteRequest>,
+    requests_open: bool,
+    wm_rx: &mut watch::Receiver<u64>,
+    watermark_open: bool,
+    wait: Duration,
+) -> Wake {
+    tokio::select! {
+        req = rx.recv(), if requests_open => match req {
+            Some(req) => Wake::Request(req),
+            None => Wake::RequestsClosed,
+        },
+        changed = wm_rx.changed(), if watermark_open => match changed {
+            Ok(()) => Wake::Watermark,
+            Err(_) => Wake::WatermarkClosed,
+        },
+        () = tokio::time::sleep(wait) => Wake::Timer,
+    }
+}
+
+fn write_watermark(store: &mut Store, upto: u64, st: &mut State) {
+    match store.mark_published(upto) {
+        Ok(()) => {
+            st.watermark_written = upto;
+            st.stats_dirty = true;
+        }
+        // Kept in the watch: the next turn tries again.
+        Err(e) => tracing::error!(upto, error = %e, "cannot record the published watermark"),
+    }
+    st.next_watermark = Instant::now() + WATERMARK_EVERY;
+}
+
+fn refresh_stats(store: &Store, out: &Outputs, st: &mut State) {
+    match store.stats() {
+        Ok(s) => {
+            out.stats.send_replace(s);
+            st.stats_dirty = false;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the store stats; status shows older ones")
+        }
+    }
+    st.next_stats = Instant::now() + STATS_EVERY;
+}
+
 fn commit_batch(
     store: &mut Store,
     batch: Vec<WriteRequest>,
     closed: bool,
-    committed: &watch::Sender<u64>,
-    on_commit: Option<&crate::Observer<Vec<StoredEvent>>>,
+    out: &Outputs,
 ) -> Result<(), StoreError> {
-    let groups: Vec<&[EventDraft]> = batch.iter().map(|r| r.drafts.as_slice()).collect();
-    let mut backoff = BACKOFF_START;
+    let groups: Vec<&[super::EventDraft]> = batch.iter().map(|r| r.drafts.as_slice()).collect();
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
     let mut attempt = 0u32;
     let outcome = loop {
         attempt += 1;
@@ -152,14 +448,13 @@ fn commit_batch(
                 if closed && attempt >= SHUTDOWN_ATTEMPTS {
                     return Err(e);
                 }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                std::thread::sleep(backoff.next_delay());
             }
         }
     };
     drop(groups);
-    committed.send_replace(outcome.last_seq);
-    if let Some(tx) = on_commit {
+    out.committed.send_replace(outcome.last_seq);
+    if let Some(tx) = &out.on_commit {
         if !outcome.events.is_empty() {
             // The demo may have stopped listening; the commit stands regardless.
             let _ = tx.send(outcome.events);

@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracegate::heartbeat::Heartbeats;
 use tracegate::publish::{GatewayIdentity, MqttConfig, PublisherContext, PublisherStats};
 use tracegate::store::{
-    spawn_writer, EventDraft, FullPolicy, Store, StoreConfig, WriteRequest, WriterHandle,
+    spawn_writer, EventDraft, FullPolicy, Store, StoreConfig, StoreReader, Watermark, WriteRequest,
+    WriterHandle,
 };
 
 pub const GATEWAY: &str = "gw-test";
@@ -438,6 +439,8 @@ pub fn draft(i: u64) -> EventDraft {
 pub struct Writer {
     pub tx: Option<mpsc::Sender<WriteRequest>>,
     pub committed: watch::Receiver<u64>,
+    /// Taken by [`Writer::watermark`] for the publisher's context.
+    watermark: Option<Watermark>,
     handle: Option<std::thread::JoinHandle<()>>,
     writer: Option<WriterHandle>,
 }
@@ -446,18 +449,24 @@ impl Writer {
     pub fn start(cfg: &StoreConfig) -> Writer {
         let mut store = Store::open(cfg, GATEWAY).expect("cannot open the test store");
         let (tx, mut rx) = mpsc::channel::<WriteRequest>(1024);
-        let (ctx, crx) = watch::channel(0u64);
         if std::env::var("TRACEGATE_TEST_SIMPLE_WRITER").as_deref() != Ok("1") {
-            let handle = spawn_writer(store, rx, ctx, None);
+            let w = spawn_writer(store, rx, None, None).expect("cannot start the writer");
             return Writer {
                 tx: Some(tx),
-                committed: crx,
+                committed: w.committed,
+                watermark: Some(w.watermark),
                 handle: None,
-                writer: Some(handle),
+                writer: Some(w.handle),
             };
         }
+        let stats = store.stats().unwrap();
+        let (ctx, crx) = watch::channel(stats.last_seq);
+        let (watermark, wm_rx) = Watermark::channel(stats.published_upto);
         let handle = std::thread::spawn(move || {
-            ctx.send_replace(store.stats().unwrap().last_seq);
+            let mark = |store: &mut Store| {
+                let upto = *wm_rx.borrow();
+                store.mark_published(upto).unwrap();
+            };
             while let Some(first) = rx.blocking_recv() {
                 // Group commit: everything already queued goes in one transaction.
                 let mut drafts = first.drafts;
@@ -471,14 +480,25 @@ impl Writer {
                 if let Some(last) = stored.last() {
                     ctx.send_replace(last.seq);
                 }
+                mark(&mut store);
             }
+            mark(&mut store);
         });
         Writer {
             tx: Some(tx),
             committed: crx,
+            watermark: Some(watermark),
             handle: Some(handle),
             writer: None,
         }
+    }
+
+    /// The outbox watermark, for one publisher; the writer stops only after
+    /// it is dropped (with the publisher's context).
+    pub fn watermark(&mut self) -> Watermark {
+        self.watermark
+            .take()
+            .expect("one publisher per test writer")
     }
 
     /// Appends `count` events starting at draft number `from`, in requests of `per_request`.
@@ -508,6 +528,7 @@ impl Writer {
 
     pub fn stop(&mut self) {
         self.tx.take();
+        self.watermark.take();
         if let Some(h) = self.handle.take() {
             h.join().expect("store writer failed");
         }
@@ -520,6 +541,7 @@ impl Writer {
 impl Drop for Writer {
     fn drop(&mut self) {
         self.tx.take();
+        self.watermark.take();
     }
 }
 
@@ -568,15 +590,19 @@ pub fn mqtt_config(url: &str) -> MqttConfig {
     c
 }
 
+/// A publisher context reading `store` through its own [`StoreReader`].
 pub fn context(
     store: &StoreConfig,
     committed: watch::Receiver<u64>,
+    watermark: Watermark,
 ) -> (PublisherContext, Arc<PublisherStats>) {
     let hbs = Heartbeats::new(tracegate_drivers::Clock::new());
     let stats = Arc::new(PublisherStats::default());
+    let reader = Store::open_reader(store, GATEWAY).expect("cannot open the test store");
     let ctx = PublisherContext {
         identity: identity(),
-        store: store.clone(),
+        reader: StoreReader::spawn(reader).expect("cannot start the store reader"),
+        watermark,
         committed,
         health: Arc::new(|| serde_json::json!({"readers": [{"name": "door-1", "state": "up"}]})),
         heartbeat: hbs.register("publisher"),
