@@ -244,6 +244,44 @@ fn damaged_pages_fail_quick_check_and_the_file_is_moved_aside() {
 }
 
 #[test]
+fn replay_counters_survive_a_corrupt_store_being_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, 10 << 20, FullPolicy::DropOldest);
+    let uid = [0x04, 0x21, 0x22, 0x23, 0x24, 0x25, 0x80];
+    let root_page: u64 = {
+        let mut store = Store::open(&cfg, "dock-01").unwrap();
+        store.set_sun_counter(&uid, 41).unwrap();
+        store.append((0..2000).map(draft).collect()).unwrap();
+        store.checkpoint().unwrap();
+        let c = Connection::open(&cfg.path).unwrap();
+        c.query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'sun_counters'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    // Damage 8 pages of events well past the counters' own page (and page 1,
+    // the schema), as a failing SD card would.
+    let page = 4096usize;
+    let start = (root_page as usize + 8) * page;
+    let mut bytes = std::fs::read(&cfg.path).unwrap();
+    assert!(bytes.len() > start + 8 * page, "{} bytes", bytes.len());
+    for b in &mut bytes[start..start + 8 * page] {
+        *b = 0xA5;
+    }
+    std::fs::write(&cfg.path, &bytes).unwrap();
+
+    let store = Store::open(&cfg, "dock-01").unwrap();
+    assert_eq!(store.stats().unwrap().last_seq, 0, "a fresh store started");
+    assert_eq!(
+        store.sun_counter(&uid).unwrap(),
+        Some(41),
+        "the counter came along, so an old URL is still a replay"
+    );
+}
+
+#[test]
 fn empty_database_at_user_version_0_is_migrated_to_the_current_schema() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&dir, 1 << 20, FullPolicy::DropOldest);

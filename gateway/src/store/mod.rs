@@ -343,7 +343,7 @@ impl Store {
                     "event store is corrupt: moved it aside and started a fresh store; \
                      events in the old file were not published"
                 );
-                match schema::open_writer(path) {
+                let (mut conn, store_id) = match schema::open_writer(path) {
                     Ok(ok) => ok,
                     Err(schema::OpenFailure::Other(e)) => return Err(e),
                     Err(schema::OpenFailure::Corrupt(reason)) => {
@@ -352,7 +352,22 @@ impl Store {
                             reason,
                         })
                     }
+                };
+                match schema::salvage_sun_counters(&moved_to, &mut conn) {
+                    Ok(n) => tracing::warn!(
+                        counters = n,
+                        from = %moved_to.display(),
+                        "NFC replay counters copied from the corrupt store"
+                    ),
+                    Err(e) => tracing::error!(
+                        from = %moved_to.display(),
+                        error = %e,
+                        "NFC replay counters could not be read from the corrupt store: \
+                         URLs tapped here before may verify as genuine once more \
+                         (the registry's own counters still catch them)"
+                    ),
                 }
+                (conn, store_id)
             }
         };
         Self::from_conn(conn, config, gateway_id, store_id)
