@@ -157,11 +157,7 @@ pub async fn run_with(
             reader,
             watermark,
             committed: committed_rx,
-            health: {
-                // The health message carries the status at its top level.
-                let status = status_source.clone();
-                Arc::new(move || serde_json::to_value(status()).unwrap_or_default())
-            },
+            health: status_source.clone(),
             heartbeat: heartbeats.register("publisher"),
             stats: publisher_stats,
             acks: options.acks,
@@ -362,8 +358,7 @@ fn status_source(
             store,
             // The publisher's counters arrive as JSON; a field it renames
             // shows up here as a zero, not as a crash.
-            publisher: mqtt
-                .then(|| serde_json::from_value(publisher.snapshot()).unwrap_or_default()),
+            publisher: mqtt.then(|| publisher.snapshot()),
             health: None,
             heartbeats: Vec::new(),
         }

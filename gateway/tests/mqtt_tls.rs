@@ -158,7 +158,7 @@ async fn events_flow_over_mutual_tls() {
     {
         assert!(
             std::time::Instant::now() < deadline,
-            "not acknowledged over TLS: {}",
+            "not acknowledged over TLS: {:?}",
             stats.snapshot()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

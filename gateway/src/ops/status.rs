@@ -69,6 +69,16 @@ pub struct PublisherStatus {
     pub oversize_skipped: u64,
     /// Hand-over to PUBACK.
     pub publish_latency_ms: LatencyMs,
+    /// Events committed but not yet handed to the broker after a reconnect
+    /// (health messages only: the publisher's own view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<u64>,
+    /// Messages handed to the client and not acknowledged yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<usize>,
+    /// Acknowledged seq ranges waiting for a gap below them to close.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_ranges_above_watermark: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::heartbeat::Heartbeat;
+use crate::ops::{LatencyMs, PublisherStatus, Status};
 use crate::store::{StoreError, StoreReader, Watermark};
 
 pub use config::{
@@ -83,7 +84,17 @@ pub struct GatewayIdentity {
 
 /// Returns a JSON object merged into each health message (reader states,
 /// store stats: outbox depth, oldest pending age, drops).
-pub type HealthFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+pub type HealthFn = Arc<dyn Fn() -> Status + Send + Sync>;
+
+/// A `{prefix}/{site}/{gateway}/health` message (docs/events.md): the
+/// gateway's status at the top level, with the publisher's own view.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HealthMessage {
+    pub schema: String,
+    pub time: crate::event::UtcMs,
+    #[serde(flatten)]
+    pub status: Status,
+}
 
 /// Sent for every acknowledged batch (benchmarks and tests).
 #[derive(Debug, Clone, Copy)]
@@ -124,7 +135,7 @@ impl PublisherStats {
         metrics::histogram!("tracegate_publish_latency_seconds").record(d.as_secs_f64());
     }
 
-    pub fn snapshot(&self) -> serde_json::Value {
+    pub fn snapshot(&self) -> PublisherStatus {
         let count = self.latency_count.load(Ordering::Relaxed);
         let avg_ms = if count == 0 {
             0.0
@@ -132,22 +143,25 @@ impl PublisherStats {
             self.latency_sum_us.load(Ordering::Relaxed) as f64 / count as f64 / 1000.0
         };
         let ms = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1000.0;
-        serde_json::json!({
-            "connected": self.connected.load(Ordering::Relaxed),
-            "connects": self.connects.load(Ordering::Relaxed),
-            "reconnects": self.connects.load(Ordering::Relaxed).saturating_sub(1),
-            "connection_errors": self.connection_errors.load(Ordering::Relaxed),
-            "messages_acked": self.messages_acked.load(Ordering::Relaxed),
-            "events_acked": self.events_acked.load(Ordering::Relaxed),
-            "events_sent": self.events_sent.load(Ordering::Relaxed),
-            "published_upto": self.published_upto.load(Ordering::Relaxed),
-            "oversize_skipped": self.oversize_skipped.load(Ordering::Relaxed),
-            "publish_latency_ms": {
-                "last": ms(&self.last_latency_us),
-                "avg": avg_ms,
-                "max": ms(&self.max_latency_us),
+        PublisherStatus {
+            connected: self.connected.load(Ordering::Relaxed),
+            connects: self.connects.load(Ordering::Relaxed),
+            reconnects: self.connects.load(Ordering::Relaxed).saturating_sub(1),
+            connection_errors: self.connection_errors.load(Ordering::Relaxed),
+            messages_acked: self.messages_acked.load(Ordering::Relaxed),
+            events_acked: self.events_acked.load(Ordering::Relaxed),
+            events_sent: self.events_sent.load(Ordering::Relaxed),
+            published_upto: self.published_upto.load(Ordering::Relaxed),
+            oversize_skipped: self.oversize_skipped.load(Ordering::Relaxed),
+            publish_latency_ms: LatencyMs {
+                last: ms(&self.last_latency_us),
+                avg: avg_ms,
+                max: ms(&self.max_latency_us),
             },
-        })
+            backlog: None,
+            in_flight: None,
+            acked_ranges_above_watermark: None,
+        }
     }
 }
 
@@ -708,36 +722,18 @@ impl Uplink<'_> {
     }
 
     fn health_payload(&self) -> Vec<u8> {
-        let mut obj = serde_json::Map::new();
-        obj.insert("schema".into(), HEALTH_SCHEMA.into());
-        obj.insert(
-            "gateway".into(),
-            self.ctx.identity.gateway_id.clone().into(),
-        );
-        obj.insert("site".into(), self.ctx.identity.site.clone().into());
-        obj.insert("time".into(), utc_now_iso().into());
-        match (self.ctx.health)() {
-            serde_json::Value::Object(m) => {
-                for (k, v) in m {
-                    obj.entry(k).or_insert(v);
-                }
-            }
-            serde_json::Value::Null => {}
-            other => {
-                obj.insert("gateway_health".into(), other);
-            }
-        }
-        let mut publ = self.ctx.stats.snapshot();
-        if let serde_json::Value::Object(m) = &mut publ {
-            m.insert("backlog".into(), self.outbox.backlog_remaining().into());
-            m.insert("in_flight".into(), self.outbox.in_flight().into());
-            m.insert(
-                "acked_ranges_above_watermark".into(),
-                self.outbox.acked_ranges_pending().into(),
-            );
-        }
-        obj.insert("publisher".into(), publ);
-        serde_json::Value::Object(obj).to_string().into_bytes()
+        let mut status = (self.ctx.health)();
+        let mut publisher = self.ctx.stats.snapshot();
+        publisher.backlog = Some(self.outbox.backlog_remaining());
+        publisher.in_flight = Some(self.outbox.in_flight());
+        publisher.acked_ranges_above_watermark = Some(self.outbox.acked_ranges_pending());
+        status.publisher = Some(publisher);
+        let message = HealthMessage {
+            schema: HEALTH_SCHEMA.to_owned(),
+            time: crate::event::UtcMs(tracegate_drivers::clock::utc_now_ms()),
+            status,
+        };
+        serde_json::to_vec(&message).unwrap_or_default()
     }
 }
 

@@ -604,7 +604,22 @@ pub fn context(
         reader: StoreReader::spawn(reader).expect("cannot start the store reader"),
         watermark,
         committed,
-        health: Arc::new(|| serde_json::json!({"readers": [{"name": "door-1", "state": "up"}]})),
+        health: {
+            let door = tracegate_drivers::ReaderHealth::new("door-1", "sim");
+            Arc::new(move || tracegate::ops::Status {
+                gateway: GATEWAY.into(),
+                site: SITE.into(),
+                version: "test".into(),
+                config_hash: "test".into(),
+                started_at: tracegate::event::UtcMs(0),
+                uptime_secs: 0,
+                readers: vec![door.snapshot()],
+                store: None,
+                publisher: None,
+                health: None,
+                heartbeats: Vec::new(),
+            })
+        },
         heartbeat: hbs.register("publisher"),
         stats: stats.clone(),
         acks: None,
