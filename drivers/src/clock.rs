@@ -64,7 +64,34 @@ pub fn utc_now_ms() -> i64 {
 /// systemd-timesyncd creates `/run/systemd/timesync/synchronized` once it has
 /// synchronised (the default on Raspberry Pi OS). Deployments using chrony or
 /// ntpd, containers and tests set `TRACEGATE_ASSUME_CLOCK_SYNCED=1` (or `0`).
+///
+/// Every read is stamped with this, thousands of times a second at a busy
+/// portal, so the answer is cached for [`SYNC_RECHECK_MS`]: a stat and an
+/// environment lookup per read showed up in profiles, and synchronisation
+/// changes once per boot, not per millisecond.
 pub fn clock_synchronised() -> bool {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    // Milliseconds since ORIGIN of the last check, plus one (0: never checked).
+    static CHECKED_AT: AtomicU64 = AtomicU64::new(0);
+    static SYNCED: AtomicBool = AtomicBool::new(false);
+    let now = u64::try_from(ORIGIN.get_or_init(Instant::now).elapsed().as_millis())
+        .unwrap_or(u64::MAX);
+    let at = CHECKED_AT.load(Ordering::Acquire);
+    if at != 0 && now.saturating_sub(at - 1) < SYNC_RECHECK_MS {
+        return SYNCED.load(Ordering::Relaxed);
+    }
+    let synced = probe_clock_synchronised();
+    SYNCED.store(synced, Ordering::Relaxed);
+    CHECKED_AT.store(now.saturating_add(1), Ordering::Release);
+    synced
+}
+
+/// How long [`clock_synchronised`] trusts its last answer.
+pub const SYNC_RECHECK_MS: u64 = 1_000;
+
+fn probe_clock_synchronised() -> bool {
     if let Ok(v) = std::env::var("TRACEGATE_ASSUME_CLOCK_SYNCED") {
         return v == "1" || v.eq_ignore_ascii_case("true");
     }
