@@ -76,8 +76,8 @@ pub fn clock_synchronised() -> bool {
     // Milliseconds since ORIGIN of the last check, plus one (0: never checked).
     static CHECKED_AT: AtomicU64 = AtomicU64::new(0);
     static SYNCED: AtomicBool = AtomicBool::new(false);
-    let now = u64::try_from(ORIGIN.get_or_init(Instant::now).elapsed().as_millis())
-        .unwrap_or(u64::MAX);
+    let now =
+        u64::try_from(ORIGIN.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX);
     let at = CHECKED_AT.load(Ordering::Acquire);
     if at != 0 && now.saturating_sub(at - 1) < SYNC_RECHECK_MS {
         return SYNCED.load(Ordering::Relaxed);

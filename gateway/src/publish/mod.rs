@@ -44,7 +44,7 @@ pub use config::{
     BrokerUrl, ClientAuth, Credentials, MqttConfig, MqttProblem, MqttProtocol, PayloadFormat,
     RawMqtt, Secret,
 };
-pub use render::{renderer_for, BatchRenderer, BatchSource, JsonRenderer, EVENTS_SCHEMA};
+pub use render::{BatchRenderer, BatchSource, JsonRenderer, EVENTS_SCHEMA};
 pub use tls::ensure_crypto_provider;
 
 use outbox::{Acked, Action, Batch, ConnId, Outbox, OutboxConfig, Split};
@@ -69,6 +69,16 @@ pub enum PublishError {
 impl From<StoreError> for PublishError {
     fn from(e: StoreError) -> Self {
         PublishError::Store(e.to_string())
+    }
+}
+
+/// The renderer for a configured format. It lives here, above both
+/// formats, so that `render` (the trait and `json`) and `epcis` (which
+/// implements the trait) do not import each other.
+pub fn renderer_for(format: PayloadFormat) -> Result<Box<dyn BatchRenderer>, PublishError> {
+    match format {
+        PayloadFormat::Json => Ok(Box::new(JsonRenderer)),
+        PayloadFormat::Epcis2 => Ok(Box::new(epcis::EpcisRenderer)),
     }
 }
 

@@ -2,12 +2,11 @@
 //!
 //! The seam for a second format (`payload_format = "epcis2"`, EPCIS 2.0
 //! documents built with tracegate-gs1): implement [`BatchRenderer`] and return
-//! it from [`renderer_for`]. The publisher only needs bytes and never looks
+//! it from `publish::renderer_for`. The publisher only needs bytes and never looks
 //! inside them.
 
 use crate::store::StoredEvent;
 
-use super::config::PayloadFormat;
 use super::PublishError;
 
 /// Who is publishing, for the batch envelope.
@@ -67,14 +66,6 @@ impl BatchRenderer for JsonRenderer {
         }
         out.push_str("]}");
         Ok(out.into_bytes())
-    }
-}
-
-/// The renderer for a configured format.
-pub fn renderer_for(format: PayloadFormat) -> Result<Box<dyn BatchRenderer>, PublishError> {
-    match format {
-        PayloadFormat::Json => Ok(Box::new(JsonRenderer)),
-        PayloadFormat::Epcis2 => Ok(Box::new(super::epcis::EpcisRenderer)),
     }
 }
 
