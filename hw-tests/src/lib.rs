@@ -177,3 +177,36 @@ pub fn pcscd_available() -> bool {
     };
     peer_available("TRACEGATE_REQUIRE_PCSCD", probe)
 }
+
+/// The `tap` events the gateway has stored so far.
+pub fn tap_events(gw: &TempGateway) -> Vec<serde_json::Value> {
+    gw.events(&[])
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["type"] == "tap")
+        .collect()
+}
+
+/// Places `card` on vpcd's virtual reader until the gateway has stored
+/// `events` more tap events (one per read point the reader feeds), removes
+/// it, and returns the card with those events.
+pub fn place_card<C: tracegate_drivers::nfc::emu::EmulatedCard + 'static>(
+    gw: &TempGateway,
+    card: C,
+    events: usize,
+) -> anyhow::Result<(C, Vec<serde_json::Value>)> {
+    use tracegate_drivers::nfc::vpcd;
+    let before = tap_events(gw).len();
+    let inserted = vpcd::insert(vpcd::VPCD_SLOT0, card, Duration::from_secs(5))?;
+    let got = wait_for(Duration::from_secs(20), || {
+        let all = tap_events(gw);
+        (all.len() >= before + events).then(|| all[before..].to_vec())
+    });
+    let card = inserted.remove()?;
+    let Some(got) = got else {
+        bail!("no tap event stored; log:\n{}", gw.log());
+    };
+    // Let the driver see the removal before the next placement.
+    std::thread::sleep(Duration::from_millis(1200));
+    Ok((card, got))
+}

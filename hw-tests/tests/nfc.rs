@@ -13,8 +13,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tracegate_drivers::nfc::emu::{EmulatedCard, Ntag21x, Ntag424, SunBehaviour};
 use tracegate_drivers::nfc::sun::{AesKey, MacInput, SunKeys};
-use tracegate_drivers::nfc::vpcd::{self, VPCD_SLOT0};
-use tracegate_hw_tests::{pcscd_available, signal, wait_exit, wait_for, TempGateway};
+use tracegate_hw_tests::{pcscd_available, place_card, signal, wait_exit, TempGateway};
 
 const SLOT0_READER: &str = "Virtual PCD 00 00";
 const DL: &str = "https://id.example.org/01/09506000134352/21/SER123";
@@ -32,23 +31,9 @@ fn keys() -> SunKeys {
     }
 }
 
-/// Inserts a card until the gateway has stored one more tap, then removes it.
-fn tap<C: EmulatedCard + 'static>(gw: &TempGateway, card: C, taps_before: usize) -> C {
-    let inserted = vpcd::insert(VPCD_SLOT0, card, Duration::from_secs(5)).unwrap();
-    wait_for(Duration::from_secs(20), || {
-        let n = gw
-            .events(&[])
-            .ok()?
-            .iter()
-            .filter(|e| e["type"] == "tap")
-            .count();
-        (n > taps_before).then_some(())
-    })
-    .unwrap_or_else(|| panic!("no tap event stored; log:\n{}", gw.log()));
-    let card = inserted.remove().unwrap();
-    // Let the driver see the removal before the next placement.
-    std::thread::sleep(Duration::from_millis(1200));
-    card
+/// Places a card until the gateway has stored one more tap, then removes it.
+fn tap<C: EmulatedCard + 'static>(gw: &TempGateway, card: C) -> C {
+    place_card(gw, card, 1).unwrap().0
 }
 
 #[test]
@@ -77,7 +62,7 @@ fn taps_carry_uid_digital_link_and_sun_verdicts() {
     std::thread::sleep(Duration::from_secs(2));
 
     let uid215 = [0x04, 0x11, 0x22, 0x33, 0x44, 0x55, 0x80];
-    tap(&gw, Ntag21x::ntag215_with_uri(uid215, DL), 0);
+    tap(&gw, Ntag21x::ntag215_with_uri(uid215, DL));
     let genuine = Ntag424::new(
         [0x04, 0x01, 0x02, 0x03, 0x04, 0x05, 0x80],
         keys(),
@@ -85,8 +70,8 @@ fn taps_carry_uid_digital_link_and_sun_verdicts() {
         10,
         SunBehaviour::Genuine,
     );
-    let genuine = tap(&gw, genuine, 1);
-    tap(&gw, genuine, 2);
+    let genuine = tap(&gw, genuine);
+    tap(&gw, genuine);
     let forged = Ntag424::new(
         [0x04, 0x0A, 0x0B, 0x0C, 0x0D, 0x0E, 0x80],
         keys(),
@@ -94,7 +79,7 @@ fn taps_carry_uid_digital_link_and_sun_verdicts() {
         3,
         SunBehaviour::ForgedMac,
     );
-    tap(&gw, forged, 3);
+    tap(&gw, forged);
     let replay = Ntag424::new(
         [0x04, 0x21, 0x22, 0x23, 0x24, 0x25, 0x80],
         keys(),
@@ -102,8 +87,8 @@ fn taps_carry_uid_digital_link_and_sun_verdicts() {
         5,
         SunBehaviour::Replay,
     );
-    let replay = tap(&gw, replay, 4);
-    tap(&gw, replay, 5);
+    let replay = tap(&gw, replay);
+    tap(&gw, replay);
 
     signal(&child, Signal::SIGTERM).unwrap();
     wait_exit(&mut child, Duration::from_secs(8)).expect("gateway did not stop");

@@ -11,15 +11,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tracegate_drivers::nfc::emu::{EmulatedCard, Ntag21x, Ntag424, SunBehaviour};
 use tracegate_drivers::nfc::sun::{AesKey, KeyFile, MacInput, SunKeys};
-use tracegate_drivers::nfc::vpcd::{self, VPCD_SLOT0};
-use tracegate_hw_tests::{pcscd_available, signal, wait_exit, wait_for, TempGateway};
+use tracegate_hw_tests::{pcscd_available, place_card, signal, wait_exit, wait_for, TempGateway};
 
 /// The virtual reader has one slot: tests in this file take turns.
 static SLOT: Mutex<()> = Mutex::new(());
@@ -95,28 +96,39 @@ fn reader_config(key_file: &std::path::Path, read_points: &[&str]) -> String {
     body
 }
 
-fn taps(gw: &TempGateway) -> Vec<Value> {
-    gw.events(&[])
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| e["type"] == "tap")
-        .collect()
+fn tap<C: EmulatedCard + 'static>(gw: &TempGateway, card: C, events: usize) -> (C, Vec<Value>) {
+    place_card(gw, card, events).unwrap()
 }
 
-/// Places a card on the reader until the gateway has stored `events` more
-/// tap events, removes it, and returns those events.
-fn tap<C: EmulatedCard + 'static>(gw: &TempGateway, card: C, events: usize) -> (C, Vec<Value>) {
-    let before = taps(gw).len();
-    let inserted = vpcd::insert(VPCD_SLOT0, card, Duration::from_secs(5)).unwrap();
-    let got = wait_for(Duration::from_secs(20), || {
-        let all = taps(gw);
-        (all.len() >= before + events).then(|| all[before..].to_vec())
+/// A gateway on the virtual reader, holding the reader for the test.
+struct Running {
+    _slot: MutexGuard<'static, ()>,
+    gw: TempGateway,
+    child: Child,
+    key_file: PathBuf,
+    _keys_dir: tempfile::TempDir,
+}
+
+/// Takes the virtual reader and starts a gateway on it with `keys` (the key
+/// file's text); `None` when pcscd is not there (the test then skips).
+fn start(id: &str, keys: &str, read_points: &[&str]) -> Option<Running> {
+    let slot = SLOT.lock().unwrap_or_else(|e| e.into_inner());
+    if !pcscd_available() {
+        return None;
+    }
+    let keys_dir = tempfile::tempdir().unwrap();
+    let key_file = keys_dir.path().join("keys.toml");
+    std::fs::write(&key_file, keys).unwrap();
+    let gw = TempGateway::new(id, &reader_config(&key_file, read_points)).unwrap();
+    let child = gw.spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    Some(Running {
+        _slot: slot,
+        gw,
+        child,
+        key_file,
+        _keys_dir: keys_dir,
     })
-    .unwrap_or_else(|| panic!("no tap event stored; log:\n{}", gw.log()));
-    let card = inserted.remove().unwrap();
-    // Let the driver see the removal before the next placement.
-    std::thread::sleep(Duration::from_millis(1200));
-    (card, got)
 }
 
 fn verdict(e: &Value) -> &str {
@@ -152,20 +164,10 @@ fn sun_values(url: &str) -> Vec<String> {
 
 #[test]
 fn sun_verdicts_are_bound_to_the_tag_and_say_what_they_cover() {
-    let _slot = SLOT.lock().unwrap_or_else(|e| e.into_inner());
-    if !pcscd_available() {
+    let Some(mut run) = start("svc", &key_file_text(), &["counter-in", "counter-audit"]) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("keys.toml");
-    std::fs::write(&key_file, key_file_text()).unwrap();
-    let gw = TempGateway::new(
-        "svc",
-        &reader_config(&key_file, &["counter-in", "counter-audit"]),
-    )
-    .unwrap();
-    let mut child = gw.spawn().unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    };
+    let gw = &run.gw;
     let mut urls = Vec::new();
 
     // A genuine NTAG 424 DNA, seen by two read points on one reader: one
@@ -178,7 +180,7 @@ fn sun_verdicts_are_bound_to_the_tag_and_say_what_they_cover() {
         SunBehaviour::Genuine,
     );
     urls.push(tag_a.peek_next_url());
-    let (card, evs) = tap(&gw, tag_a, 2);
+    let (card, evs) = tap(gw, tag_a, 2);
     tag_a = card;
     assert_eq!(evs.len(), 2);
     for e in &evs {
@@ -197,7 +199,7 @@ fn sun_verdicts_are_bound_to_the_tag_and_say_what_they_cover() {
     let copied = tag_a.read_url();
     urls.push(copied.clone());
     let clone = Ntag21x::ntag215_with_uri([0x04, 0x99, 0x98, 0x97, 0x96, 0x95, 0x80], &copied);
-    let (_, evs) = tap(&gw, clone, 2);
+    let (_, evs) = tap(gw, clone, 2);
     for e in &evs {
         assert_eq!(verdict(e), "uid_mismatch", "{e:#}");
         assert!(flags(e).contains(&"forged_nfc"), "{e:#}");
@@ -216,7 +218,7 @@ fn sun_verdicts_are_bound_to_the_tag_and_say_what_they_cover() {
     )
     .with_url_edit("SER123", "SER999");
     urls.push(altered.peek_next_url());
-    let (_, evs) = tap(&gw, altered, 2);
+    let (_, evs) = tap(gw, altered, 2);
     for e in &evs {
         assert_eq!(verdict(e), "genuine", "{e:#}");
         assert_eq!(e["sun"]["uid"], "04010203040580", "{e:#}");
@@ -236,7 +238,7 @@ fn sun_verdicts_are_bound_to_the_tag_and_say_what_they_cover() {
         SunBehaviour::Genuine,
     );
     urls.push(sealed.peek_next_url());
-    let (_, evs) = tap(&gw, sealed, 2);
+    let (_, evs) = tap(gw, sealed, 2);
     for e in &evs {
         assert_eq!(verdict(e), "genuine", "{e:#}");
         assert_eq!(covers(e), ["uid", "counter", "url"], "{e:#}");
@@ -251,7 +253,7 @@ fn sun_verdicts_are_bound_to_the_tag_and_say_what_they_cover() {
     )
     .with_url_edit("SER777", "SER778");
     urls.push(tampered.peek_next_url());
-    let (_, evs) = tap(&gw, tampered, 2);
+    let (_, evs) = tap(gw, tampered, 2);
     for e in &evs {
         assert_eq!(verdict(e), "invalid_mac", "{e:#}");
         assert!(flags(e).contains(&"forged_nfc"), "{e:#}");
@@ -267,7 +269,7 @@ fn sun_verdicts_are_bound_to_the_tag_and_say_what_they_cover() {
     )
     .unwrap();
     urls.push(div.peek_next_url());
-    let (_, evs) = tap(&gw, div, 2);
+    let (_, evs) = tap(gw, div, 2);
     for e in &evs {
         assert_eq!(verdict(e), "genuine", "{e:#}");
         assert_eq!(e["sun"]["product"], "diversified", "{e:#}");
@@ -283,15 +285,15 @@ fn sun_verdicts_are_bound_to_the_tag_and_say_what_they_cover() {
     )
     .without_counter();
     urls.push(no_counter.peek_next_url());
-    let (_, evs) = tap(&gw, no_counter, 2);
+    let (_, evs) = tap(gw, no_counter, 2);
     for e in &evs {
         assert_eq!(verdict(e), "genuine_no_counter", "{e:#}");
         assert_eq!(covers(e), ["uid"], "{e:#}");
         assert!(flags(e).is_empty(), "{e:#}");
     }
 
-    signal(&child, Signal::SIGTERM).unwrap();
-    wait_exit(&mut child, Duration::from_secs(8)).expect("gateway did not stop");
+    signal(&run.child, Signal::SIGTERM).unwrap();
+    wait_exit(&mut run.child, Duration::from_secs(8)).expect("gateway did not stop");
 
     // Nothing a forger could replay reaches the log: no PICC data, no MAC.
     let log = gw.log();
@@ -308,23 +310,14 @@ fn sun_verdicts_are_bound_to_the_tag_and_say_what_they_cover() {
 
 #[test]
 fn a_diversified_tag_does_not_verify_against_the_master_key_alone() {
-    let _slot = SLOT.lock().unwrap_or_else(|e| e.into_inner());
-    if !pcscd_available() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("keys.toml");
     // The master keys used as if they were the tags' own keys.
-    std::fs::write(
-        &key_file,
-        format!(
-            "[[product]]\nname = \"master-only\"\nurl_prefix = \"https://div.example.org/\"\nmeta_read_key = \"{META_MASTER}\"\nfile_read_key = \"{FILE_MASTER}\"\n"
-        ),
-    )
-    .unwrap();
-    let gw = TempGateway::new("svc-master", &reader_config(&key_file, &["counter"])).unwrap();
-    let mut child = gw.spawn().unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    let keys = format!(
+        "[[product]]\nname = \"master-only\"\nurl_prefix = \"https://div.example.org/\"\nmeta_read_key = \"{META_MASTER}\"\nfile_read_key = \"{FILE_MASTER}\"\n"
+    );
+    let Some(mut run) = start("svc-master", &keys, &["counter"]) else {
+        return;
+    };
+    let gw = &run.gw;
     let div = Ntag424::diversified(
         [0x04, 0x51, 0x52, 0x53, 0x54, 0x55, 0x80],
         &product("diversified"),
@@ -333,25 +326,19 @@ fn a_diversified_tag_does_not_verify_against_the_master_key_alone() {
         SunBehaviour::Genuine,
     )
     .unwrap();
-    let (_, evs) = tap(&gw, div, 1);
+    let (_, evs) = tap(gw, div, 1);
     assert_eq!(verdict(&evs[0]), "unknown_key", "{:#}", evs[0]);
     assert!(flags(&evs[0]).contains(&"forged_nfc"));
-    signal(&child, Signal::SIGTERM).unwrap();
-    wait_exit(&mut child, Duration::from_secs(8)).expect("gateway did not stop");
+    signal(&run.child, Signal::SIGTERM).unwrap();
+    wait_exit(&mut run.child, Duration::from_secs(8)).expect("gateway did not stop");
 }
 
 #[test]
 fn a_broken_key_file_is_refused_by_check_config_and_survived_by_sighup() {
-    let _slot = SLOT.lock().unwrap_or_else(|e| e.into_inner());
-    if !pcscd_available() {
+    let Some(mut run) = start("svc-reload", &key_file_text(), &["counter"]) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("keys.toml");
-    std::fs::write(&key_file, key_file_text()).unwrap();
-    let gw = TempGateway::new("svc-reload", &reader_config(&key_file, &["counter"])).unwrap();
-    let mut child = gw.spawn().unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    };
+    let (gw, key_file) = (&run.gw, run.key_file.clone());
 
     // Break the key file under the running gateway, then ask it to reload.
     std::fs::write(
@@ -359,14 +346,14 @@ fn a_broken_key_file_is_refused_by_check_config_and_survived_by_sighup() {
         format!("[[product]]\nname = \"widget\"\nmeta_read_key = \"nothex\"\nfile_read_key = \"{FILE}\"\n"),
     )
     .unwrap();
-    signal(&child, Signal::SIGHUP).unwrap();
+    signal(&run.child, Signal::SIGHUP).unwrap();
     let shown = key_file.display().to_string();
     wait_for(Duration::from_secs(10), || {
         gw.log().contains(&shown).then_some(())
     })
     .unwrap_or_else(|| panic!("the reload error does not name {shown}:\n{}", gw.log()));
     assert!(
-        child.try_wait().unwrap().is_none(),
+        run.child.try_wait().unwrap().is_none(),
         "a broken key file stopped the gateway:\n{}",
         gw.log()
     );
@@ -379,7 +366,7 @@ fn a_broken_key_file_is_refused_by_check_config_and_survived_by_sighup() {
         2,
         SunBehaviour::Genuine,
     );
-    let (_, evs) = tap(&gw, tag, 1);
+    let (_, evs) = tap(gw, tag, 1);
     assert_eq!(verdict(&evs[0]), "genuine", "{:#}", evs[0]);
 
     let out = std::process::Command::new(tracegate_hw_tests::bin().unwrap())
@@ -401,6 +388,6 @@ fn a_broken_key_file_is_refused_by_check_config_and_survived_by_sighup() {
         "key material in the error: {stderr}"
     );
 
-    signal(&child, Signal::SIGTERM).unwrap();
-    wait_exit(&mut child, Duration::from_secs(8)).expect("gateway did not stop");
+    signal(&run.child, Signal::SIGTERM).unwrap();
+    wait_exit(&mut run.child, Duration::from_secs(8)).expect("gateway did not stop");
 }
