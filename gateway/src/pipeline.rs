@@ -275,7 +275,7 @@ impl Pipeline {
     /// `present` reports and gauges), plus [`TICK_SLACK`] so that departures
     /// falling due close together are emitted in one write request.
     pub fn next_tick_in(&self) -> Duration {
-        let now = self.clock.now().mono_ms;
+        let now = self.clock.mono_ms();
         let due = self
             .dedup
             .next_deadline_ms(now)

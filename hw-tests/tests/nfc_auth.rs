@@ -19,7 +19,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tracegate_drivers::nfc::emu::{EmulatedCard, Ntag21x, Ntag424, SunBehaviour};
-use tracegate_drivers::nfc::sun::{AesKey, KeyFile, MacInput, SunKeys};
+use tracegate_drivers::nfc::sun::{KeyFile, SunKeys};
 use tracegate_hw_tests::{pcscd_available, place_card, signal, wait_exit, wait_for, TempGateway};
 
 /// The virtual reader has one slot: tests in this file take turns.
@@ -69,17 +69,6 @@ fn product(name: &str) -> SunKeys {
         .into_iter()
         .find(|p| p.product == name)
         .unwrap()
-}
-
-fn plain_widget_keys() -> SunKeys {
-    SunKeys {
-        product: "widget".into(),
-        url_prefix: Some("https://id.example.org/".into()),
-        meta_read: AesKey::from_hex(META).unwrap(),
-        file_read: AesKey::from_hex(FILE).unwrap(),
-        mac_input: MacInput::Auto,
-        file_read_diversification: None,
-    }
 }
 
 fn reader_config(key_file: &std::path::Path, read_points: &[&str]) -> String {
@@ -174,7 +163,7 @@ fn sun_verdicts_are_bound_to_the_tag_and_say_what_they_cover() {
     // verification, the same verdict on both events, nothing "replayed".
     let mut tag_a = Ntag424::new(
         [0x04, 0x01, 0x02, 0x03, 0x04, 0x05, 0x80],
-        plain_widget_keys(),
+        product("widget"),
         DL,
         10,
         SunBehaviour::Genuine,
@@ -211,7 +200,7 @@ fn sun_verdicts_are_bound_to_the_tag_and_say_what_they_cover() {
     // path; the verdict is about tag A and the serial stays a claim.
     let altered = Ntag424::new(
         [0x04, 0x01, 0x02, 0x03, 0x04, 0x05, 0x80],
-        plain_widget_keys(),
+        product("widget"),
         DL,
         40,
         SunBehaviour::Genuine,
@@ -278,7 +267,7 @@ fn sun_verdicts_are_bound_to_the_tag_and_say_what_they_cover() {
     // No mirrored counter: the MAC is fine, but no replay check is possible.
     let no_counter = Ntag424::new(
         [0x04, 0x61, 0x62, 0x63, 0x64, 0x65, 0x80],
-        plain_widget_keys(),
+        product("widget"),
         DL,
         3,
         SunBehaviour::Genuine,
@@ -361,7 +350,7 @@ fn a_broken_key_file_is_refused_by_check_config_and_survived_by_sighup() {
     // Still running, on the old keys.
     let tag = Ntag424::new(
         [0x04, 0x71, 0x72, 0x73, 0x74, 0x75, 0x80],
-        plain_widget_keys(),
+        product("widget"),
         DL,
         2,
         SunBehaviour::Genuine,

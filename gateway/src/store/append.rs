@@ -193,7 +193,7 @@ impl SunCounters {
     }
 }
 
-fn stored_sun_counter(conn: &Connection, uid: &[u8]) -> rusqlite::Result<Option<u32>> {
+pub(super) fn stored_sun_counter(conn: &Connection, uid: &[u8]) -> rusqlite::Result<Option<u32>> {
     let mut stmt = conn.prepare_cached("SELECT counter FROM sun_counters WHERE uid = ?1")?;
     let v: Option<i64> = stmt.query_row([uid], |r| r.get(0)).optional()?;
     Ok(v.map(|c| u32::try_from(c).unwrap_or(u32::MAX)))
@@ -201,7 +201,11 @@ fn stored_sun_counter(conn: &Connection, uid: &[u8]) -> rusqlite::Result<Option<
 
 /// Keeps a SUN counter; the stored value only grows, so a replay can never
 /// reopen a window.
-fn keep_sun_counter(conn: &Connection, uid: &[u8], counter: u32) -> rusqlite::Result<()> {
+pub(super) fn keep_sun_counter(
+    conn: &Connection,
+    uid: &[u8],
+    counter: u32,
+) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO sun_counters (uid, counter) VALUES (?1, ?2)
          ON CONFLICT (uid) DO UPDATE SET counter = max(counter, excluded.counter)",

@@ -529,16 +529,8 @@ impl Store {
 
     /// Highest NTAG 424 SUN read counter seen for a tag UID (replay protection).
     pub fn sun_counter(&self, uid: &[u8]) -> Result<Option<u32>, StoreError> {
-        let v: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT counter FROM sun_counters WHERE uid = ?1",
-                [uid],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| StoreError::sqlite("reading a SUN counter", &self.config.path, e))?;
-        Ok(v.map(|c| u32::try_from(c).unwrap_or(u32::MAX)))
+        append::stored_sun_counter(&self.conn, uid)
+            .map_err(|e| StoreError::sqlite("reading a SUN counter", &self.config.path, e))
     }
 
     /// Records a SUN read counter for a tag. The stored value only grows: a
@@ -549,12 +541,7 @@ impl Store {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(err)?;
-        tx.execute(
-            "INSERT INTO sun_counters (uid, counter) VALUES (?1, ?2)
-             ON CONFLICT (uid) DO UPDATE SET counter = max(counter, excluded.counter)",
-            rusqlite::params![uid, i64::from(counter)],
-        )
-        .map_err(err)?;
+        append::keep_sun_counter(&tx, uid, counter).map_err(err)?;
         tx.commit().map_err(err)
     }
 

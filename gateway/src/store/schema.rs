@@ -330,12 +330,11 @@ pub fn salvage_sun_counters(moved: &Path, fresh: &mut Connection) -> Result<usiz
     let rows = result?;
     let tx = fresh.transaction().map_err(|e| e.to_string())?;
     for (uid, counter) in &rows {
-        tx.execute(
-            "INSERT INTO sun_counters (uid, counter) VALUES (?1, ?2)
-             ON CONFLICT(uid) DO UPDATE SET counter = max(counter, excluded.counter)",
-            rusqlite::params![uid, counter],
-        )
-        .map_err(|e| e.to_string())?;
+        // Counters are u32 on the tag; anything else in the table is damage.
+        let Ok(counter) = u32::try_from(*counter) else {
+            continue;
+        };
+        super::append::keep_sun_counter(&tx, uid, counter).map_err(|e| e.to_string())?;
     }
     tx.commit().map_err(|e| e.to_string())?;
     Ok(rows.len())
