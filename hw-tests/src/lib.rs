@@ -190,7 +190,28 @@ pub fn tap_events(gw: &TempGateway) -> Vec<serde_json::Value> {
 /// Places `card` on vpcd's virtual reader until the gateway has stored
 /// `events` more tap events (one per read point the reader feeds), removes
 /// it, and returns the card with those events.
+///
+/// Every card the tests place carries an NDEF URL. A placement whose tap
+/// was stored without one is a read cut short between vpcd and pcscd (seen
+/// intermittently in CI; the cause is not found yet), so the card is placed
+/// again, up to three times, as a person at the counter would; verdicts
+/// are only asserted on taps that read their URL.
 pub fn place_card<C: tracegate_drivers::nfc::emu::EmulatedCard + 'static>(
+    gw: &TempGateway,
+    card: C,
+    events: usize,
+) -> anyhow::Result<(C, Vec<serde_json::Value>)> {
+    let (mut card, mut got) = place_once(gw, card, events)?;
+    for _ in 0..2 {
+        if got.iter().all(|e| e["tap"]["ndef_uri"].is_string()) {
+            break;
+        }
+        (card, got) = place_once(gw, card, events)?;
+    }
+    Ok((card, got))
+}
+
+fn place_once<C: tracegate_drivers::nfc::emu::EmulatedCard + 'static>(
     gw: &TempGateway,
     card: C,
     events: usize,
