@@ -51,6 +51,13 @@ pub struct TagInfo {
 
 const SW_OK: u16 = 0x9000;
 
+/// How many times the NDEF area is read before a tap is reported without it.
+/// A tag at the edge of the field (or a reader shared with another PC/SC
+/// client) can answer one command and miss the next, and each read starts
+/// again from the capability container. Another read costs a few APDUs; a
+/// tap without its URL loses its identity and its SUN verdict.
+pub const NDEF_ATTEMPTS: usize = 3;
+
 fn split_sw(resp: &[u8]) -> (&[u8], u16) {
     match resp.len() {
         0 | 1 => (&[], 0),
@@ -104,7 +111,7 @@ pub fn read_tag<T: Transmit + ?Sized>(atr: &[u8], t: &mut T) -> Result<TagInfo, 
             if family.is_type2() {
                 // NDEF before GET_VERSION: an original Ultralight NAKs
                 // GET_VERSION and drops to IDLE, after which reads fail.
-                let ndef = read_type2(t);
+                let ndef = attempts(|| read_type2(t));
                 let tag_type = direct_get_version(t)?
                     .and_then(|v| tag::from_get_version(&v))
                     .unwrap_or(family);
@@ -124,14 +131,17 @@ pub fn read_tag<T: Transmit + ?Sized>(atr: &[u8], t: &mut T) -> Result<TagInfo, 
             let tag_type = desfire_get_version(t)?
                 .map(|v| tag::from_desfire_version(&v))
                 .unwrap_or(TagType::Unknown);
-            (tag_type, read_type4(t))
+            // An NTAG 424 DNA always has the NDEF application: failing to
+            // select it is a read cut short, not a tag without NDEF.
+            let must_have_ndef = tag_type == TagType::Ntag424Dna;
+            (tag_type, attempts(|| read_type4(t, must_have_ndef)))
         }
         AtrInfo::Other => {
             // Readers that build ATRs differently: probe both NDEF layouts.
-            let ndef = match read_type4(t) {
+            let ndef = attempts(|| match read_type4(t, false) {
                 Ok(None) => read_type2(t),
                 other => other,
-            };
+            });
             let tag_type = direct_get_version(t)?
                 .and_then(|v| tag::from_get_version(&v))
                 .unwrap_or(TagType::Unknown);
@@ -151,6 +161,23 @@ pub fn read_tag<T: Transmit + ?Sized>(atr: &[u8], t: &mut T) -> Result<TagInfo, 
         ndef_error,
         nxp_signature_valid: signature,
     })
+}
+
+/// Runs an NDEF read up to [`NDEF_ATTEMPTS`] times while the card answers
+/// but its content comes back unusable; a failed transport ends at once.
+fn attempts(
+    mut read: impl FnMut() -> Result<Option<ndef::Summary>, NdefRead>,
+) -> Result<Option<ndef::Summary>, NdefRead> {
+    let mut last = String::new();
+    for _ in 0..NDEF_ATTEMPTS {
+        match read() {
+            Err(NdefRead::Format(why)) => last = why,
+            done => return done,
+        }
+    }
+    Err(NdefRead::Format(format!(
+        "{last} ({NDEF_ATTEMPTS} attempts)"
+    )))
 }
 
 enum NdefRead {
@@ -253,8 +280,16 @@ fn read_type2<T: Transmit + ?Sized>(t: &mut T) -> Result<Option<ndef::Summary>, 
 }
 
 /// Type 4: NDEF application, capability container file, NDEF file.
-fn read_type4<T: Transmit + ?Sized>(t: &mut T) -> Result<Option<ndef::Summary>, NdefRead> {
+fn read_type4<T: Transmit + ?Sized>(
+    t: &mut T,
+    must_have_ndef: bool,
+) -> Result<Option<ndef::Summary>, NdefRead> {
     if send_ok(t, &SELECT_NDEF_APP)?.is_none() {
+        if must_have_ndef {
+            return Err(NdefRead::Format(
+                "the NDEF application cannot be selected".into(),
+            ));
+        }
         return Ok(None);
     }
     // Defaults for NTAG 424 DNA when the CC cannot be read.

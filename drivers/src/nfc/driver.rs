@@ -349,7 +349,7 @@ impl Driver {
     /// Reads the card and sends its tap. `Err` ends the session.
     fn read_card(&mut self, ctx: &Context, reader: &CStr, atr: &[u8]) -> Result<(), End> {
         let host = self.clock.now();
-        let card = match ctx.connect(reader, ShareMode::Shared, Protocols::ANY) {
+        let mut card = match ctx.connect(reader, ShareMode::Shared, Protocols::ANY) {
             Ok(c) => c,
             Err(e) if service_lost(e) => return Err(End::ServiceLost(e)),
             Err(e) => {
@@ -364,12 +364,25 @@ impl Driver {
         } else {
             atr.to_vec()
         };
-        let mut link = PcscLink {
-            card: &card,
-            lost: None,
+        // One PC/SC transaction for the whole read: reading a tag is a
+        // sequence of APDUs with state in the card (selected application and
+        // file), and another client of pcscd sending its own in between
+        // would cut the NDEF read short or splice two reads together.
+        let (result, lost) = match card.transaction() {
+            Ok(tx) => {
+                let mut link = PcscLink {
+                    card: &tx,
+                    lost: None,
+                };
+                let result = card::read_tag(&atr, &mut link);
+                (result, link.lost)
+            }
+            Err(e) if service_lost(e) => return Err(End::ServiceLost(e)),
+            Err(e) => {
+                self.read_failed(&format_args!("locking the tag for the read failed: {e}"));
+                return Ok(());
+            }
         };
-        let result = card::read_tag(&atr, &mut link);
-        let lost = link.lost;
         if let Err((_, e)) = card.disconnect(Disposition::LeaveCard) {
             debug!(error = %e, "SCardDisconnect failed");
         }

@@ -424,6 +424,76 @@ mod tests {
         assert_eq!(info.ndef_error, None);
     }
 
+    /// A card whose answers to one kind of command are lost a number of
+    /// times (status 64 00), as when the tag sits at the edge of the field.
+    struct Flaky<C> {
+        card: C,
+        ins: u8,
+        failures: usize,
+    }
+
+    impl<C: EmulatedCard> Transmit for Flaky<C> {
+        fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransmitError> {
+            if apdu.get(1) == Some(&self.ins) && self.failures > 0 {
+                self.failures -= 1;
+                return Ok(vec![0x64, 0x00]);
+            }
+            Ok(self.card.apdu(apdu))
+        }
+    }
+
+    #[test]
+    fn an_ndef_read_cut_short_is_read_again_and_the_tap_keeps_its_url() {
+        for (ins, failures) in [(0xB0, 1), (0xB0, 2), (0xA4, 1)] {
+            let tag = Ntag424::new(UID, keys(), DL, 0, SunBehaviour::Genuine);
+            let atr = tag.atr();
+            let mut flaky = Flaky {
+                card: tag,
+                ins,
+                failures,
+            };
+            let info = read_tag(&atr, &mut flaky).unwrap();
+            let url = info
+                .ndef_uri
+                .unwrap_or_else(|| panic!("INS {ins:02X} lost {failures}x: {:?}", info.ndef_error));
+            assert_eq!(info.ndef_error, None);
+            let check = verify(
+                &url,
+                &KeyFile {
+                    products: vec![keys()],
+                },
+            );
+            assert_eq!(check.outcome, SunOutcome::Genuine);
+        }
+        let tag = Ntag21x::ntag215_with_uri(UID, DL);
+        let atr = tag.atr();
+        let mut flaky = Flaky {
+            card: tag,
+            ins: 0xB0,
+            failures: 2,
+        };
+        assert_eq!(
+            read_tag(&atr, &mut flaky).unwrap().ndef_uri.as_deref(),
+            Some(DL)
+        );
+    }
+
+    #[test]
+    fn an_ndef_area_that_never_reads_gives_a_tap_with_uid_and_the_reason() {
+        let tag = Ntag424::new(UID, keys(), DL, 0, SunBehaviour::Genuine);
+        let atr = tag.atr();
+        let mut flaky = Flaky {
+            card: tag,
+            ins: 0xB0,
+            failures: usize::MAX,
+        };
+        let info = read_tag(&atr, &mut flaky).unwrap();
+        assert_eq!(info.uid, UID.to_vec());
+        assert_eq!(info.ndef_uri, None);
+        let why = info.ndef_error.unwrap();
+        assert!(why.contains("3 attempts"), "{why}");
+    }
+
     #[test]
     fn ntag21x_originality_signature_is_checked_against_the_uid() {
         // UID and signature of a real NTAG21x (proxmark3 recover_pk.py sample).
