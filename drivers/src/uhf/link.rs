@@ -87,9 +87,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin, D: FrameDecoder> FrameLink<T, D> {
         }
     }
 
+    /// Writes a frame into the port's kernel buffer. No `flush`: on a
+    /// tokio-serial port it is a blocking `tcdrain()` on the runtime's
+    /// worker (~270 ms per frame at 9600 baud, forever on a wedged USB
+    /// adapter, where no timeout can interrupt it). The kernel sends what
+    /// was written; the reply's deadline covers a reader that never answers.
     pub(crate) async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.io.write_all(bytes).await?;
-        self.io.flush().await
+        self.io.write_all(bytes).await
     }
 
     /// The next valid frame already buffered, counting check failures and
@@ -143,5 +147,62 @@ impl<T: AsyncRead + AsyncWrite + Unpin, D: FrameDecoder> FrameLink<T, D> {
             let chunk = self.buf.get(..n).unwrap_or(&[]);
             self.dec.push(chunk);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::r2000::codec::Decoder;
+
+    /// A port whose writes land at once and whose flush never ends, like
+    /// `tcdrain()` on a wedged USB serial adapter.
+    struct WedgedDrain(Vec<u8>);
+
+    impl AsyncWrite for WedgedDrain {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.extend_from_slice(data);
+            Poll::Ready(Ok(data.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncRead for WedgedDrain {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            _buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn sending_a_frame_never_waits_for_the_port_to_drain() {
+        let health = ReaderHealth::new("r", "r2000");
+        let mut link = FrameLink::new(
+            WedgedDrain(Vec::new()),
+            Decoder::new(),
+            health,
+            Arc::from("r"),
+            "r2000",
+        );
+        let sent = tokio::time::timeout(Duration::from_secs(5), link.send(&[0xA0, 0x03, 0x01]))
+            .await
+            .expect("send waited on the port's flush");
+        sent.unwrap();
+        assert_eq!(link.io.0, [0xA0, 0x03, 0x01]);
     }
 }
