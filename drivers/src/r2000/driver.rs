@@ -107,7 +107,7 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
         }
     }
 
-    fn note_code(&self, c: u8, antenna: Option<u8>) {
+    fn note_code(&self, c: u8, antenna: Option<u16>) {
         self.health.protocol_errors.fetch_add(1, Ordering::Relaxed);
         let text = format!("0x{c:02X} {}", code::meaning(c));
         match antenna {
@@ -287,7 +287,7 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
                     total_reads,
                 }) => {
                     self.health.set_detail(
-                        &format!("antenna_{}", antenna_id + 1),
+                        &format!("antenna_{}", u16::from(antenna_id) + 1),
                         format!("ok, {read_rate} tags/s, {total_reads} reads last round"),
                     );
                     return Ok(reads);
@@ -303,12 +303,13 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
                     return Ok(reads);
                 }
                 Ok(InventoryItem::AntennaError { antenna_id, code }) => {
-                    self.note_code(code, Some(antenna_id + 1));
+                    // Antenna ids come from the wire: 0xFF + 1 must not overflow.
+                    self.note_code(code, Some(u16::from(antenna_id) + 1));
                 }
                 Ok(InventoryItem::Error(code::NO_TAG)) => return Ok(reads),
                 Ok(InventoryItem::Error(c)) => {
                     let ant = (inv_cmd != cmd::FAST_SWITCH_ANT_INVENTORY).then_some(port);
-                    self.note_code(c, ant);
+                    self.note_code(c, ant.map(u16::from));
                     // Do not spin on a reader that errors every round (an
                     // antenna unplugged): the error is in health already.
                     tokio::time::sleep(Duration::from_millis(100)).await;
