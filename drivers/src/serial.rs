@@ -37,7 +37,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -92,6 +92,12 @@ fn make_raw(fd: &OwnedFd) -> io::Result<()> {
 /// the slave's device path (e.g. `/dev/pts/7`, for the driver).
 pub fn open_pty() -> io::Result<(PtyMaster, PathBuf)> {
     let pair = nix::pty::openpty(None, None)?;
+    // Not inherited by processes spawned later (a gateway under test): a
+    // child holding a copy of the master would keep the line up after
+    // `unplug`, and the driver would see a silent reader, not a hang-up.
+    for fd in [&pair.master, &pair.slave] {
+        fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    }
     make_raw(&pair.slave)?;
     make_raw(&pair.master)?;
     let path = nix::unistd::ttyname(&pair.slave)?;

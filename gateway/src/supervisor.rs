@@ -1,7 +1,13 @@
 //! Reader supervision: each reader runs in its own task; when it fails, the
 //! cause is logged, its health shows the outage, and it is restarted after an
-//! exponential backoff with jitter (0.5 s doubling to 30 s, reset once a run
-//! has lasted a minute). Shutdown cancels the token; a reader then returns `Ok`.
+//! exponential backoff with jitter (0.5 s doubling to 1.5 s, back to 0.5 s
+//! once a run has delivered data). Shutdown cancels the token; a reader then
+//! returns `Ok`.
+//!
+//! The cap is short on purpose: a replugged USB adapter should be read again
+//! within a second or two however long it was away, and a retry costs one
+//! `open()`. What would be costly is the log, so a failure that repeats the
+//! previous one is logged at debug level, with a warning once a minute.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,8 +19,9 @@ use crate::backoff::Backoff;
 use crate::config::ReaderConfig;
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-const STABLE_RUN: Duration = Duration::from_secs(60);
+const BACKOFF_MAX: Duration = Duration::from_millis(1500);
+/// How often a failure that keeps repeating is still logged as a warning.
+const REPEAT_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs one reader until `cancel` fires, restarting it when it fails.
 pub async fn supervise(
@@ -27,30 +34,35 @@ pub async fn supervise(
     let name = config.name().to_owned();
     let kind = config.kind();
     let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
+    let mut last_warned: Option<(String, Instant)> = None;
     loop {
         if cancel.is_cancelled() {
             break;
         }
         health.set_state(ReaderState::Starting);
         tracing::info!(event = "reader.starting", reader = %name, kind, "starting reader");
-        let started = Instant::now();
+        let delivered_before = delivered(&health);
         let result = run_once(&config, &sink, &health, clock, &cancel).await;
-        match result {
+        let cause = match result {
             Ok(()) if cancel.is_cancelled() => break,
-            Ok(()) => {
-                tracing::warn!(event = "reader.ended", reader = %name, kind, "reader stopped by itself; restarting");
-                health.record_failure(&"the reader stopped by itself");
-            }
-            Err(cause) => {
-                if cancel.is_cancelled() {
-                    break;
-                }
-                tracing::warn!(event = "reader.failed", reader = %name, kind, error = %cause, "reader failed; will reconnect");
-                health.record_failure(&cause);
-            }
+            Ok(()) => "the reader stopped by itself".to_owned(),
+            Err(_) if cancel.is_cancelled() => break,
+            Err(cause) => cause,
+        };
+        health.record_failure(&cause);
+        let repeat = last_warned
+            .as_ref()
+            .is_some_and(|(c, at)| *c == cause && at.elapsed() < REPEAT_WARN_EVERY);
+        if repeat {
+            tracing::debug!(event = "reader.failed", reader = %name, kind, error = %cause, "reader failed again; will reconnect");
+        } else {
+            tracing::warn!(event = "reader.failed", reader = %name, kind, error = %cause, "reader failed; will reconnect");
+            last_warned = Some((cause, Instant::now()));
         }
         metrics::counter!("tracegate_reader_restarts_total", "reader" => name.clone()).increment(1);
-        if started.elapsed() >= STABLE_RUN {
+        // A run that got frames or reads from the reader was a recovery:
+        // the next failure (an unplug) starts the backoff from the bottom.
+        if delivered(&health) > delivered_before {
             backoff.reset();
         }
         let delay = backoff.next_delay();
@@ -61,6 +73,15 @@ pub async fn supervise(
     }
     health.set_state(ReaderState::Stopped);
     tracing::info!(event = "reader.stopped", reader = %name, kind, "reader stopped");
+}
+
+/// Frames and tag reads the reader has delivered so far.
+fn delivered(health: &ReaderHealth) -> u64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    health
+        .frames_ok
+        .load(Relaxed)
+        .saturating_add(health.reads.load(Relaxed))
 }
 
 /// One run of the configured driver; its error rendered for logs and health.
