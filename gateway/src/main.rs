@@ -100,8 +100,15 @@ fn init_logging(cli_format: LogFormat, level: Option<&str>) -> anyhow::Result<()
     Ok(())
 }
 
+/// Threads tokio may start for blocking work (tokio's default is 512). The
+/// unit sets `TasksMax=64`, which counts threads: workers (one per core),
+/// the store's writer and reader, a PC/SC thread per NFC reader and this
+/// pool must stay under it, or a burst of blocking calls fails to spawn.
+const MAX_BLOCKING_THREADS: usize = 16;
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
         .build()
         .context("cannot start the async runtime")

@@ -416,3 +416,20 @@ fn an_empty_append_changes_nothing() {
     assert_eq!(out.last_seq, 1);
     assert_eq!(store.append(vec![draft(2)]).unwrap()[0].seq, 2);
 }
+
+#[test]
+fn a_new_store_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir, 10 << 20, FullPolicy::DropOldest);
+    cfg.path = dir.path().join("new/data/events.db");
+    let mut store = Store::open(&cfg, "dock-01").unwrap();
+    store.append(vec![draft(1)]).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.path().join("new")), 0o700);
+    assert_eq!(mode(&dir.path().join("new/data")), 0o700);
+    for file in ["events.db", "events.db-wal", "events.db-shm"] {
+        let p = dir.path().join("new/data").join(file);
+        assert_eq!(mode(&p), 0o600, "{file}");
+    }
+}

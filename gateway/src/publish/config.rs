@@ -480,52 +480,60 @@ pub struct BrokerUrl {
 }
 
 impl BrokerUrl {
+    /// Parses `mqtt://host[:port]` or `mqtts://host[:port]` with the `url`
+    /// crate (WHATWG host rules: a space or other forbidden character in
+    /// the host is refused). Credentials in the URL are refused, and the
+    /// error then never repeats the URL: it would carry the password into
+    /// the journal.
     pub fn parse(url: &str) -> Result<BrokerUrl, PublishError> {
+        const EXPECTED: &str = "expected mqtt://host:port or mqtts://host:port";
+        let shown = if url.contains('@') {
+            "(not shown: it contains credentials)".to_owned()
+        } else {
+            format!("{url:?}")
+        };
         let err = |why: &str| {
             Err(PublishError::Config(format!(
-                "mqtt.url {url:?}: {why} (expected mqtt://host:port or mqtts://host:port)"
+                "mqtt.url {shown}: {why} ({EXPECTED})"
             )))
         };
-        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("mqtt://") {
-            (false, r)
-        } else {
-            return err("unknown scheme");
+        if url.len() > MAX_URL_LEN {
+            return err(&format!("longer than {MAX_URL_LEN} characters"));
+        }
+        let parsed = match url::Url::parse(url) {
+            Ok(u) => u,
+            Err(e) => return err(&e.to_string()),
         };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains('@') {
+        let tls = match parsed.scheme() {
+            "mqtts" => true,
+            "mqtt" => false,
+            _ => return err("unknown scheme"),
+        };
+        if !parsed.username().is_empty() || parsed.password().is_some() {
             return err("credentials in the URL are not allowed; use username_file/password_file");
         }
-        if rest.contains(['/', '?', '#']) {
+        if !matches!(parsed.path(), "" | "/")
+            || parsed.query().is_some()
+            || parsed.fragment().is_some()
+        {
             return err("a path or query is not allowed");
         }
-        let default_port = if tls { 8883 } else { 1883 };
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let Some((h, after)) = v6.split_once(']') else {
-                return err("unclosed '[' in IPv6 address");
-            };
-            let port = match after.strip_prefix(':') {
-                Some(p) => p.parse::<u16>().ok(),
-                None if after.is_empty() => Some(default_port),
-                None => None,
-            };
-            (h.to_string(), port)
-        } else {
-            match rest.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), p.parse::<u16>().ok()),
-                None => (rest.to_string(), Some(default_port)),
-            }
+        let host = match parsed.host() {
+            Some(url::Host::Domain(d)) if !d.is_empty() => d.to_owned(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            _ => return err("missing host"),
         };
-        let Some(port) = port.filter(|p| *p != 0) else {
+        let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
+        if port == 0 {
             return err("bad port");
-        };
-        if host.is_empty() {
-            return err("missing host");
         }
         Ok(BrokerUrl { tls, host, port })
     }
 }
+
+/// Longest broker URL accepted: a host name is at most 253 characters.
+const MAX_URL_LEN: usize = 300;
 
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -538,20 +546,29 @@ impl fmt::Display for BrokerUrl {
     }
 }
 
-/// A secret read from a file; `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
+/// A secret read from a file; `Debug` never shows it, and its memory is
+/// wiped when it is dropped. It is read when a connection is made and handed
+/// to rumqttc, whose options keep their own copy for that connection (their
+/// `Debug` would print it: tracegate never formats them).
+#[derive(PartialEq, Eq)]
 pub struct Secret(String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl Secret {
     /// Reads the first line of `path` (a trailing newline is not part of it).
     pub fn from_file(path: &Path, what: &str) -> Result<Secret, PublishError> {
         tracegate_drivers::secret_file::warn_if_readable_by_others(path, &format!("MQTT {what}"));
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
             PublishError::Config(format!(
                 "cannot read the MQTT {what} file {}: {e}",
                 path.display()
             ))
-        })?;
+        })?);
         let line = text.lines().next().unwrap_or("").to_string();
         if line.is_empty() {
             return Err(PublishError::Config(format!(
@@ -602,6 +619,8 @@ mod tests {
             "mqtt://u:p@h:1883",
             "mqtt://h/topic",
             "mqtt://[::1",
+            "mqtt://ho st:1883",
+            "mqtt://h:1883?x=1",
         ] {
             let e = BrokerUrl::parse(bad).unwrap_err().to_string();
             assert!(e.contains("mqtt.url"), "{bad}: {e}");
@@ -610,12 +629,17 @@ mod tests {
 
     #[test]
     fn credentials_in_the_url_are_refused_before_any_connection() {
-        let e = MqttConfig::with_url("mqtt://user:hunter2@h").unwrap_err();
-        // The URL is echoed, so the refusal itself must be the guard: the
-        // config never reaches a connection attempt or a log line.
-        assert!(e
-            .to_string()
-            .contains("credentials in the URL are not allowed"));
+        for url in [
+            "mqtt://user:hunter2@h",
+            "mqtts://:hunter2@h:8883",
+            "mqtt://us er:hunter2@h",
+        ] {
+            let e = MqttConfig::with_url(url).unwrap_err().to_string();
+            // Refused before any connection, and the refusal itself does
+            // not carry the password into a log line.
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("mqtt.url"), "{e}");
+        }
     }
 
     #[test]

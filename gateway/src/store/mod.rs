@@ -321,12 +321,23 @@ fn validate(config: &StoreConfig, gateway_id: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Creates `dir` and its missing parents readable by tracegate's user only
+/// (0700): the store holds every serial the site has seen. Directories that
+/// exist keep their mode (under systemd, `StateDirectoryMode` decides).
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 impl Store {
     pub fn open(config: &StoreConfig, gateway_id: &str) -> Result<Store, StoreError> {
         validate(config, gateway_id)?;
         let path = &config.path;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::CreateDir {
+            create_private_dir(dir).map_err(|e| StoreError::CreateDir {
                 path: dir.to_path_buf(),
                 source: e,
             })?;

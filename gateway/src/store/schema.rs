@@ -58,6 +58,23 @@ fn classify(context: &'static str, path: &Path, e: rusqlite::Error) -> OpenFailu
     }
 }
 
+/// Creates an empty database file readable by tracegate's user only (0600)
+/// when there is none, before SQLite would create it 0644; SQLite gives the
+/// `-wal` and `-shm` files the mode of the database file.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Opens (creating if needed) the writer connection and brings the schema up
 /// to date. Returns the connection and the store id.
 pub fn open_writer(path: &Path) -> Result<(Connection, String), OpenFailure> {
@@ -66,6 +83,12 @@ pub fn open_writer(path: &Path) -> Result<(Connection, String), OpenFailure> {
     // database, SQLite would still open (and on close delete) a `-wal` next
     // to it, and that WAL may hold the only copy of committed events.
     check_header(path)?;
+    create_private_file(path).map_err(|source| {
+        OpenFailure::Other(StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    })?;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
