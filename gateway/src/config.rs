@@ -324,11 +324,29 @@ pub fn load_and_check_files(path: &Path) -> Result<Config, ConfigError> {
     }
 }
 
+/// Largest config file read: real ones are a few KiB, and parsing a huge
+/// one (a pasted blob as an id) would take the Pi's memory first.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 fn read(path: &Path, shown: &str) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    use std::io::Read;
+    let io = |source| ConfigError::Io {
         path: shown.to_owned(),
         source,
-    })
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the file is larger than {MAX_CONFIG_BYTES} bytes; a config is a few KiB"),
+        )));
+    }
+    Ok(text)
 }
 
 fn invalid(path: &str, mut problems: Vec<Problem>) -> ConfigError {
@@ -374,6 +392,7 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
             );
         }
     }
+    check_durations(&top, &mut p);
     let raw = RawSections {
         gateway: section::<OnlyGateway>(text, &mut p).and_then(|s| {
             if s.gateway.is_none() {
@@ -610,6 +629,93 @@ fn table_header(line: &str) -> Option<(String, bool)> {
     Some((inner.trim().to_owned(), array))
 }
 
+/// A problem message short enough for a terminal: a number from the file
+/// (`1e300` comes back from serde as 301 digits) keeps its first digits and
+/// says how long it was, and a message is cut at 400 characters.
+fn shorten(message: &str) -> String {
+    const LONG_NUMBER: usize = 20;
+    let mut out = String::with_capacity(message.len().min(450));
+    let mut digits = String::new();
+    let flush = |digits: &mut String, out: &mut String| {
+        if digits.len() > LONG_NUMBER {
+            out.push_str(&digits[..8]);
+            out.push_str(&format!("…({} digits)", digits.len()));
+        } else {
+            out.push_str(digits);
+        }
+        digits.clear();
+    };
+    for c in message.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+        } else {
+            flush(&mut digits, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut digits, &mut out);
+    if out.chars().count() > 400 {
+        out = out.chars().take(400).collect::<String>() + "…";
+    }
+    out
+}
+
+/// Longest duration a `*_ms` key may give: a day. Longer is a typo, and a
+/// duration near the integer limit would overflow `Instant + Duration`.
+const MAX_MS: i64 = 86_400_000;
+/// Longest duration a `*_secs` key may give: a year (retention is the
+/// longest one anybody needs at the edge).
+const MAX_SECS: i64 = 31_536_000;
+
+/// Bounds every `*_ms` and `*_secs` key of every table and table array
+/// (present and future settings alike), before any of them becomes a
+/// `Duration`.
+fn check_durations(top: &toml::Table, p: &mut Problems) {
+    fn check(
+        p: &mut Problems,
+        at: Option<(usize, usize)>,
+        place: &str,
+        key: &str,
+        v: &toml::Value,
+    ) {
+        let (max, shown) = if key.ends_with("_ms") {
+            (MAX_MS, "86400000 (a day)")
+        } else if key.ends_with("_secs") {
+            (MAX_SECS, "31536000 (a year)")
+        } else {
+            return;
+        };
+        if let toml::Value::Integer(n) = v {
+            if *n > max {
+                p.push(
+                    at,
+                    format!("{place}{key} = {n} is longer than allowed: at most {shown}"),
+                );
+            }
+        }
+    }
+    for (section, v) in top {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let at = p.at.in_section(section, k);
+                    check(p, at, &format!("[{section}] "), k, v);
+                }
+            }
+            toml::Value::Array(entries) => {
+                for (i, e) in entries.iter().enumerate() {
+                    let toml::Value::Table(t) = e else { continue };
+                    for (k, v) in t {
+                        let at = p.at.in_entry(section, i, k);
+                        check(p, at, &format!("{section}[{i}]: "), k, v);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 struct Problems<'a> {
     at: Locator<'a>,
     list: Vec<Problem>,
@@ -619,7 +725,7 @@ impl Problems<'_> {
     fn push(&mut self, at: Option<(usize, usize)>, message: impl fmt::Display) {
         self.list.push(Problem {
             at,
-            message: message.to_string(),
+            message: shorten(&message.to_string()),
         });
     }
 
@@ -685,10 +791,25 @@ impl Parts {
     }
 }
 
+/// Longest gateway id, site or name: they are MQTT topic levels, event id
+/// parts and labels on every metric.
+pub const MAX_NAME_LEN: usize = 64;
+
 fn id_ok(s: &str) -> bool {
     !s.is_empty()
+        && s.len() <= MAX_NAME_LEN
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// A name as a problem message shows it: quoted, and cut when it is long.
+fn shown_name(s: &str) -> String {
+    if s.chars().count() <= MAX_NAME_LEN {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(16).collect();
+        format!("{head:?}… ({} characters)", s.chars().count())
+    }
 }
 
 /// The checks serde cannot do. Returns the pieces when every section could
@@ -698,15 +819,15 @@ fn validate(raw: RawSections, p: &mut Problems) -> Option<Parts> {
         if !id_ok(&g.id) {
             let at = p.at.in_section("gateway", "id");
             p.push(at, format!(
-                "[gateway] id {:?} must be non-empty and use only letters, digits, '-', '_' and '.' (it is part of MQTT topics and event ids)",
-                g.id
+                "[gateway] id {} must be 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.' (it is part of MQTT topics and event ids)",
+                shown_name(&g.id)
             ));
         }
         if !id_ok(&g.site) {
             let at = p.at.in_section("gateway", "site");
             p.push(at, format!(
-                "[gateway] site {:?} must be non-empty and use only letters, digits, '-', '_' and '.' (it is part of MQTT topics)",
-                g.site
+                "[gateway] site {} must be 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.' (it is part of MQTT topics)",
+                shown_name(&g.site)
             ));
         }
     }
@@ -718,8 +839,8 @@ fn validate(raw: RawSections, p: &mut Problems) -> Option<Parts> {
         let at_name = p.at.in_entry("readers", i, "name");
         if !id_ok(r.name()) {
             p.push(at_name, format!(
-                "readers[{i}]: name {:?} must be non-empty and use only letters, digits, '-', '_' and '.'",
-                r.name()
+                "readers[{i}]: name {} must be 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.'",
+                shown_name(r.name())
             ));
         }
         if reader_names.insert(r.name(), r).is_some() {
@@ -849,8 +970,8 @@ fn read_point(
     let at_name = at("name");
     if !id_ok(&rp.name) {
         p.push(at_name, format!(
-            "read_points[{i}]: name {:?} must be non-empty and use only letters, digits, '-', '_' and '.'",
-            rp.name
+            "read_points[{i}]: name {} must be 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.'",
+            shown_name(&rp.name)
         ));
     }
     if !rp_names.insert(rp.name.clone()) {
@@ -1097,6 +1218,59 @@ reader = "sim1"
         assert!(err.starts_with("t.toml:5:1: "), "{err}");
         assert!(err.contains("unknown field `colour`"), "{err}");
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn a_gateway_id_longer_than_64_characters_is_refused_without_being_echoed() {
+        let long = "g".repeat(70_000);
+        let text = MINIMAL.replace("id = \"gw1\"", &format!("id = \"{long}\""));
+        let err = parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:3:"), "{err}");
+        assert!(err.contains("(70000 characters)"), "{err}");
+        assert!(err.len() < 400, "{} characters", err.len());
+        let ok = MINIMAL.replace("id = \"gw1\"", &format!("id = \"{}\"", "g".repeat(64)));
+        assert!(parse(&ok, "t.toml").is_ok());
+    }
+
+    #[test]
+    fn durations_longer_than_a_day_or_a_year_are_refused_where_they_are_written() {
+        let text = MINIMAL
+            .replace(
+                "[[readers]]",
+                "[dedup]\ndeparture_timeout_ms = 9223372036854775807\n\n[[readers]]",
+            )
+            .replace("kind = \"sim\"", "kind = \"sim\"\ndwell_ms = 86400001");
+        let err = parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("t.toml:8:1: [dedup] departure_timeout_ms"),
+            "{err}"
+        );
+        assert!(err.contains("readers[0]: dwell_ms = 86400001"), "{err}");
+        let day = MINIMAL.replace(
+            "[[readers]]",
+            "[dedup]\ndeparture_timeout_ms = 86400000\n\n[[readers]]",
+        );
+        assert!(parse(&day, "t.toml").is_ok());
+    }
+
+    #[test]
+    fn a_huge_number_is_not_echoed_digit_by_digit() {
+        let text = MINIMAL.replace(
+            "[[readers]]",
+            "[dedup]\narrival_window_ms = 1e300\n\n[[readers]]",
+        );
+        let err = parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("(301 digits)"), "{err}");
+        assert!(err.len() < 200, "{err}");
+    }
+
+    #[test]
+    fn a_config_file_over_1_mib_is_refused_before_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.toml");
+        std::fs::write(&path, format!("{MINIMAL}\n# {}\n", "x".repeat(1 << 20))).unwrap();
+        let err = load(&path).unwrap_err().to_string();
+        assert!(err.contains("larger than 1048576 bytes"), "{err}");
     }
 
     #[test]

@@ -241,17 +241,8 @@ impl RawMqtt {
                 "mqtt.protocol = \"5\" is not supported yet; use \"3.1.1\"".into(),
             );
         }
-        if self.topic_prefix.is_empty()
-            || self.topic_prefix.contains(['+', '#', '\0'])
-            || self.topic_prefix.ends_with('/')
-        {
-            bad(
-                "topic_prefix",
-                format!(
-                    "mqtt.topic_prefix {:?} must be non-empty, without '+', '#' or a trailing '/'",
-                    self.topic_prefix
-                ),
-            );
+        if let Err(why) = check_topic_prefix(&self.topic_prefix) {
+            bad("topic_prefix", format!("mqtt.topic_prefix: {why}"));
         }
         let batch_max_events = NonZeroUsize::new(self.batch_max_events)
             .filter(|n| n.get() <= 10_000)
@@ -532,6 +523,36 @@ impl BrokerUrl {
     }
 }
 
+/// Longest topic prefix. With the site and gateway id (64 characters each)
+/// and the longest suffix, every topic stays far below MQTT's 65,535-byte
+/// limit, so no topic is refused by the broker after `check-config` passed.
+pub const MAX_TOPIC_PREFIX_LEN: usize = 128;
+
+/// A topic prefix is one or more MQTT topic levels the gateway publishes
+/// under: no wildcards, no NUL, no empty level (a leading, trailing or
+/// doubled '/'), and no leading '$' (brokers reserve `$SYS` and friends and
+/// refuse or ignore publishes there).
+pub fn check_topic_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.len() > MAX_TOPIC_PREFIX_LEN {
+        return Err(format!(
+            "{} characters; at most {MAX_TOPIC_PREFIX_LEN}",
+            prefix.len()
+        ));
+    }
+    let why = if prefix.is_empty() {
+        "must not be empty"
+    } else if prefix.contains(['+', '#', '\0']) {
+        "must not contain '+', '#' or NUL (they are wildcards or invalid in a topic)"
+    } else if prefix.starts_with('$') {
+        "must not start with '$' (topics starting with '$' are reserved by the broker)"
+    } else if prefix.split('/').any(str::is_empty) {
+        "must not start or end with '/' or contain '//' (every topic level needs a name)"
+    } else {
+        return Ok(());
+    };
+    Err(format!("{prefix:?} {why}"))
+}
+
 /// Longest broker URL accepted: a host name is at most 253 characters.
 const MAX_URL_LEN: usize = 300;
 
@@ -686,6 +707,21 @@ mod tests {
         let mut c = RawMqtt::with_url("mqtts://h");
         c.client_cert_file = Some("/x".into());
         assert_eq!(c.validate().unwrap_err()[0].key, "client_cert_file");
+    }
+
+    #[test]
+    fn topic_prefixes_must_be_plain_topic_levels() {
+        for ok in ["tracegate", "acme/eu/tracegate", "a.b-c_d"] {
+            assert_eq!(check_topic_prefix(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "", "$SYS/x", "/lead", "trail/", "a//b", "a/+/b", "a/#", "a\0b",
+        ] {
+            assert!(check_topic_prefix(bad).is_err(), "{bad:?}");
+        }
+        let long = "x".repeat(MAX_TOPIC_PREFIX_LEN + 1);
+        let e = check_topic_prefix(&long).unwrap_err();
+        assert!(e.len() < 100, "the prefix is not echoed: {e}");
     }
 
     #[test]
