@@ -52,6 +52,11 @@ pub enum RunError {
     Ops(#[from] ops::OpsError),
     #[error("NFC keys: {0}")]
     Keys(String),
+    /// Shutdown went past its deadline; what was not finished stays where it
+    /// is durable (SQLite, or the readers' own buffers) and is picked up at
+    /// the next start.
+    #[error("shutdown did not finish within its deadline: {} did not stop in time", .0.join(", "))]
+    ShutdownIncomplete(Vec<&'static str>),
 }
 
 /// Knobs for embedding the gateway (the demo, tests).
@@ -223,6 +228,7 @@ pub async fn run_with(
         "shutting down: stopping readers, committing in-flight events"
     );
     let deadline = tokio::time::Instant::now() + options.shutdown_deadline;
+    let mut unfinished: Vec<&'static str> = Vec::new();
     readers_cancel.cancel();
     if tokio::time::timeout_at(deadline, readers.wait())
         .await
@@ -233,6 +239,7 @@ pub async fn run_with(
             stage = "readers",
             "readers did not stop in time"
         );
+        unfinished.push("the readers");
     }
     if tokio::time::timeout_at(deadline, pipeline_task)
         .await
@@ -243,6 +250,7 @@ pub async fn run_with(
             stage = "pipeline",
             "pipeline did not drain in time"
         );
+        unfinished.push("the pipeline");
     }
     // The pipeline has dropped its sender: the writer commits what is queued.
     if tokio::time::timeout_at(deadline, writer.drained())
@@ -254,6 +262,7 @@ pub async fn run_with(
             stage = "store",
             "store writer did not commit everything in time"
         );
+        unfinished.push("the store writer (commit)");
     }
     // The publisher gets what is left of the deadline to collect PUBACKs for
     // the last batches; anything unacknowledged is resent on the next start.
@@ -272,6 +281,7 @@ pub async fn run_with(
             stage = "services",
             "publisher or endpoints did not stop in time"
         );
+        unfinished.push("the publisher or endpoints");
     }
     // The publisher has dropped its watermark handle: the writer persists
     // the last value, checkpoints and exits.
@@ -286,11 +296,22 @@ pub async fn run_with(
                 stage = "store",
                 "store writer did not finish in time"
             );
+            unfinished.push("the store writer (close)");
             Ok(())
         }
     };
-    tracing::info!(event = "gateway.stopped", "gateway stopped");
-    result
+    if unfinished.is_empty() {
+        tracing::info!(event = "gateway.stopped", "gateway stopped");
+        result
+    } else {
+        unfinished.dedup();
+        tracing::error!(
+            event = "gateway.stopped_incomplete",
+            unfinished = ?unfinished,
+            "gateway stopped at its shutdown deadline; unfinished work stays in SQLite or the readers' buffers"
+        );
+        result.and(Err(RunError::ShutdownIncomplete(unfinished)))
+    }
 }
 
 /// Opens the store off the async runtime (quick_check and migrations can

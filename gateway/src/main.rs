@@ -153,11 +153,18 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging(log_format, log_level.as_deref())?;
             let config = config::load(&path)?;
             tracing::info!(event = "config.loaded", path = %path.display(), summary = %config.summary(), "configuration loaded");
-            runtime()?.block_on(async move {
+            let rt = runtime()?;
+            let result = rt.block_on(async move {
                 let shutdown = CancellationToken::new();
                 on_signals(shutdown.clone());
                 tracegate::reload::run_with_reload(path, config, shutdown).await
-            })?;
+            });
+            // Do not wait for blocking work that outlived the shutdown
+            // deadline (a store writer retrying on a full disk): the process
+            // ends now, and what was unfinished is said in the log and the
+            // exit code.
+            rt.shutdown_timeout(Duration::from_millis(200));
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Decode { hex, json } => {

@@ -1,0 +1,65 @@
+//! SIGTERM ends the process within its deadline whatever the store is
+//! doing, and the log and exit code say what was left unfinished.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tracegate_hw_tests::{signal, wait_exit, wait_for, TempGateway};
+
+const SIM: &str = r#"
+[[readers]]
+name = "sim1"
+kind = "sim"
+antennas = [1, 2]
+read_rate = 2000
+arrival_interval_ms = 20
+dwell_ms = 300
+seed = 7
+
+[[read_points]]
+name = "door"
+reader = "sim1"
+
+[dedup]
+min_reads = 1
+departure_timeout_ms = 200
+"#;
+
+#[test]
+fn sigterm_with_a_stuck_store_exits_within_the_deadline_and_says_what_was_unfinished() {
+    let gw = TempGateway::new("gw-stop", SIM).unwrap();
+    let mut child = gw.spawn().unwrap();
+    wait_for(Duration::from_secs(20), || {
+        gw.events(&[]).ok().filter(|e| !e.is_empty())
+    })
+    .unwrap_or_else(|| panic!("no events; log:\n{}", gw.log()));
+
+    // Another process holds the database's write lock: every commit of the
+    // writer waits out its busy timeout and retries, as on a stalled disk.
+    let db = gw.dir.path().join("data/events.db");
+    let locker = rusqlite::Connection::open(&db).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    let asked = Instant::now();
+    signal(&child, Signal::SIGTERM).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    let took = asked.elapsed();
+    locker.execute_batch("ROLLBACK").unwrap();
+    let log = gw.log();
+    let status = status.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("still running 15 s after SIGTERM; log:\n{log}")
+    });
+    // The deadline is 5 s, plus 1 s for the publisher and endpoints.
+    assert!(
+        took < Duration::from_secs(8),
+        "exited after {took:?}; log:\n{log}"
+    );
+    assert!(!status.success(), "exit status {status}; log:\n{log}");
+    assert!(log.contains("gateway.stopped_incomplete"), "{log}");
+    assert!(log.contains("store writer"), "{log}");
+    assert!(!log.contains("event=\"gateway.stopped\""), "{log}");
+}
