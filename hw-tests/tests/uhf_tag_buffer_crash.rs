@@ -31,8 +31,10 @@ use tracegate_drivers::mercury::sim::{
 };
 use tracegate_hw_tests::{signal, wait_exit, wait_for, TempGateway};
 
-/// Tags passing the portal, one at a time.
-const TAGS: u16 = 80;
+/// Tags passing the portal, one at a time. With `search_ms = 150` a
+/// running gateway takes about six a second, so the killed runs use about
+/// half of them and the last run drains the rest.
+const TAGS: u16 = 100;
 /// Gateway runs killed with SIGKILL before the last, clean one.
 const KILLS: u32 = 12;
 /// Records per GET_TAG_ID_BUFFER reply: the chunk committed at a time.
@@ -56,7 +58,7 @@ kind = "mercury"
 port = "PORT"
 antennas = [1]
 mode = "tag_buffer"
-search_ms = 30
+search_ms = 150
 
 [[read_points]]
 name = "door"
@@ -119,6 +121,29 @@ impl Lcg {
     }
 }
 
+/// The simulator's state, for failure messages.
+fn sim_state(sim: &MercurySim) -> String {
+    let r = sim.report();
+    let tail: Vec<String> = r
+        .commands
+        .iter()
+        .rev()
+        .take(16)
+        .rev()
+        .map(|c| format!("{c:02X}"))
+        .collect();
+    format!(
+        "fetches {}, resends {}, clears {}, read index {}, write index {}, handed over {}, last commands {}",
+        r.fetches,
+        r.resends,
+        r.buffer_clears,
+        r.buffer_read_index,
+        r.buffer_len,
+        handed_over(&r).len(),
+        tail.join(" ")
+    )
+}
+
 struct Outcome {
     gw: TempGateway,
     report: SimReport,
@@ -146,11 +171,7 @@ fn crash_loop(resend: bool, seed: u64) -> Outcome {
     });
     let cancel = CancellationToken::new();
     let (path, _task) = sim.spawn_pty(cancel.clone()).unwrap();
-    let gw = TempGateway::new(
-        "gw-tagbuf",
-        &BODY.replace("PORT", path.to_str().unwrap()),
-    )
-    .unwrap();
+    let gw = TempGateway::new("gw-tagbuf", &BODY.replace("PORT", path.to_str().unwrap())).unwrap();
     let mut rng = Lcg(seed);
     for round in 0..KILLS {
         let before = sim.report().fetches;
@@ -163,11 +184,21 @@ fn crash_loop(resend: bool, seed: u64) -> Outcome {
             wait_for(Duration::from_secs(20), || {
                 (sim.report().fetches > before).then_some(())
             })
-            .unwrap_or_else(|| panic!("round {round}: no fetch; log:\n{}", gw.log()));
+            .unwrap_or_else(|| {
+                panic!(
+                    "round {round}: no fetch; sim: {}; log:\n{}",
+                    sim_state(&sim),
+                    gw.log()
+                )
+            });
             std::thread::sleep(Duration::from_millis(rng.below(300)));
             trigger.armed.store(true, Ordering::SeqCst);
             if wait_exit(&mut child, Duration::from_secs(10)).is_none() {
-                panic!("round {round}: the armed kill never fired; log:\n{}", gw.log());
+                panic!(
+                    "round {round}: the armed kill never fired; sim: {}; log:\n{}",
+                    sim_state(&sim),
+                    gw.log()
+                );
             }
         } else {
             std::thread::sleep(Duration::from_millis(150 + rng.below(900)));
@@ -199,8 +230,16 @@ fn crash_loop(resend: bool, seed: u64) -> Outcome {
     let status = wait_exit(&mut child, Duration::from_secs(10));
     assert!(status.is_some_and(|s| s.success()), "log:\n{}", gw.log());
     cancel.cancel();
+    let report = sim.report();
+    // Shown with --nocapture: the figures behind the assertions.
+    eprintln!(
+        "resend={resend}: {} kills ({} right after a fetch), {}",
+        KILLS,
+        trigger.fired.load(Ordering::SeqCst),
+        sim_state(&sim)
+    );
     Outcome {
-        report: sim.report(),
+        report,
         hook_kills: trigger.fired.load(Ordering::SeqCst),
         kills: KILLS,
         gw,
@@ -237,6 +276,7 @@ fn without_resend_each_kill_9_loses_at_most_the_one_reply_in_flight() {
     let handed = handed_over(&o.report);
     let stored = arrived(&o.gw);
     let missing: Vec<_> = handed.difference(&stored).collect();
+    eprintln!("without resend: {} of {} lost", missing.len(), handed.len());
     assert_eq!(handed.len(), usize::from(TAGS));
     assert_eq!(o.report.resends, 0);
     // The documented bound: one reply (CHUNK records) per crash.
