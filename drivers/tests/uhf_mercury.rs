@@ -522,3 +522,88 @@ async fn the_driver_runs_over_any_byte_stream_not_only_a_serial_port() {
     .await;
     assert!(reads.iter().all(|r| &*r.reader == "m1"));
 }
+
+/// Sends one command to a simulator over an in-memory stream and returns
+/// its reply.
+async fn exchange(
+    host: &mut tokio::io::DuplexStream,
+    dec: &mut mercury::codec::Decoder<mercury::codec::Response>,
+    c: mercury::codec::Command,
+) -> mercury::codec::Response {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    host.write_all(&c.encode().unwrap()).await.unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        if let Some(mercury::codec::Event::Frame(r)) = dec.next_event() {
+            assert_eq!(r.opcode, c.opcode);
+            return r;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), host.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "simulator closed the stream");
+        dec.push(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn the_simulated_tag_buffer_keeps_a_read_index_like_the_module() {
+    use mercury::codec::{cmd, parse_tag_buffer, status, BufferIndices, Decoder, ReadMultiple};
+    let sim = one_record_sim(true);
+    let indices = |r: &mercury::codec::Response| BufferIndices::parse(&r.data).unwrap();
+    let epcs = |r: &mercury::codec::Response| -> Vec<Vec<u8>> {
+        parse_tag_buffer(&r.data)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.epc)
+            .collect()
+    };
+    let search = cmd::read_multiple(&ReadMultiple {
+        search_flags: 0x0013,
+        timeout_ms: 10,
+        metadata: 0x0057,
+        embedded_read: None,
+    });
+    let cancel = CancellationToken::new();
+    let (mut host, module) = tokio::io::duplex(4096);
+    {
+        let sim = sim.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move { sim.serve(module, cancel).await });
+    }
+    let mut dec = Decoder::new();
+    let r = exchange(&mut host, &mut dec, cmd::get_tag_buffer_indices()).await;
+    assert_eq!(indices(&r), BufferIndices { read: 0, write: 0 });
+    exchange(&mut host, &mut dec, search.clone()).await;
+    let r = exchange(&mut host, &mut dec, cmd::get_tag_buffer(0x0057)).await;
+    assert_eq!(epcs(&r), vec![epc(1)]);
+    let r = exchange(&mut host, &mut dec, cmd::get_tag_buffer_indices()).await;
+    assert_eq!(indices(&r), BufferIndices { read: 1, write: 3 });
+
+    // A new connection (the host restarted) finds the same buffer and index.
+    drop(host);
+    let (mut host, module) = tokio::io::duplex(4096);
+    {
+        let sim = sim.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move { sim.serve(module, cancel).await });
+    }
+    let mut dec = Decoder::new();
+    let r = exchange(&mut host, &mut dec, cmd::get_tag_buffer_indices()).await;
+    assert_eq!(indices(&r), BufferIndices { read: 1, write: 3 });
+    let r = exchange(&mut host, &mut dec, cmd::get_tag_buffer_resend(0x0057)).await;
+    assert_eq!(epcs(&r), vec![epc(1)], "resend repeats the previous fetch");
+    let r = exchange(&mut host, &mut dec, cmd::get_tag_buffer(0x0057)).await;
+    assert_eq!(epcs(&r), vec![epc(2)]);
+    let r = exchange(&mut host, &mut dec, cmd::get_tag_buffer(0x0057)).await;
+    assert_eq!(epcs(&r), vec![epc(3)]);
+    let r = exchange(&mut host, &mut dec, cmd::get_tag_buffer(0x0057)).await;
+    assert_eq!(r.status, status::NO_TAGS_FOUND);
+    exchange(&mut host, &mut dec, cmd::clear_tag_buffer()).await;
+    let r = exchange(&mut host, &mut dec, cmd::get_tag_buffer_indices()).await;
+    assert_eq!(indices(&r), BufferIndices { read: 0, write: 0 });
+    let rep = sim.report();
+    assert_eq!((rep.fetches, rep.resends, rep.buffer_clears), (4, 1, 1));
+    cancel.cancel();
+}
