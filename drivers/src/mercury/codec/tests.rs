@@ -345,6 +345,22 @@ fn tag_buffer_indices_with_the_read_index_past_the_write_index_are_rejected_not_
 }
 
 #[test]
+fn one_tag_buffer_reply_holds_seven_96_bit_records_with_all_metadata_five_with_a_tid() {
+    // The crash bound documented for tag-buffer mode is one reply: pin
+    // what fits in it with the metadata the driver asks for.
+    let rec = TagRecord::gen2(&[0x30; 12]);
+    let fits = |n: usize| encode_tag_buffer(meta::ALL_SUPPORTED, &vec![rec.clone(); n]).len();
+    assert!(fits(7) <= MAX_RESPONSE_DATA);
+    assert!(fits(8) > MAX_RESPONSE_DATA);
+    // With read_tid's default 6 TID words alongside: five.
+    let mut with_tid = rec;
+    with_tid.data = Some(vec![0xE2; 12]);
+    let fits = |n: usize| encode_tag_buffer(meta::ALL_SUPPORTED, &vec![with_tid.clone(); n]).len();
+    assert!(fits(5) <= MAX_RESPONSE_DATA);
+    assert!(fits(6) > MAX_RESPONSE_DATA);
+}
+
+#[test]
 fn a_tag_buffer_reply_claiming_more_records_than_its_bytes_hold_is_rejected() {
     // flags 0, options 0, count 200, then 12 bytes: room for 2 records.
     let mut d = vec![0x00, 0x00, 0x00, 200];
