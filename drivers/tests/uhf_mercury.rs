@@ -269,6 +269,141 @@ async fn tag_buffer_is_cleared_only_after_the_reads_are_committed() {
     cancel_sim.cancel();
 }
 
+fn detail(h: &tracegate_drivers::ReaderHealth, key: &str) -> Option<String> {
+    h.snapshot()
+        .details
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+}
+
+/// A sim whose tag-buffer replies carry one record each, so every fetch is
+/// its own chunk.
+fn one_record_sim(resend: bool) -> MercurySim {
+    MercurySim::new(MercurySimParams {
+        tags: population(3),
+        resend,
+        max_records_per_fetch: 1,
+        ..MercurySimParams::default()
+    })
+}
+
+fn tag_buffer_config(port: &std::path::Path) -> MercuryConfig {
+    let mut c = config(port);
+    c.mode = MercuryMode::TagBuffer;
+    c.search_ms = 30;
+    c
+}
+
+/// Takes the next reads message, which must carry a commit ack.
+async fn next_acked(r: &mut Running<MercuryError>) -> (Vec<Vec<u8>>, tracegate_drivers::CommitAck) {
+    let msg = tokio::time::timeout(Duration::from_secs(10), r.rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let ReaderMsg::Reads {
+        reads,
+        ack: Some(ack),
+    } = msg
+    else {
+        panic!("tag-buffer reads must carry a commit ack")
+    };
+    (reads.into_iter().map(|r| r.epc).collect(), ack)
+}
+
+#[tokio::test]
+async fn tag_buffer_commits_each_reply_before_fetching_the_next() {
+    let sim = one_record_sim(true);
+    let cancel_sim = CancellationToken::new();
+    let (path, _task) = sim.spawn_pty(cancel_sim.clone()).unwrap();
+    let mut r = start(tag_buffer_config(&path));
+
+    let (first, ack) = next_acked(&mut r).await;
+    assert_eq!(first, vec![epc(1)]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rep = sim.report();
+    assert_eq!(rep.fetches, 1, "no second fetch before the first commits");
+    assert_eq!((rep.buffer_read_index, rep.buffer_len), (1, 3));
+    ack.fire();
+    let (second, ack) = next_acked(&mut r).await;
+    assert_eq!(second, vec![epc(2)]);
+    ack.fire();
+    let (third, ack) = next_acked(&mut r).await;
+    assert_eq!(third, vec![epc(3)]);
+    ack.fire();
+    wait_for(
+        || sim.report().buffer_clears >= 1,
+        "clear after the last commit",
+    )
+    .await;
+    r.stop().await;
+    cancel_sim.cancel();
+}
+
+/// Runs a driver until it has fetched one record and handed it over, then
+/// kills it (the task is aborted, as a process dies: no clean-up) before
+/// the commit. Returns the EPC it had fetched.
+async fn crash_after_one_fetch(path: &std::path::Path) -> Vec<u8> {
+    let mut r = start(tag_buffer_config(path));
+    let (fetched, ack) = next_acked(&mut r).await;
+    r.task.abort();
+    let _ = r.task.await;
+    drop(ack);
+    assert_eq!(fetched.len(), 1);
+    fetched.into_iter().next().unwrap()
+}
+
+#[tokio::test]
+async fn a_restart_gets_again_the_records_a_crashed_run_fetched_but_never_committed() {
+    let sim = one_record_sim(true);
+    let cancel_sim = CancellationToken::new();
+    let (path, _task) = sim.spawn_pty(cancel_sim.clone()).unwrap();
+    let lost = crash_after_one_fetch(&path).await;
+    // The module's read index moved past the record: a plain fetch would
+    // never return it again.
+    assert_eq!(sim.report().buffer_read_index, 1);
+
+    let mut r = start(tag_buffer_config(&path));
+    let mut reads = Vec::new();
+    collect_until(&mut r.rx, &mut reads, |rs| {
+        (1..=3).all(|i| rs.iter().any(|r| r.epc == epc(i)))
+    })
+    .await;
+    assert_eq!(reads[0].epc, lost, "the resent record comes first");
+    assert_eq!(sim.report().resends, 1);
+    assert_eq!(
+        detail(&r.health, "tag_buffer_recovery").as_deref(),
+        Some("resent 1 records")
+    );
+    r.stop().await;
+    cancel_sim.cancel();
+}
+
+#[tokio::test]
+async fn without_resend_a_crash_loses_at_most_the_one_reply_in_flight() {
+    let sim = one_record_sim(false);
+    let cancel_sim = CancellationToken::new();
+    let (path, _task) = sim.spawn_pty(cancel_sim.clone()).unwrap();
+    let lost = crash_after_one_fetch(&path).await;
+    assert_eq!(lost, epc(1));
+
+    let mut r = start(tag_buffer_config(&path));
+    let mut reads = Vec::new();
+    collect_until(&mut r.rx, &mut reads, |rs| {
+        (2..=3).all(|i| rs.iter().any(|r| r.epc == epc(i)))
+    })
+    .await;
+    // The records after the lost reply still come, then the buffer is
+    // cleared, and the next search finds the tags still in the field.
+    let first: Vec<_> = reads.iter().take(2).map(|r| r.epc.clone()).collect();
+    assert_eq!(first, vec![epc(2), epc(3)]);
+    let detail = detail(&r.health, "tag_buffer_recovery").unwrap_or_default();
+    assert!(detail.starts_with("resend refused: 0x0105"), "{detail}");
+    assert_eq!(sim.report().resends, 0);
+    r.stop().await;
+    cancel_sim.cancel();
+}
+
 #[tokio::test]
 async fn a_stalled_module_makes_run_fail_with_a_timeout() {
     let sim = MercurySim::new(MercurySimParams {
@@ -386,4 +521,89 @@ async fn the_driver_runs_over_any_byte_stream_not_only_a_serial_port() {
     )
     .await;
     assert!(reads.iter().all(|r| &*r.reader == "m1"));
+}
+
+/// Sends one command to a simulator over an in-memory stream and returns
+/// its reply.
+async fn exchange(
+    host: &mut tokio::io::DuplexStream,
+    dec: &mut mercury::codec::Decoder<mercury::codec::Response>,
+    c: mercury::codec::Command,
+) -> mercury::codec::Response {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    host.write_all(&c.encode().unwrap()).await.unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        if let Some(mercury::codec::Event::Frame(r)) = dec.next_event() {
+            assert_eq!(r.opcode, c.opcode);
+            return r;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), host.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "simulator closed the stream");
+        dec.push(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn the_simulated_tag_buffer_keeps_a_read_index_like_the_module() {
+    use mercury::codec::{cmd, parse_tag_buffer, status, BufferIndices, Decoder, ReadMultiple};
+    let sim = one_record_sim(true);
+    let indices = |r: &mercury::codec::Response| BufferIndices::parse(&r.data).unwrap();
+    let epcs = |r: &mercury::codec::Response| -> Vec<Vec<u8>> {
+        parse_tag_buffer(&r.data)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.epc)
+            .collect()
+    };
+    let search = cmd::read_multiple(&ReadMultiple {
+        search_flags: 0x0013,
+        timeout_ms: 10,
+        metadata: 0x0057,
+        embedded_read: None,
+    });
+    let cancel = CancellationToken::new();
+    let (mut host, module) = tokio::io::duplex(4096);
+    {
+        let sim = sim.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move { sim.serve(module, cancel).await });
+    }
+    let mut dec = Decoder::new();
+    let r = exchange(&mut host, &mut dec, cmd::get_tag_buffer_indices()).await;
+    assert_eq!(indices(&r), BufferIndices { read: 0, write: 0 });
+    exchange(&mut host, &mut dec, search.clone()).await;
+    let r = exchange(&mut host, &mut dec, cmd::get_tag_buffer(0x0057)).await;
+    assert_eq!(epcs(&r), vec![epc(1)]);
+    let r = exchange(&mut host, &mut dec, cmd::get_tag_buffer_indices()).await;
+    assert_eq!(indices(&r), BufferIndices { read: 1, write: 3 });
+
+    // A new connection (the host restarted) finds the same buffer and index.
+    drop(host);
+    let (mut host, module) = tokio::io::duplex(4096);
+    {
+        let sim = sim.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move { sim.serve(module, cancel).await });
+    }
+    let mut dec = Decoder::new();
+    let r = exchange(&mut host, &mut dec, cmd::get_tag_buffer_indices()).await;
+    assert_eq!(indices(&r), BufferIndices { read: 1, write: 3 });
+    let r = exchange(&mut host, &mut dec, cmd::get_tag_buffer_resend(0x0057)).await;
+    assert_eq!(epcs(&r), vec![epc(1)], "resend repeats the previous fetch");
+    let r = exchange(&mut host, &mut dec, cmd::get_tag_buffer(0x0057)).await;
+    assert_eq!(epcs(&r), vec![epc(2)]);
+    let r = exchange(&mut host, &mut dec, cmd::get_tag_buffer(0x0057)).await;
+    assert_eq!(epcs(&r), vec![epc(3)]);
+    let r = exchange(&mut host, &mut dec, cmd::get_tag_buffer(0x0057)).await;
+    assert_eq!(r.status, status::NO_TAGS_FOUND);
+    exchange(&mut host, &mut dec, cmd::clear_tag_buffer()).await;
+    let r = exchange(&mut host, &mut dec, cmd::get_tag_buffer_indices()).await;
+    assert_eq!(indices(&r), BufferIndices { read: 0, write: 0 });
+    let rep = sim.report();
+    assert_eq!((rep.fetches, rep.resends, rep.buffer_clears), (4, 1, 1));
+    cancel.cancel();
 }

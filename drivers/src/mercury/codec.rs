@@ -953,9 +953,24 @@ pub mod cmd {
     pub fn stop_continuous() -> Command {
         Command::new(op::MULTI_PROTOCOL_TAG_OP, [0x00, 0x00, 0x02])
     }
+    /// `29 [metadata u16] [readOptions 00]`: the next records from the read
+    /// index on (the module moves the index past them).
     pub fn get_tag_buffer(metadata: u16) -> Command {
         let m = metadata.to_be_bytes();
         Command::new(op::GET_TAG_ID_BUFFER, [m[0], m[1], 0x00])
+    }
+    /// `29 [metadata u16] [readOptions 01]`: the records of the previous
+    /// fetch again (the Mercury API's `resend`; see [`super::tag_buffer`]).
+    pub fn get_tag_buffer_resend(metadata: u16) -> Command {
+        let m = metadata.to_be_bytes();
+        Command::new(
+            op::GET_TAG_ID_BUFFER,
+            [m[0], m[1], super::tag_buffer::READ_OPTION_RESEND],
+        )
+    }
+    /// `29` with no data: the buffer's read and write indices.
+    pub fn get_tag_buffer_indices() -> Command {
+        Command::new(op::GET_TAG_ID_BUFFER, [])
     }
     pub fn clear_tag_buffer() -> Command {
         Command::new(op::CLEAR_TAG_ID_BUFFER, [])
@@ -1072,15 +1087,73 @@ pub fn parse_read_multiple_count(d: &[u8]) -> Result<u32, ParseError> {
     }
 }
 
+/// The module's tag buffer as GET_TAG_ID_BUFFER without arguments reports
+/// it (`TMR_SR_cmdGetTagsRemaining`: read index at frame offset 5, write
+/// index at offset 7).
+pub mod tag_buffer {
+    /// Read option of `29 [metadata] [option]`: send the previous fetch's
+    /// records again (the Java Mercury API's `cmdGetTagBuffer(…, resend)`).
+    pub const READ_OPTION_RESEND: u8 = 0x01;
+    /// The indices are u16 on the wire, so the buffer never holds more.
+    pub const MAX_RECORDS: u32 = u16::MAX as u32;
+    /// The shortest record: EPC bit length, PC and tag CRC, no metadata.
+    pub const MIN_RECORD_BYTES: usize = 6;
+}
+
+/// Read and write index of the module's tag buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferIndices {
+    /// Records before it were already fetched (since the last clear).
+    pub read: u16,
+    /// Records before it are in the buffer.
+    pub write: u16,
+}
+
+impl BufferIndices {
+    /// Records not fetched yet.
+    pub fn remaining(&self) -> u16 {
+        self.write.saturating_sub(self.read)
+    }
+
+    /// Parses `[readIndex u16][writeIndex u16]`. A read index past the
+    /// write index is rejected rather than wrapped into a huge count.
+    pub fn parse(d: &[u8]) -> Result<Self, ParseError> {
+        let mut r = Reader::new(d, "tag-buffer indices");
+        let read = r.u16()?;
+        let write = r.u16()?;
+        if read > write {
+            return Err(ParseError::Invalid {
+                what: "tag-buffer indices",
+                detail: format!("read index {read} is past write index {write}"),
+            });
+        }
+        Ok(Self { read, write })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut d = self.read.to_be_bytes().to_vec();
+        d.extend_from_slice(&self.write.to_be_bytes());
+        d
+    }
+}
+
 /// Records from a GET_TAG_ID_BUFFER reply:
 /// `[metadataFlags u16][readOptions u8][count u8][records…]`.
+/// The count is checked against the bytes that follow before anything is
+/// allocated for it.
 pub fn parse_tag_buffer(d: &[u8]) -> Result<Vec<TagRecord>, ParseError> {
     let mut r = Reader::new(d, "tag-buffer reply");
     let flags = r.u16()?;
     let _options = r.u8()?;
     let count = r.u8()?;
-    let mut out = Vec::with_capacity(usize::from(count));
     let mut rest = r.rest();
+    if usize::from(count) > rest.len() / tag_buffer::MIN_RECORD_BYTES {
+        return Err(ParseError::Invalid {
+            what: "tag-buffer reply",
+            detail: format!("{count} records cannot fit in {} bytes", rest.len()),
+        });
+    }
+    let mut out = Vec::with_capacity(usize::from(count));
     for _ in 0..count {
         let (rec, used) = TagRecord::parse(flags, rest)?;
         rest = rest.get(used..).unwrap_or(&[]);

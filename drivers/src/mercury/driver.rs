@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::codec::{
     self, cmd, op, parse_read_multiple_count, parse_stream_frame, parse_tag_buffer, status,
-    Command, Decoder, ReadMultiple, Response, StreamItem, TagRecord, VersionInfo,
+    tag_buffer, BufferIndices, Command, Decoder, ReadMultiple, Response, StreamItem, TagRecord,
+    VersionInfo,
 };
 use super::{MercuryConfig, MercuryError, MercuryMode};
 use crate::uhf::link::FrameLink;
@@ -398,28 +399,44 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
         }
     }
 
+    /// Timed searches into the module's tag buffer, fetched one reply at a
+    /// time; each reply's reads are committed before the next fetch, and
+    /// the buffer is cleared once every record in it is committed.
+    ///
+    /// Every fetch moves the module's read index past the records it
+    /// returned, so a gateway that dies between a fetch and its commit
+    /// leaves records behind the read index that a plain fetch never
+    /// returns again. [`Self::recover_tag_buffer`] asks for them again on
+    /// start; committing reply by reply keeps what needs asking for to
+    /// the one reply in flight.
     async fn tag_buffer(&mut self, cancel: &CancellationToken) -> Result<(), MercuryError> {
         self.health.set_state(ReaderState::Running);
         tracing::info!(reader = %self.reader, "mercury tag-buffer reading started");
+        // Dropping the loop on cancellation is safe at any await: nothing is
+        // cleared that is not committed, and the next start recovers.
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Ok(()),
+            r = self.tag_buffer_loop() => r,
+        }
+    }
+
+    async fn tag_buffer_loop(&mut self) -> Result<(), MercuryError> {
+        self.recover_tag_buffer().await?;
         let search_wait = Duration::from_millis(u64::from(self.config.search_ms));
         loop {
             let rm = self.read_multiple(0x0013);
             self.send(&cmd::read_multiple(&rm)).await?;
             // The reply comes after the search time.
             let deadline = Instant::now() + search_wait + self.response_timeout();
-            let reply = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                r = async {
-                    loop {
-                        let r = self.frame_until(deadline, "READ_TAG_ID_MULTIPLE").await?;
-                        if r.opcode == op::READ_TAG_ID_MULTIPLE {
-                            return Ok::<_, MercuryError>(r);
-                        }
-                        if r.opcode == op::BOOT_FIRMWARE {
-                            return Err(MercuryError::ModuleReset);
-                        }
-                    }
-                } => r?,
+            let reply = loop {
+                let r = self.frame_until(deadline, "READ_TAG_ID_MULTIPLE").await?;
+                if r.opcode == op::READ_TAG_ID_MULTIPLE {
+                    break r;
+                }
+                if r.opcode == op::BOOT_FIRMWARE {
+                    return Err(MercuryError::ModuleReset);
+                }
             };
             let found = match reply.status {
                 status::SUCCESS => parse_read_multiple_count(&reply.data)
@@ -433,62 +450,117 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Driver<'a, T> {
             if found == 0 {
                 continue;
             }
-            let reads = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                r = self.fetch_buffer(found) => r?,
-            };
-            if reads.is_empty() {
-                continue;
-            }
-            let n = reads.len();
-            let utc = reads.last().map(|r| r.host.utc_ms).unwrap_or(0);
-            let committed = self.sink.reads_acked(reads).await?;
-            self.health.count_reads(n, utc);
-            // Clear only what the store has: if the gateway dies before the
-            // ack, the reads stay in the module and are fetched again.
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                ack = committed => {
-                    if ack.is_err() {
-                        return Err(MercuryError::NotCommitted);
-                    }
-                }
-            }
-            self.call_ok(cmd::clear_tag_buffer(), "CLEAR_TAG_ID_BUFFER")
+            // The count is the module's word; the buffer's u16 indices bound
+            // what it can hold, so a corrupt count cannot run the loop on.
+            self.drain_tag_buffer(found.min(tag_buffer::MAX_RECORDS))
                 .await?;
+            self.clear_tag_buffer().await?;
         }
     }
 
-    async fn fetch_buffer(&mut self, found: u32) -> Result<Vec<RawRead>, MercuryError> {
-        let mut reads = Vec::new();
+    /// On start, before anything is cleared: if a previous process fetched
+    /// records and died before clearing them (read index > 0), ask the
+    /// module to send its last reply again (read option `resend`), commit
+    /// it, fetch what was never fetched, then clear.
+    ///
+    /// Records the previous process committed come again when the crash
+    /// fell between its commit and its clear: at-least-once, as everywhere
+    /// else in the gateway. A module that refuses `resend` loses at most the
+    /// one reply the previous process had fetched and not committed; the
+    /// health detail `tag_buffer_recovery` says which happened.
+    async fn recover_tag_buffer(&mut self) -> Result<(), MercuryError> {
+        let r = self
+            .call(cmd::get_tag_buffer_indices(), "GET_TAG_ID_BUFFER indices")
+            .await?;
+        if r.status != status::SUCCESS {
+            // Not every firmware may answer the bare form; without indices
+            // the buffer is drained and cleared as after any search.
+            tracing::info!(reader = %self.reader, status = r.status, meaning = status::meaning(r.status), "module does not report tag-buffer indices; draining the buffer without recovery");
+            self.health
+                .set_detail("tag_buffer_recovery", "indices not reported");
+            self.drain_tag_buffer(tag_buffer::MAX_RECORDS).await?;
+            return self.clear_tag_buffer().await;
+        }
+        let idx =
+            BufferIndices::parse(&r.data).map_err(|e| MercuryError::Protocol(e.to_string()))?;
+        if idx.write == 0 {
+            return Ok(());
+        }
+        if idx.read > 0 {
+            let resent = self
+                .call(
+                    cmd::get_tag_buffer_resend(self.metadata_flags()),
+                    "GET_TAG_ID_BUFFER resend",
+                )
+                .await?;
+            match resent.status {
+                status::SUCCESS => {
+                    let n = self.commit_reply(&resent).await?;
+                    tracing::info!(reader = %self.reader, records = n, read_index = idx.read, write_index = idx.write, "recovered the tag-buffer reply a previous run fetched");
+                    self.health
+                        .set_detail("tag_buffer_recovery", format!("resent {n} records"));
+                }
+                s => {
+                    tracing::warn!(reader = %self.reader, status = s, meaning = status::meaning(s), read_index = idx.read, "the module would not resend its last tag-buffer reply: the records of one reply a previous run fetched may be lost");
+                    self.health.set_detail(
+                        "tag_buffer_recovery",
+                        format!("resend refused: 0x{s:04X} {}", status::meaning(s)),
+                    );
+                }
+            }
+        }
+        self.drain_tag_buffer(u32::from(idx.remaining())).await?;
+        self.clear_tag_buffer().await
+    }
+
+    async fn clear_tag_buffer(&mut self) -> Result<(), MercuryError> {
+        self.call_ok(cmd::clear_tag_buffer(), "CLEAR_TAG_ID_BUFFER")
+            .await
+            .map(drop)
+    }
+
+    /// Fetches up to `limit` records, one reply at a time, committing each
+    /// reply before the next fetch. Ends early when the module has no more.
+    async fn drain_tag_buffer(&mut self, limit: u32) -> Result<(), MercuryError> {
         let meta = self.metadata_flags();
-        while (reads.len() as u64) < u64::from(found) {
+        let mut fetched: u32 = 0;
+        while fetched < limit {
             let r = self
                 .call(cmd::get_tag_buffer(meta), "GET_TAG_ID_BUFFER")
                 .await?;
-            if r.status == status::NO_TAGS_FOUND
-                || r.status == status::TAG_ID_BUFFER_NOT_ENOUGH_TAGS
-            {
-                break;
-            }
-            if r.status != status::SUCCESS {
-                self.note_status(r.status);
-                break;
-            }
-            let recs = match parse_tag_buffer(&r.data) {
-                Ok(recs) => recs,
-                Err(e) => {
-                    self.health.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    return Err(MercuryError::Protocol(e.to_string()));
+            match r.status {
+                status::SUCCESS => {}
+                status::NO_TAGS_FOUND | status::TAG_ID_BUFFER_NOT_ENOUGH_TAGS => break,
+                s => {
+                    self.note_status(s);
+                    break;
                 }
-            };
-            if recs.is_empty() {
+            }
+            let n = self.commit_reply(&r).await?;
+            if n == 0 {
                 break;
             }
-            for t in recs {
-                reads.push(self.to_raw(t));
-            }
+            fetched = fetched.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         }
-        Ok(reads)
+        Ok(())
+    }
+
+    /// Hands one GET_TAG_ID_BUFFER reply's reads to the pipeline and waits
+    /// until the store has committed them. Returns how many there were.
+    async fn commit_reply(&mut self, r: &Response) -> Result<usize, MercuryError> {
+        let recs = parse_tag_buffer(&r.data).map_err(|e| {
+            self.health.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            MercuryError::Protocol(e.to_string())
+        })?;
+        let reads: Vec<RawRead> = recs.into_iter().map(|t| self.to_raw(t)).collect();
+        let n = reads.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let utc = reads.last().map(|r| r.host.utc_ms).unwrap_or(0);
+        let committed = self.sink.reads_acked(reads).await?;
+        self.health.count_reads(n, utc);
+        committed.await.map_err(|_| MercuryError::NotCommitted)?;
+        Ok(n)
     }
 }

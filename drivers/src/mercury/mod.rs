@@ -30,10 +30,19 @@
 //! * `streaming`: continuous reading (`2F … 01`), the module pushes a frame
 //!   per tag read. Lowest latency; reads in flight when the gateway dies
 //!   are lost (the gateway's store then has everything it acknowledged).
-//! * `tag_buffer`: timed search (`22`), fetch the module's tag buffer (`29`),
-//!   hand the reads to the pipeline and clear the buffer (`2A`) only once the
-//!   pipeline has committed them. A crash between fetch and commit leaves
-//!   the reads in the module, and they are fetched again after restart.
+//! * `tag_buffer`: timed search (`22`), fetch the module's tag buffer (`29`)
+//!   one reply at a time, each reply committed by the store before the next
+//!   fetch, and clear the buffer (`2A`) once all of it is committed. Every
+//!   fetch moves the module's read index past what it returned, so records
+//!   fetched by a process that died before committing them are behind the
+//!   read index after a restart. On start the driver reads the indices
+//!   (bare `29`) and, if the read index is not 0, asks the module to resend
+//!   its last reply (read option `01`) before anything is cleared. A module
+//!   that refuses the resend loses at most the records of that one reply
+//!   (up to what fits in a frame: about 7 records with the metadata this
+//!   driver asks for). The health detail `tag_buffer_recovery` says which
+//!   happened; docs/hardware-testing.md has the evidence and how to check a
+//!   module.
 
 pub mod codec;
 mod driver;

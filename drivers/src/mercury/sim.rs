@@ -10,7 +10,18 @@
 //! Assumptions where the reference has no capture: the 0x2F acknowledgement
 //! DATA is `[option]`; GET_CURRENT_PROGRAM answers `0x01` in the bootloader
 //! and `0x02` in the application (the driver only tests `& 0x03 == 1`).
+//!
+//! The tag buffer lives in the simulator, not in a connection, so it
+//! survives the gateway's restarts as the module's RAM does. It keeps a
+//! read index that every GET_TAG_ID_BUFFER fetch moves past the records it
+//! returns and a write index (the records held); CLEAR_TAG_ID_BUFFER resets
+//! both. The bare `29` answers `[read u16][write u16]`. Read option `01`
+//! (resend) rewinds the read index to the start of the previous fetch and
+//! fetches again; that the module's firmware does exactly this is an
+//! assumption (see docs/hardware-testing.md), so `resend: false` makes the
+//! simulator refuse it with 0x0105 as a module without it would.
 
+use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,8 +33,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{
-    encode_stream_tag, encode_tag_buffer, op, parse_start_continuous, status, Command, Decoder,
-    Event, ReadMultiple, Response, TagRecord, VersionInfo, MAX_RESPONSE_DATA,
+    encode_stream_tag, encode_tag_buffer, op, parse_start_continuous, status, tag_buffer,
+    BufferIndices, Command, Decoder, Event, ReadMultiple, Response, TagRecord, VersionInfo,
+    MAX_RESPONSE_DATA,
 };
 use crate::serial::{PluggablePty, PtyMaster};
 use crate::uhf::sim::{
@@ -45,6 +57,40 @@ pub struct MercurySimParams {
     /// Power up in the bootloader (tag commands fail with 0x0101 until 0x04).
     pub start_in_bootloader: bool,
     pub version: VersionInfo,
+    /// How the tags enter the field of the timed searches (tag-buffer mode).
+    pub arrivals: Arrivals,
+    /// Honour GET_TAG_ID_BUFFER's resend option (default true).
+    pub resend: bool,
+    /// Records in one GET_TAG_ID_BUFFER reply at most (the frame size
+    /// limits it too). Default: as many as fit.
+    pub max_records_per_fetch: usize,
+    /// Called after each GET_TAG_ID_BUFFER reply with records has been
+    /// written, with the EPCs it handed over (tests kill the host there).
+    pub on_fetch: Option<FetchHook>,
+}
+
+/// Which of `tags` a timed search finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Arrivals {
+    /// All of them, every search.
+    #[default]
+    AllPresent,
+    /// One at a time, in order: each stays in the field until the module
+    /// has handed it over in a fetch reply, then the next one enters.
+    OneAtATime,
+}
+
+/// Called with the EPCs of one fetch reply.
+pub type FetchFn = dyn Fn(&[Vec<u8>]) + Send + Sync;
+
+/// See [`MercurySimParams::on_fetch`].
+#[derive(Clone)]
+pub struct FetchHook(pub Arc<FetchFn>);
+
+impl fmt::Debug for FetchHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FetchHook")
+    }
 }
 
 impl Default for MercurySimParams {
@@ -65,6 +111,10 @@ impl Default for MercurySimParams {
                 fw_version: [0x02, 0x01, 0x06, 0x08],
                 protocols: 0x10,
             },
+            arrivals: Arrivals::AllPresent,
+            resend: true,
+            max_records_per_fetch: usize::MAX,
+            on_fetch: None,
         }
     }
 }
@@ -104,8 +154,14 @@ pub struct SimReport {
     /// Opcodes of the valid commands received, in order.
     pub commands: Vec<u8>,
     pub buffer_clears: u64,
-    /// Tags currently in the simulated tag buffer.
+    /// Tags currently in the simulated tag buffer (its write index).
     pub buffer_len: usize,
+    /// The tag buffer's read index.
+    pub buffer_read_index: usize,
+    /// GET_TAG_ID_BUFFER replies that carried records.
+    pub fetches: u64,
+    /// Fetches with the resend option that were honoured.
+    pub resends: u64,
     pub connections: u64,
     pub stalls: u64,
 }
@@ -113,8 +169,15 @@ pub struct SimReport {
 #[derive(Debug, Default)]
 struct Shared {
     report: SimReport,
-    /// Tag buffer: survives reconnects, like the module's RAM.
+    /// Tag buffer: survives reconnects, like the module's RAM. Its length
+    /// is the write index.
     buffer: Vec<SimTag>,
+    /// Records before it were fetched since the last clear.
+    read_index: usize,
+    /// Where the previous fetch started, for the resend option.
+    last_fetch_start: Option<usize>,
+    /// With [`Arrivals::OneAtATime`], the tag in the field.
+    next_arrival: usize,
 }
 
 /// A simulated module. Cloning shares the report and tag buffer.
@@ -132,7 +195,6 @@ struct Conn<'a, T> {
     streaming: Option<ReadMultiple>,
     next_round: Instant,
     started: Instant,
-    cursor: usize,
     hop: u32,
     sync_rm: Option<ReadMultiple>,
 }
@@ -154,6 +216,7 @@ impl MercurySim {
         let mut r = self.with(|s| {
             let mut r = s.report.clone();
             r.buffer_len = s.buffer.len();
+            r.buffer_read_index = s.read_index;
             r
         });
         fill_fault_fields!(r, self.log.snapshot());
@@ -179,7 +242,6 @@ impl MercurySim {
             streaming: None,
             next_round: now,
             started: now,
-            cursor: 0,
             hop: 0,
             sync_rm: None,
         };
@@ -357,9 +419,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<'_, T> {
             op::CLEAR_TAG_ID_BUFFER => {
                 self.sim.with(|s| {
                     s.buffer.clear();
+                    s.read_index = 0;
+                    s.last_fetch_start = None;
                     s.report.buffer_clears += 1;
                 });
-                self.cursor = 0;
                 self.reply(c.opcode, ok, vec![]).await
             }
             other => self.reply(other, 0x0102, vec![]).await,
@@ -374,17 +437,29 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<'_, T> {
         // The module answers when the search time is up.
         tokio::time::sleep(Duration::from_millis(u64::from(rm.timeout_ms).min(2000))).await;
         let exhausted = self.out.tags_exhausted();
+        let params = &self.sim.params;
         let count = self.sim.with(|s| {
             if !exhausted {
-                for t in &self.sim.params.tags {
-                    if !s.buffer.iter().any(|b| b.epc == t.epc) {
+                let field = match params.arrivals {
+                    Arrivals::AllPresent => &params.tags[..],
+                    Arrivals::OneAtATime => params
+                        .tags
+                        .get(s.next_arrival..)
+                        .and_then(|rest| rest.get(..1))
+                        .unwrap_or(&[]),
+                };
+                for t in field {
+                    // The buffer holds each EPC once until it is cleared.
+                    if s.buffer.len() < usize::from(u16::MAX)
+                        && !s.buffer.iter().any(|b| b.epc == t.epc)
+                    {
                         s.buffer.push(t.clone());
                     }
                 }
             }
-            s.buffer.len()
+            // Records not fetched yet (the buffer may hold fetched ones).
+            s.buffer.len().saturating_sub(s.read_index)
         });
-        self.cursor = 0;
         self.streaming = None;
         if count == 0 {
             return self.reply(c.opcode, status::NO_TAGS_FOUND, vec![]).await;
@@ -397,9 +472,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<'_, T> {
     }
 
     async fn fetch(&mut self, c: &Command) -> io::Result<Flow> {
-        let flags = match c.data.as_slice() {
-            [a, b, ..] => u16::from_be_bytes([*a, *b]),
-            _ => return self.reply(c.opcode, 0x0100, vec![]).await,
+        let (flags, option) = match c.data.as_slice() {
+            [] => {
+                let idx = self.sim.with(|s| BufferIndices {
+                    read: u16::try_from(s.read_index).unwrap_or(u16::MAX),
+                    write: u16::try_from(s.buffer.len()).unwrap_or(u16::MAX),
+                });
+                return self.reply(c.opcode, status::SUCCESS, idx.encode()).await;
+            }
+            [a, b, option] => (u16::from_be_bytes([*a, *b]), *option),
+            // The legacy count and index forms (no metadata) are not simulated.
+            _ => return self.reply(c.opcode, 0x0109, vec![]).await,
+        };
+        let resend = match option {
+            0x00 => false,
+            tag_buffer::READ_OPTION_RESEND if self.sim.params.resend => true,
+            _ => return self.reply(c.opcode, 0x0105, vec![]).await,
         };
         let rm = self.sync_rm.clone().unwrap_or(ReadMultiple {
             search_flags: 0x0013,
@@ -407,9 +495,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<'_, T> {
             metadata: flags,
             embedded_read: None,
         });
-        let pending: Vec<SimTag> = self
-            .sim
-            .with(|s| s.buffer.iter().skip(self.cursor).cloned().collect());
+        let (start, pending): (usize, Vec<SimTag>) = self.sim.with(|s| {
+            if resend {
+                if let Some(start) = s.last_fetch_start {
+                    s.read_index = start;
+                }
+            }
+            let pending = s
+                .buffer
+                .iter()
+                .skip(s.read_index)
+                .take(self.sim.params.max_records_per_fetch)
+                .cloned()
+                .collect();
+            (s.read_index, pending)
+        });
         if pending.is_empty() {
             return self.reply(c.opcode, status::NO_TAGS_FOUND, vec![]).await;
         }
@@ -427,11 +527,30 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<'_, T> {
         if recs.is_empty() {
             return self.reply(c.opcode, 0x040B, vec![]).await;
         }
-        self.cursor += recs.len();
+        let tags = &self.sim.params.tags;
+        self.sim.with(|s| {
+            s.last_fetch_start = Some(start);
+            s.read_index = start + recs.len();
+            s.report.fetches += 1;
+            if resend {
+                s.report.resends += 1;
+            }
+            // The tag in the field has been handed over: the next arrives.
+            if let Some(t) = tags.get(s.next_arrival) {
+                if epcs.contains(&t.epc) {
+                    s.next_arrival += 1;
+                }
+            }
+        });
         let data = encode_tag_buffer(flags, &recs);
         self.write_frame(&Response::new(c.opcode, status::SUCCESS, data), None)
             .await?;
-        self.out.log().with(|l| l.sent_epcs.extend(epcs));
+        self.out
+            .log()
+            .with(|l| l.sent_epcs.extend(epcs.iter().cloned()));
+        if let Some(hook) = &self.sim.params.on_fetch {
+            (hook.0)(&epcs);
+        }
         Ok(Flow::Continue)
     }
 }

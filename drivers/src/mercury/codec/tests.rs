@@ -315,6 +315,61 @@ fn d12_d13_sync_read_with_metadata_and_its_count_reply() {
 }
 
 #[test]
+fn tag_buffer_indices_and_resend_commands_follow_the_mercury_api_layout() {
+    // TMR_SR_cmdGetTagsRemaining: the bare opcode, no data.
+    assert_eq!(
+        cmd::get_tag_buffer_indices().encode().unwrap()[..3],
+        [0xFF, 0x00, 0x29]
+    );
+    // The Java API's cmdGetTagBuffer(metadata, resend): option byte 01.
+    assert_eq!(
+        cmd::get_tag_buffer_resend(0x0057).data,
+        vec![0x00, 0x57, 0x01]
+    );
+    assert_eq!(cmd::get_tag_buffer(0x0057).data, vec![0x00, 0x57, 0x00]);
+    // Reply DATA = frame offsets 5.. : read index, then write index.
+    let idx = BufferIndices::parse(&[0x00, 0x03, 0x00, 0x05]).unwrap();
+    assert_eq!(idx, BufferIndices { read: 3, write: 5 });
+    assert_eq!(idx.remaining(), 2);
+    assert_eq!(BufferIndices::parse(&idx.encode()).unwrap(), idx);
+}
+
+#[test]
+fn tag_buffer_indices_with_the_read_index_past_the_write_index_are_rejected_not_wrapped() {
+    let e = BufferIndices::parse(&[0x00, 0x05, 0x00, 0x03]).unwrap_err();
+    assert!(e.to_string().contains("past write index"), "{e}");
+    assert!(matches!(
+        BufferIndices::parse(&[0x00, 0x05, 0x00]),
+        Err(ParseError::Truncated { .. })
+    ));
+}
+
+#[test]
+fn one_tag_buffer_reply_holds_seven_96_bit_records_with_all_metadata_five_with_a_tid() {
+    // The crash bound documented for tag-buffer mode is one reply: pin
+    // what fits in it with the metadata the driver asks for.
+    let rec = TagRecord::gen2(&[0x30; 12]);
+    let fits = |n: usize| encode_tag_buffer(meta::ALL_SUPPORTED, &vec![rec.clone(); n]).len();
+    assert!(fits(7) <= MAX_RESPONSE_DATA);
+    assert!(fits(8) > MAX_RESPONSE_DATA);
+    // With read_tid's default 6 TID words alongside: five.
+    let mut with_tid = rec;
+    with_tid.data = Some(vec![0xE2; 12]);
+    let fits = |n: usize| encode_tag_buffer(meta::ALL_SUPPORTED, &vec![with_tid.clone(); n]).len();
+    assert!(fits(5) <= MAX_RESPONSE_DATA);
+    assert!(fits(6) > MAX_RESPONSE_DATA);
+}
+
+#[test]
+fn a_tag_buffer_reply_claiming_more_records_than_its_bytes_hold_is_rejected() {
+    // flags 0, options 0, count 200, then 12 bytes: room for 2 records.
+    let mut d = vec![0x00, 0x00, 0x00, 200];
+    d.extend_from_slice(&[0u8; 12]);
+    let e = parse_tag_buffer(&d).unwrap_err();
+    assert!(e.to_string().contains("cannot fit"), "{e}");
+}
+
+#[test]
 fn d14_d15_tag_buffer_fetch_and_two_records() {
     assert_eq!(
         command("FF 03 29 00 57 00 A3 22"),
@@ -528,6 +583,7 @@ proptest! {
         let t = decode_in_pieces(&mut Decoder::<Response>::new(), &bytes, len, |f| f.data.len() + 7);
         prop_assert_eq!(t.consumed + t.buffered, bytes.len());
         let _ = parse_tag_buffer(&bytes);
+        let _ = BufferIndices::parse(&bytes);
         let _ = ReadMultiple::parse(&bytes);
         let _ = parse_start_continuous(&bytes);
         let _ = VersionInfo::parse(&bytes);
