@@ -39,7 +39,7 @@ const WRITE_CHANNEL: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot create the data directory {path}: {source}")]
+    #[error("cannot create the data directory {path}: {source}; its parent must be writable by the service user (or set data_dir to /var/lib/tracegate, which systemd creates)")]
     DataDir {
         path: String,
         source: std::io::Error,

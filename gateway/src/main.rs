@@ -87,10 +87,27 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tracegate: {e:#}");
+            eprintln!("tracegate: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes in one line, each said once: library errors
+/// often repeat their source in their own message.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn init_logging(cli_format: LogFormat, level: Option<&str>) -> anyhow::Result<()> {
@@ -220,7 +237,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let config = config::load(&path)?;
             let store =
-                Store::open_reader(&config.store, &config.gateway_id).with_context(|| {
+                Store::open_read_only(&config.store, &config.gateway_id).with_context(|| {
                     format!("cannot open the store at {}", config.store.path.display())
                 })?;
             to_stdout(|out| {

@@ -433,3 +433,29 @@ fn a_new_store_is_readable_by_its_owner_only() {
         assert_eq!(mode(&p), 0o600, "{file}");
     }
 }
+
+#[test]
+fn a_store_whose_shm_cannot_be_created_is_still_read_without_writing_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, 10 << 20, FullPolicy::DropOldest);
+    {
+        let mut store = Store::open(&cfg, "dock-01").unwrap();
+        store.append(vec![draft(1), draft(2)]).unwrap();
+    }
+    // As on a read-only mount after a clean stop: no -wal, no -shm, and no
+    // way to create one (a directory is in the way).
+    for leftover in ["events.db-wal", "events.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(leftover));
+    }
+    std::fs::create_dir(dir.path().join("events.db-shm")).unwrap();
+    let before = std::fs::read(&cfg.path).unwrap();
+    let store = Store::open_read_only(&cfg, "dock-01").unwrap();
+    let events = store.events_after(0, 100, false).unwrap();
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    drop(store);
+    assert_eq!(
+        std::fs::read(&cfg.path).unwrap(),
+        before,
+        "the file was written"
+    );
+}

@@ -274,6 +274,13 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "store {path} cannot be written ({why}): its directory is read-only or not writable \
+         by this user. tracegate writes every event there first: remount it read-write, give \
+         the service user write access, or set data_dir to a writable directory \
+         (/var/lib/tracegate under systemd)"
+    )]
+    ReadOnly { path: PathBuf, why: String },
     #[error("invalid store configuration: {0}")]
     Config(String),
     #[error("the store writer thread panicked (a bug: please report it)")]
@@ -388,6 +395,13 @@ impl Store {
     /// (for [`StoreReader::spawn`], the CLI, tests).
     pub fn open_reader(config: &StoreConfig, gateway_id: &str) -> Result<Store, StoreError> {
         let (conn, store_id) = schema::open_second(&config.path)?;
+        Self::from_conn(conn, config, gateway_id, store_id)
+    }
+
+    /// A connection that only reads (`tracegate events`): works on a
+    /// read-only mount and on a file moved aside after corruption.
+    pub fn open_read_only(config: &StoreConfig, gateway_id: &str) -> Result<Store, StoreError> {
+        let (conn, store_id) = schema::open_read_only(&config.path)?;
         Self::from_conn(conn, config, gateway_id, store_id)
     }
 

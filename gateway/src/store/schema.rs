@@ -54,8 +54,34 @@ fn classify(context: &'static str, path: &Path, e: rusqlite::Error) -> OpenFailu
         Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
             OpenFailure::Corrupt(format!("{context}: {e}"))
         }
+        // An existing file on a read-only mount opens, and the first write
+        // fails: say what is wrong, not only SQLite's words.
+        Some(ErrorCode::ReadOnly) => OpenFailure::Other(StoreError::ReadOnly {
+            path: path.to_path_buf(),
+            why: format!("{context}: {e}"),
+        }),
         _ => OpenFailure::Other(StoreError::sqlite(context, path, e)),
     }
+}
+
+/// `path` for an SQLite `file:` URI: '%', '?' and '#' escaped.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3f"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether an I/O failure means the place is not writable for us.
+fn is_read_only(e: &std::io::Error) -> bool {
+    use nix::libc::{EACCES, EPERM, EROFS};
+    matches!(e.raw_os_error(), Some(EROFS | EACCES | EPERM))
 }
 
 /// Creates an empty database file readable by tracegate's user only (0600)
@@ -84,9 +110,16 @@ pub fn open_writer(path: &Path) -> Result<(Connection, String), OpenFailure> {
     // to it, and that WAL may hold the only copy of committed events.
     check_header(path)?;
     create_private_file(path).map_err(|source| {
-        OpenFailure::Other(StoreError::Io {
-            path: path.to_path_buf(),
-            source,
+        OpenFailure::Other(if is_read_only(&source) {
+            StoreError::ReadOnly {
+                path: path.to_path_buf(),
+                why: source.to_string(),
+            }
+        } else {
+            StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
         })
     })?;
     let conn = Connection::open_with_flags(
@@ -168,19 +201,51 @@ fn check_header(path: &Path) -> Result<(), OpenFailure> {
 /// Opens an existing store as a second connection (the daemon's reader
 /// thread, the CLI, tests). It never creates or migrates the file.
 pub fn open_second(path: &Path) -> Result<(Connection, String), StoreError> {
+    open_existing(path, false)
+}
+
+/// Opens an existing store only to read it (`tracegate events`): nothing is
+/// written, not even a pragma, so a store on a read-only mount or a file
+/// moved aside after corruption can be read. A WAL database whose `-shm`
+/// cannot be created (read-only mount after a clean stop) is opened as
+/// immutable: nobody can be writing to it there.
+pub fn open_read_only(path: &Path) -> Result<(Connection, String), StoreError> {
+    open_existing(path, true)
+}
+
+fn open_existing(path: &Path, read_only: bool) -> Result<(Connection, String), StoreError> {
     if !path.exists() {
         return Err(StoreError::NotFound {
             path: path.to_path_buf(),
         });
     }
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| StoreError::sqlite("opening the database file", path, e))?;
+    let conn = if read_only {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let probe = Connection::open_with_flags(path, flags).and_then(|c| {
+            c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))?;
+            Ok(c)
+        });
+        match probe {
+            Ok(c) => c,
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::CannotOpen) => {
+                let uri = format!("file:{}?immutable=1", uri_path(path));
+                Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)
+                    .map_err(|e| StoreError::sqlite("opening the database file", path, e))?
+            }
+            Err(e) => return Err(StoreError::sqlite("opening the database file", path, e)),
+        }
+    } else {
+        Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError::sqlite("opening the database file", path, e))?
+    };
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| StoreError::sqlite("setting busy_timeout", path, e))?;
-    set_common_pragmas(&conn, path)?;
+    if !read_only {
+        set_common_pragmas(&conn, path)?;
+    }
     let version =
         user_version(&conn).map_err(|e| StoreError::sqlite("reading user_version", path, e))?;
     if version == 0 {
