@@ -208,7 +208,7 @@ impl Event {
         match &self.body {
             EventBody::Arrived(b) | EventBody::Departed(b) | EventBody::Present(b) => &b.flags,
             EventBody::Tap(b) => &b.flags,
-            EventBody::Overflow(_) => &[],
+            EventBody::Overflow(_) | EventBody::Salvage(_) => &[],
         }
     }
 
@@ -294,6 +294,7 @@ impl Serialize for Numbered<'_> {
             EventBody::Arrived(b) | EventBody::Departed(b) | EventBody::Present(b) => wire!(b),
             EventBody::Tap(b) => wire!(b),
             EventBody::Overflow(b) => wire!(b),
+            EventBody::Salvage(b) => wire!(b),
         }
     }
 }
@@ -318,6 +319,7 @@ pub enum EventKind {
     Present,
     Tap,
     Overflow,
+    Salvage,
 }
 
 impl EventKind {
@@ -328,6 +330,7 @@ impl EventKind {
             EventKind::Present => "present",
             EventKind::Tap => "tap",
             EventKind::Overflow => "overflow",
+            EventKind::Salvage => "salvage",
         }
     }
 }
@@ -352,6 +355,8 @@ pub enum EventBody {
     Tap(TapEvent),
     /// The store was full and dropped or refused events.
     Overflow(OverflowEvent),
+    /// The store was found corrupt: what was carried into the fresh one.
+    Salvage(SalvageEvent),
 }
 
 impl EventBody {
@@ -362,6 +367,7 @@ impl EventBody {
             EventBody::Present(_) => EventKind::Present,
             EventBody::Tap(_) => EventKind::Tap,
             EventBody::Overflow(_) => EventKind::Overflow,
+            EventBody::Salvage(_) => EventKind::Salvage,
         }
     }
 }
@@ -779,6 +785,42 @@ pub enum OverflowPolicy {
     RejectNew,
 }
 
+// ---------------------------------------------------------- salvage body ----
+
+/// `salvage`: the store was found corrupt at start, moved aside, and a
+/// fresh one started. Every unpublished event that could still be read was
+/// carried into the fresh store unchanged (its original `id` and `seq`, so
+/// the registry deduplicates it like any resend); this event says how many,
+/// and which unpublished seqs could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SalvageEvent {
+    /// The corrupt store's id (the middle part of its events' ids), when
+    /// it could be read.
+    pub from_store: Option<String>,
+    /// Where the corrupt file was moved (kept for inspection).
+    pub moved_to: String,
+    /// Why it was judged corrupt.
+    pub reason: String,
+    /// Unpublished events carried into the fresh store.
+    pub carried: u64,
+    /// Unpublished seqs of the old store that could not be read, as
+    /// inclusive ranges (at most [`SalvageEvent::MAX_RANGES`]; `lost` counts
+    /// them all). Seqs an earlier `overflow` event already announced are
+    /// not repeated here.
+    pub missing: Vec<(u64, u64)>,
+    /// How many unpublished events could not be read: lost to the registry.
+    pub lost: u64,
+    /// Whether the old file's last sequence number and publish watermark
+    /// could be read; without them `lost` is only what gaps showed.
+    pub bounds_known: bool,
+}
+
+impl SalvageEvent {
+    /// Ranges listed in one event; a store damaged everywhere lists the
+    /// first ones and counts the rest in `lost`.
+    pub const MAX_RANGES: usize = 100;
+}
+
 // ---------------------------------------------------------- human output ----
 
 impl fmt::Display for Event {
@@ -827,6 +869,13 @@ impl fmt::Display for Event {
                 if let (Some(a), Some(z)) = (b.first_seq, b.last_seq) {
                     write!(f, " (seq {a}..{z})")?;
                 }
+            }
+            EventBody::Salvage(b) => {
+                write!(
+                    f,
+                    " corrupt store moved to {}: {} unpublished events carried, {} lost",
+                    b.moved_to, b.carried, b.lost
+                )?;
             }
         }
         let flags = self.flags();

@@ -59,6 +59,10 @@ enum Command {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// Read this store file instead of the configured one, e.g. a store
+        /// moved aside as corrupt (`events.db.corrupt-...`); it is only read.
+        #[arg(long, value_name = "FILE")]
+        store: Option<PathBuf>,
     },
     /// Decode an EPC (hex) into every GS1 representation.
     Decode {
@@ -234,11 +238,16 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             pending,
             since,
             json,
+            store: file,
         } => {
             let config = config::load(&path)?;
+            let mut store_config = config.store.clone();
+            if let Some(file) = file {
+                store_config.path = file;
+            }
             let store =
-                Store::open_read_only(&config.store, &config.gateway_id).with_context(|| {
-                    format!("cannot open the store at {}", config.store.path.display())
+                Store::open_read_only(&store_config, &config.gateway_id).with_context(|| {
+                    format!("cannot open the store at {}", store_config.path.display())
                 })?;
             to_stdout(|out| {
                 let mut after = since;

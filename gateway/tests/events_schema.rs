@@ -291,6 +291,28 @@ mod generated {
             .boxed()
     }
 
+    fn salvage() -> BoxedStrategy<SalvageEvent> {
+        (
+            of("[0-9a-f]{16}"),
+            0..u64::MAX / 2,
+            vec((1..u64::MAX / 4, 0..1_000u64), 0..5),
+            any::<bool>(),
+        )
+            .prop_map(|(from_store, carried, ranges, bounds_known)| {
+                let missing: Vec<(u64, u64)> = ranges.iter().map(|&(a, n)| (a, a + n)).collect();
+                SalvageEvent {
+                    from_store,
+                    moved_to: "/var/lib/tracegate/events.db.corrupt-20261207T073000.000Z".into(),
+                    reason: "quick_check: database disk image is malformed".into(),
+                    carried,
+                    lost: missing.iter().map(|(a, b)| b - a + 1).sum(),
+                    missing,
+                    bounds_known,
+                }
+            })
+            .boxed()
+    }
+
     fn event() -> BoxedStrategy<Event> {
         let body = prop_oneof![
             uhf().prop_map(EventBody::Arrived),
@@ -298,6 +320,7 @@ mod generated {
             uhf().prop_map(EventBody::Present),
             tap().prop_map(EventBody::Tap),
             overflow().prop_map(EventBody::Overflow),
+            salvage().prop_map(EventBody::Salvage),
         ];
         (
             "[A-Za-z0-9._-]{1,16}",

@@ -185,8 +185,19 @@ fn garbage_file_is_moved_aside_and_a_fresh_store_started() {
 
     let logs = capture_logs(|| {
         let mut store = Store::open(&cfg, "dock-01").unwrap();
+        // Nothing could be read from garbage: the fresh store starts with
+        // the `salvage` event saying so.
+        let first = store.events_after(0, 10, false).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].event_type, "salvage");
+        let v: Value = serde_json::from_str(&first[0].payload).unwrap();
+        assert_eq!(v["carried"], 0);
+        assert!(
+            v["reason"].as_str().unwrap().contains("salvage failed"),
+            "{v}"
+        );
         let evs = store.append(vec![draft(1)]).unwrap();
-        assert_eq!(evs[0].seq, 1);
+        assert_eq!(evs[0].seq, 2);
         assert!(store.quick_check().unwrap());
     });
 
@@ -213,14 +224,15 @@ fn garbage_file_is_moved_aside_and_a_fresh_store_started() {
 }
 
 #[test]
-fn damaged_pages_fail_quick_check_and_the_file_is_moved_aside() {
+fn damaged_pages_move_the_file_aside_and_every_readable_unpublished_event_is_carried_with_its_id() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&dir, 10 << 20, FullPolicy::DropOldest);
-    {
+    let (old_store, written) = {
         let mut store = Store::open(&cfg, "dock-01").unwrap();
-        store.append((0..2000).map(draft).collect()).unwrap();
+        let written = store.append((0..2000).map(draft).collect()).unwrap();
         store.checkpoint().unwrap();
-    }
+        (store.store_id().to_owned(), written)
+    };
     // Scribble over the middle of the file, keeping the header valid.
     let mut bytes = std::fs::read(&cfg.path).unwrap();
     assert!(bytes.len() > 64 * 1024);
@@ -230,8 +242,42 @@ fn damaged_pages_fail_quick_check_and_the_file_is_moved_aside() {
     std::fs::write(&cfg.path, &bytes).unwrap();
 
     let mut store = Store::open(&cfg, "dock-01").unwrap();
-    assert_eq!(store.stats().unwrap().last_seq, 0);
-    assert_eq!(store.append(vec![draft(1)]).unwrap()[0].seq, 1);
+    assert_ne!(store.store_id(), old_store, "a fresh store started");
+    let all = store.events_after(0, 10_000, false).unwrap();
+    let (announce, carried) = all.split_last().unwrap();
+    assert_eq!(announce.event_type, "salvage");
+    let v: Value = serde_json::from_str(&announce.payload).unwrap();
+    assert_eq!(v["from_store"], old_store.as_str());
+    assert_eq!(v["bounds_known"], true);
+    let lost = v["lost"].as_u64().unwrap();
+    assert_eq!(v["carried"].as_u64().unwrap(), carried.len() as u64);
+    assert_eq!(carried.len() as u64 + lost, 2000, "{v}");
+    assert!(lost > 0 && carried.len() > 1000, "{v}");
+    let listed: u64 = v["missing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[1].as_u64().unwrap() - r[0].as_u64().unwrap() + 1)
+        .sum();
+    assert_eq!(listed, lost);
+    // Carried unchanged, in order: the payload keeps the old id and seq.
+    let originals: std::collections::HashMap<&str, &str> = written
+        .iter()
+        .map(|e| (e.id.as_str(), e.payload.as_str()))
+        .collect();
+    let mut last_old_seq = 0;
+    for e in carried {
+        assert_eq!(originals.get(e.id.as_str()), Some(&e.payload.as_str()));
+        let old_seq: u64 = serde_json::from_str::<Value>(&e.payload).unwrap()["seq"]
+            .as_u64()
+            .unwrap();
+        assert!(old_seq > last_old_seq);
+        last_old_seq = old_seq;
+    }
+    assert_eq!(
+        store.append(vec![draft(1)]).unwrap()[0].seq,
+        all.len() as u64 + 1
+    );
     let moved = std::fs::read_dir(dir.path())
         .unwrap()
         .filter(|e| {
@@ -273,7 +319,8 @@ fn replay_counters_survive_a_corrupt_store_being_moved_aside() {
     std::fs::write(&cfg.path, &bytes).unwrap();
 
     let store = Store::open(&cfg, "dock-01").unwrap();
-    assert_eq!(store.stats().unwrap().last_seq, 0, "a fresh store started");
+    let salvage = store.events_after(0, 10_000, false).unwrap().pop().unwrap();
+    assert_eq!(salvage.event_type, "salvage", "a fresh store started");
     assert_eq!(
         store.sun_counter(&uid).unwrap(),
         Some(41),

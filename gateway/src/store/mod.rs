@@ -132,6 +132,7 @@
 
 mod append;
 mod reader;
+mod salvage;
 mod schema;
 mod writer;
 
@@ -359,7 +360,7 @@ impl Store {
                     moved_to = %moved_to.display(),
                     reason = %reason,
                     "event store is corrupt: moved it aside and started a fresh store; \
-                     events in the old file were not published"
+                     carrying its unpublished events and NFC counters over"
                 );
                 let (mut conn, store_id) = match schema::open_writer(path) {
                     Ok(ok) => ok,
@@ -371,21 +372,10 @@ impl Store {
                         })
                     }
                 };
-                match schema::salvage_sun_counters(&moved_to, &mut conn) {
-                    Ok(n) => tracing::warn!(
-                        counters = n,
-                        from = %moved_to.display(),
-                        "NFC replay counters copied from the corrupt store"
-                    ),
-                    Err(e) => tracing::error!(
-                        from = %moved_to.display(),
-                        error = %e,
-                        "NFC replay counters could not be read from the corrupt store: \
-                         URLs tapped here before may verify as genuine once more \
-                         (the registry's own counters still catch them)"
-                    ),
-                }
-                (conn, store_id)
+                let salvaged = salvage::salvage(&moved_to, &mut conn, &reason);
+                let mut store = Self::from_conn(conn, config, gateway_id, store_id)?;
+                store.announce_salvage(salvaged, &moved_to, &reason)?;
+                return Ok(store);
             }
         };
         Self::from_conn(conn, config, gateway_id, store_id)
@@ -422,6 +412,60 @@ impl Store {
             page_size: u64::try_from(page_size).unwrap_or(4096),
             last_overflow_warn: None,
         })
+    }
+
+    /// Logs what salvage carried from the corrupt file and records it as a
+    /// `salvage` event (committed like any event, so the registry hears it).
+    fn announce_salvage(
+        &mut self,
+        salvaged: Result<salvage::Salvaged, String>,
+        moved_to: &std::path::Path,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let body = match salvaged {
+            Ok(s) => {
+                match &s.counters {
+                    Ok(n) => tracing::warn!(
+                        counters = n,
+                        from = %moved_to.display(),
+                        "NFC replay counters copied from the corrupt store"
+                    ),
+                    Err(e) => tracing::error!(
+                        from = %moved_to.display(),
+                        error = %e,
+                        "NFC replay counters could not be read from the corrupt store: \
+                         URLs tapped here before may verify as genuine once more \
+                         (the registry's own counters still catch them)"
+                    ),
+                }
+                let level_lost = s.event.lost > 0;
+                if level_lost {
+                    tracing::error!(event = "store.salvaged", carried = s.event.carried, lost = s.event.lost, from = %moved_to.display(), "unpublished events carried from the corrupt store; some could not be read and are lost");
+                } else {
+                    tracing::warn!(event = "store.salvaged", carried = s.event.carried, from = %moved_to.display(), "every unpublished event carried from the corrupt store");
+                }
+                s.event
+            }
+            Err(e) => {
+                tracing::error!(event = "store.salvage_failed", from = %moved_to.display(), error = %e, "nothing could be read from the corrupt store: its unpublished events are lost");
+                crate::event::SalvageEvent {
+                    from_store: None,
+                    moved_to: moved_to.display().to_string(),
+                    reason: format!("{reason}; salvage failed: {e}"),
+                    carried: 0,
+                    missing: Vec::new(),
+                    lost: 0,
+                    bounds_known: false,
+                }
+            }
+        };
+        let event = crate::event::Event::new(
+            self.gateway_id.clone(),
+            crate::event::UtcMs(chrono::Utc::now().timestamp_millis()),
+            crate::event::EventBody::Salvage(body),
+        );
+        self.append(vec![EventDraft::new(event)])?;
+        Ok(())
     }
 
     /// Random id chosen when the database was created; part of every event id.

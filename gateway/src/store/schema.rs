@@ -387,63 +387,6 @@ pub fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
     Ok(target)
 }
 
-/// Copies the SUN replay counters out of a store that was moved aside as
-/// corrupt into the fresh one, keeping the higher counter per UID. Without
-/// them every URL ever tapped at this gateway would verify as `genuine`
-/// once more. Corruption rarely reaches every page, so the table often
-/// still reads; what cannot be read is reported, never guessed. Returns how
-/// many counters were kept.
-pub fn salvage_sun_counters(moved: &Path, fresh: &mut Connection) -> Result<usize, String> {
-    check_header(moved).map_err(|_| "the file is not an SQLite database".to_owned())?;
-    // Read a copy: opening the moved file itself would replay its WAL into
-    // it and create a `-shm`, and the file moved aside is evidence to keep
-    // byte for byte.
-    let copy = PathBuf::from(format!("{}.salvage", moved.display()));
-    let copy_wal = PathBuf::from(format!("{}-wal", copy.display()));
-    let result = (|| {
-        std::fs::copy(moved, &copy).map_err(|e| e.to_string())?;
-        let wal = PathBuf::from(format!("{}-wal", moved.display()));
-        if wal.exists() {
-            std::fs::copy(&wal, &copy_wal).map_err(|e| e.to_string())?;
-        }
-        read_counters(&copy)
-    })();
-    for p in [
-        copy.clone(),
-        copy_wal,
-        PathBuf::from(format!("{}-shm", copy.display())),
-    ] {
-        let _ = std::fs::remove_file(p);
-    }
-    let rows = result?;
-    let tx = fresh.transaction().map_err(|e| e.to_string())?;
-    for (uid, counter) in &rows {
-        // Counters are u32 on the tag; anything else in the table is damage.
-        let Ok(counter) = u32::try_from(*counter) else {
-            continue;
-        };
-        super::append::keep_sun_counter(&tx, uid, counter).map_err(|e| e.to_string())?;
-    }
-    tx.commit().map_err(|e| e.to_string())?;
-    Ok(rows.len())
-}
-
-fn read_counters(path: &Path) -> Result<Vec<(Vec<u8>, i64)>, String> {
-    let old = Connection::open(path).map_err(|e| e.to_string())?;
-    let rows: Vec<(Vec<u8>, i64)> = {
-        let mut stmt = old
-            .prepare("SELECT uid, counter FROM sun_counters")
-            .map_err(|e| e.to_string())?;
-        let mapped = stmt
-            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))
-            .map_err(|e| e.to_string())?;
-        mapped
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?
-    };
-    Ok(rows)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
