@@ -14,6 +14,13 @@ use tracegate::config;
 use tracegate::ops::{self, LogFormat};
 use tracegate::store::Store;
 
+/// mimalloc instead of glibc malloc: the event path allocates and frees
+/// small strings across threads (pipeline → writer → publisher), where
+/// glibc's arenas spent about a tenth of the daemon's CPU on locking and
+/// consolidating fast bins (BENCHMARKS.md, "Gateway internals rework").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tracegate",
@@ -102,6 +109,7 @@ fn init_logging(cli_format: LogFormat, level: Option<&str>) -> anyhow::Result<()
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("cannot start the async runtime")
