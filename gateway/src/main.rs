@@ -108,6 +108,11 @@ fn init_logging(cli_format: LogFormat, level: Option<&str>) -> anyhow::Result<()
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // One worker: the async side (readers, pipeline, publisher, endpoints)
+    // needs a few percent of a core, and with a worker per core every wake-up
+    // also woke an idle worker to look for work to steal, which cost more
+    // than the work (BENCHMARKS.md). SQLite runs on its own two threads and
+    // blocking work on the blocking pool, as before.
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
