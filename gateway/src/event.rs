@@ -48,19 +48,40 @@ pub fn iso_ms(utc_ms: i64) -> String {
     UtcMs(utc_ms).to_string()
 }
 
-impl fmt::Display for UtcMs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl UtcMs {
+    /// The ISO-8601 text in a stack buffer. Written digit by digit rather
+    /// than through `write!`: every UHF event carries three times, and the
+    /// formatting machinery cost more than the rest of the event's JSON.
+    fn iso_bytes(self) -> [u8; 24] {
         let ms = self.0.clamp(MIN_ISO_MS, MAX_ISO_MS);
         let (y, m, d) = civil_from_days(ms.div_euclid(DAY_MS));
         let t = ms.rem_euclid(DAY_MS);
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-            t / 3_600_000,
-            t / 60_000 % 60,
-            t / 1000 % 60,
-            t % 1000
-        )
+        let mut b = *b"0000-00-00T00:00:00.000Z";
+        // Every value is non-negative and fits its field (years 0000-9999).
+        let mut put = |at: usize, width: usize, v: i64| {
+            let mut v = v;
+            for i in (at..at + width).rev() {
+                if let Some(c) = b.get_mut(i) {
+                    *c = b'0' + (v % 10) as u8;
+                }
+                v /= 10;
+            }
+        };
+        put(0, 4, y);
+        put(5, 2, m);
+        put(8, 2, d);
+        put(11, 2, t / 3_600_000);
+        put(14, 2, t / 60_000 % 60);
+        put(17, 2, t / 1000 % 60);
+        put(20, 3, t % 1000);
+        b
+    }
+}
+
+impl fmt::Display for UtcMs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.iso_bytes();
+        f.write_str(std::str::from_utf8(&b).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -147,7 +168,9 @@ impl UtcMs {
 
 impl Serialize for UtcMs {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let b = self.iso_bytes();
+        // ASCII digits and separators only: always UTF-8.
+        s.serialize_str(std::str::from_utf8(&b).map_err(serde::ser::Error::custom)?)
     }
 }
 
@@ -893,8 +916,22 @@ impl fmt::Display for Event {
 mod hex_upper {
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// EPCs and TIDs are at most 62 and 64 bytes: encoded on the stack,
+    /// without a `String` per field per event.
+    const STACK: usize = 64;
+
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode_upper(v))
+        if v.len() > STACK {
+            return s.serialize_str(&hex::encode_upper(v));
+        }
+        const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+        let mut buf = [0u8; STACK * 2];
+        for (pair, &byte) in buf.chunks_exact_mut(2).zip(v) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0x0F)];
+        }
+        let out = buf.get(..v.len() * 2).unwrap_or_default();
+        s.serialize_str(std::str::from_utf8(out).map_err(serde::ser::Error::custom)?)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
@@ -908,7 +945,7 @@ mod hex_upper_opt {
 
     pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
         match v {
-            Some(b) => s.serialize_str(&hex::encode_upper(b)),
+            Some(b) => super::hex_upper::serialize(b, s),
             None => s.serialize_none(),
         }
     }

@@ -337,10 +337,10 @@ async fn open_store(
         );
         let writer = store::spawn_writer(store, write_rx, on_commit, Some(heartbeat))?;
         let reader = if want_reader {
-            Some(StoreReader::spawn(Store::open_reader(
-                &store_cfg,
-                &gateway_id,
-            )?)?)
+            Some(
+                StoreReader::spawn(Store::open_reader(&store_cfg, &gateway_id)?)?
+                    .with_recent(writer.handle.recent()),
+            )
         } else {
             None
         };

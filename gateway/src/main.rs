@@ -14,6 +14,13 @@ use tracegate::config;
 use tracegate::ops::{self, LogFormat};
 use tracegate::store::Store;
 
+/// mimalloc instead of glibc malloc: the event path allocates and frees
+/// small strings across threads (pipeline → writer → publisher), where
+/// glibc's arenas spent about a tenth of the daemon's CPU on locking and
+/// consolidating fast bins (BENCHMARKS.md, "Gateway internals rework").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tracegate",
@@ -122,13 +129,19 @@ fn init_logging(cli_format: LogFormat, level: Option<&str>) -> anyhow::Result<()
 }
 
 /// Threads tokio may start for blocking work (tokio's default is 512). The
-/// unit sets `TasksMax=64`, which counts threads: workers (one per core),
+/// unit sets `TasksMax=64`, which counts threads: the one worker,
 /// the store's writer and reader, a PC/SC thread per NFC reader and this
 /// pool must stay under it, or a burst of blocking calls fails to spawn.
 const MAX_BLOCKING_THREADS: usize = 16;
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // One worker: the async side (readers, pipeline, publisher, endpoints)
+    // needs a few percent of a core, and with a worker per core every wake-up
+    // also woke an idle worker to look for work to steal, which cost more
+    // than the work (BENCHMARKS.md). SQLite runs on its own two threads and
+    // blocking work on the blocking pool, as before.
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
         .build()

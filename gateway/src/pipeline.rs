@@ -38,6 +38,41 @@ pub struct Pipeline {
     suspicion: Suspicion,
     clock: Clock,
     taps: Box<dyn TapEnricher>,
+    decodings: Decodings,
+}
+
+/// GS1 decodings of arrived tags, kept from a tag's arrival for its
+/// `present` reports and its departure: a tag is decoded once per visit,
+/// not once per event (decoding builds a dozen URI strings).
+#[derive(Debug, Default)]
+struct Decodings(HashMap<Box<[u8]>, tracegate_gs1::Decoded>);
+
+/// Decodings kept before the cache starts over (more tags than this are
+/// present only when tags leave without a departure, i.e. never).
+const DECODING_CACHE: usize = 65_536;
+
+impl Decodings {
+    fn decode(&mut self, kind: Kind, epc: &[u8]) -> tracegate_gs1::Decoded {
+        match kind {
+            Kind::Arrived => {
+                let d = tracegate_gs1::decode_epc(epc);
+                if self.0.len() >= DECODING_CACHE {
+                    self.0.clear();
+                }
+                self.0.insert(epc.into(), d.clone());
+                d
+            }
+            Kind::Present => self
+                .0
+                .get(epc)
+                .cloned()
+                .unwrap_or_else(|| tracegate_gs1::decode_epc(epc)),
+            Kind::Departed => self
+                .0
+                .remove(epc)
+                .unwrap_or_else(|| tracegate_gs1::decode_epc(epc)),
+        }
+    }
 }
 
 /// Adds verdicts and identities to NFC taps (SUN verification, Digital Link).
@@ -143,14 +178,18 @@ impl Pipeline {
             ),
             clock,
             taps,
+            decodings: Decodings::default(),
         }
     }
 
     fn drafts(&mut self, events: &[TagEvent], into: &mut Vec<EventDraft>) {
+        // Counted per call: a labelled counter lookup per event costs more
+        // than the increment.
+        let mut per_kind = [0u64; 3];
         for e in events {
             if let Some(rp) = self.read_points.get(e.read_point) {
-                metrics::counter!("tracegate_events_total", "type" => e.kind.as_str()).increment(1);
-                let decoded = tracegate_gs1::decode_epc(&e.tag.epc);
+                per_kind[e.kind as usize] += 1;
+                let decoded = self.decodings.decode(e.kind, &e.tag.epc);
                 let arrival = (e.kind == crate::dedup::Kind::Arrived).then_some(e.at.utc_ms);
                 let flags = self.suspicion.flags(
                     e.read_point,
@@ -169,6 +208,12 @@ impl Pipeline {
                     UhfIdentity::from_decoded(&e.tag.epc, decoded, e.tag.tid.as_deref()),
                     flags,
                 )));
+            }
+        }
+        for kind in [Kind::Arrived, Kind::Departed, Kind::Present] {
+            let n = per_kind[kind as usize];
+            if n > 0 {
+                metrics::counter!("tracegate_events_total", "type" => kind.as_str()).increment(n);
             }
         }
     }

@@ -108,6 +108,63 @@ async fn idle_writer_commits_a_lone_event_at_once_without_waiting_for_an_interva
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_waiting_out_its_interval_commits_at_once_when_the_channel_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir, 10 << 20, FullPolicy::DropOldest);
+    // An hour: the writer sleeps while a group fills, and must still notice
+    // shutdown instead of sleeping the interval out.
+    cfg.commit_interval_ms = 3_600_000;
+    let store = Store::open(&cfg, "dock-01").unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let mut w = spawn_writer(store, rx, None, None).unwrap();
+    let (req, ack) = request(1, T0);
+    tx.send(req).await.unwrap();
+    ack.await.unwrap();
+    let (req, ack) = request(2, T0 + 1);
+    tx.send(req).await.unwrap();
+    drop(tx);
+    tokio::time::timeout(EVENTUALLY, w.handle.drained())
+        .await
+        .unwrap();
+    tokio::time::timeout(EVENTUALLY, ack)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*w.committed.borrow(), 3);
+    finish(w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_reaching_commit_max_events_does_not_wait_out_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir, 10 << 20, FullPolicy::DropOldest);
+    cfg.commit_interval_ms = 3_600_000;
+    cfg.commit_max_events = 10;
+    let store = Store::open(&cfg, "dock-01").unwrap();
+    let (tx, rx) = mpsc::channel(64);
+    let w = spawn_writer(store, rx, None, None).unwrap();
+    let (req, ack) = request(1, T0);
+    tx.send(req).await.unwrap();
+    ack.await.unwrap();
+    // The next group fills up while the writer sleeps in its interval.
+    let mut acks = Vec::new();
+    for i in 0..10 {
+        let (req, ack) = request(1, T0 + 1 + i);
+        tx.send(req).await.unwrap();
+        acks.push(ack);
+    }
+    for ack in acks {
+        tokio::time::timeout(EVENTUALLY, ack)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(*w.committed.borrow(), 11);
+    drop(tx);
+    finish(w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_queued_before_a_commit_are_grouped_up_to_commit_max_events() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&dir, 10 << 20, FullPolicy::DropOldest);
@@ -451,6 +508,33 @@ async fn writer_prunes_published_events_past_retention_on_its_own() {
             "never pruned: {left:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(tx);
+    finish(w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_reads_from_the_writers_recent_commits_equal_what_sqlite_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, 10 << 20, FullPolicy::DropOldest);
+    let store = Store::open(&cfg, "dock-01").unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let w = spawn_writer(store, rx, None, None).unwrap();
+    let sql = StoreReader::spawn(Store::open_reader(&cfg, "dock-01").unwrap()).unwrap();
+    let memory = StoreReader::spawn(Store::open_reader(&cfg, "dock-01").unwrap())
+        .unwrap()
+        .with_recent(w.handle.recent());
+    for i in 0..3 {
+        let (req, ack) = request(5, T0 + i * 10);
+        tx.send(req).await.unwrap();
+        ack.await.unwrap();
+    }
+    for (after, limit) in [(0, 100), (0, 4), (3, 4), (7, 100), (14, 100), (15, 100)] {
+        assert_eq!(
+            memory.read_after(after, limit).await.unwrap(),
+            sql.read_after(after, limit).await.unwrap(),
+            "after {after}, limit {limit}"
+        );
     }
     drop(tx);
     finish(w).await;

@@ -174,8 +174,12 @@ fn default_batch_max_events() -> usize {
 fn default_batch_max_bytes() -> usize {
     64 * 1024
 }
+/// No linger by default: the store writer already groups the events of
+/// `store.commit_interval_ms` into one commit, and each commit becomes one
+/// message; lingering on top of that only added its time to every event's
+/// latency.
 fn default_linger_ms() -> u64 {
-    20
+    0
 }
 fn default_inflight() -> u16 {
     32

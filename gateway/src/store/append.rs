@@ -93,8 +93,13 @@ pub fn read_meta(conn: &Connection) -> rusqlite::Result<Meta> {
 /// Pages in use, in bytes; inside a write transaction this includes its own
 /// uncommitted changes.
 pub fn used_bytes(conn: &Connection, page_size: u64) -> rusqlite::Result<u64> {
-    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    // Cached: run in every commit, and parsing them cost more than running them.
+    let pages: i64 = conn
+        .prepare_cached("PRAGMA page_count")?
+        .query_row([], |r| r.get(0))?;
+    let free: i64 = conn
+        .prepare_cached("PRAGMA freelist_count")?
+        .query_row([], |r| r.get(0))?;
     Ok(from_i64(pages.saturating_sub(free)).saturating_mul(page_size))
 }
 
@@ -360,11 +365,11 @@ fn write_meta(conn: &Connection, meta: &Meta) -> rusqlite::Result<()> {
         .overflow_pending
         .filter(|p| p.count > 0)
         .and_then(|p| serde_json::to_string(&p).ok());
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO meta (key, value) VALUES ('overflow_pending', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [pending],
-    )?;
+    )?
+    .execute([pending])?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::recent::RecentCommits;
 use super::{Store, StoreError, StoreStats, StoredEvent};
 
 /// Room for queued read requests. When it is full, callers wait (the send
@@ -32,6 +33,9 @@ enum Request {
 #[derive(Debug, Clone)]
 pub struct StoreReader {
     tx: mpsc::Sender<Request>,
+    /// The writer's last commits: live reads are answered from there
+    /// without SQL when it covers them.
+    recent: Option<RecentCommits>,
 }
 
 impl std::fmt::Debug for Request {
@@ -56,7 +60,15 @@ impl StoreReader {
             .name("store-reader".into())
             .spawn(move || serve(store, rx))
             .map_err(StoreError::Runtime)?;
-        Ok(StoreReader { tx })
+        Ok(StoreReader { tx, recent: None })
+    }
+
+    /// Answers reads of the writer's most recent commits from memory
+    /// ([`super::WriterHandle::recent`]); everything else still goes to
+    /// SQLite on the reader thread.
+    pub fn with_recent(mut self, recent: RecentCommits) -> Self {
+        self.recent = Some(recent);
+        self
     }
 
     /// Committed events with `seq > after`, oldest first, at most `limit`
@@ -66,6 +78,13 @@ impl StoreReader {
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        if let Some(events) = self
+            .recent
+            .as_ref()
+            .and_then(|r| r.read_after(after, limit))
+        {
+            return Ok(events);
+        }
         let (reply, rx) = oneshot::channel();
         self.ask(Request::ReadAfter {
             after,

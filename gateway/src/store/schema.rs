@@ -36,6 +36,9 @@ const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;",
 ];
 
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 64;
+
 /// How long a connection waits for the other connection's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -131,6 +134,9 @@ pub fn open_writer(path: &Path) -> Result<(Connection, String), OpenFailure> {
     .map_err(c("opening the database file"))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(c("setting busy_timeout"))?;
+    // Every statement of the commit path is cached (parsing cost more than
+    // running most of them); rusqlite's default of 16 would evict some.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
 
     // The first statement that reads the header: "file is not a database"
     // shows up here for garbage files.
