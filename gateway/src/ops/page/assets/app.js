@@ -70,7 +70,7 @@
     const rssi = el('div', 'muted', 'RSSI –');
     label.append(rate, rssi);
     const canvas = el('canvas');
-    canvas.width = 280; canvas.height = 72;
+    canvas.width = 560; canvas.height = 96;
     canvas.title = 'reads/s (blue) and RSSI (orange, -90 to -20 dBm), last 30 s';
     box.append(label, canvas);
     const list = [...r.ants.children];
@@ -233,8 +233,10 @@
     li.append(el('span', 'muted', clock(Date.parse(ev.time)) + ' '), el('span', 'type', ev.type));
     if (ev.read_point) li.append(el('span', null, ev.read_point + ' '));
     const id = ev.identity || {};
+    // A tap's URL carries its SUN values: shown without the query, as the
+    // log does, so the page never hands out a replayable URL.
     const who = id.pure_identity || id.digital_link || id.epc || id.uid;
-    if (who) li.append(el('span', null, who + ' '));
+    if (who) li.append(el('span', null, String(who).split('?')[0] + ' '));
     if (ev.read_count) li.append(el('span', 'muted', ev.read_count + ' reads '));
     for (const f of ev.flags || []) li.append(el('span', 'badge flag', f));
     for (const [k, v] of Object.entries(ev)) if (!PLAIN.has(k)) field(li, k, v, 0);
