@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use headless_chrome::browser::tab::Tab;
 use headless_chrome::protocol::cdp::types::Event;
+use headless_chrome::protocol::cdp::Emulation;
 use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
 use headless_chrome::{Browser, LaunchOptions};
 use nix::sys::signal::Signal;
@@ -324,6 +325,41 @@ metrics_addr = "127.0.0.1:0"
     std::fs::create_dir_all(&shots).unwrap();
     std::fs::write(shots.join("page.png"), &png).unwrap();
     eprintln!("screenshot: {}", shots.join("page.png").display());
+
+    // On a phone: nothing wider than the screen (the tag table scrolls
+    // inside its card).
+    tab.call_method(Emulation::SetDeviceMetricsOverride {
+        width: 390,
+        height: 844,
+        device_scale_factor: 2.0,
+        mobile: true,
+        scale: None,
+        screen_width: None,
+        screen_height: None,
+        position_x: None,
+        position_y: None,
+        dont_set_visible_size: None,
+        screen_orientation: None,
+        viewport: None,
+        display_feature: None,
+        device_posture: None,
+    })
+    .unwrap();
+    wait_js(
+        &tab,
+        "window.innerWidth === 390 && document.documentElement.scrollWidth <= window.innerWidth",
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|| {
+        panic!(
+            "the page is wider than a phone: {}",
+            eval(&tab, "document.documentElement.scrollWidth")
+        )
+    });
+    let png = tab
+        .capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
+        .unwrap();
+    std::fs::write(shots.join("page-phone.png"), &png).unwrap();
 
     let problems = problems.lock().unwrap().clone();
     assert!(problems.is_empty(), "the console has errors: {problems:#?}");
