@@ -281,4 +281,40 @@ mod tests {
         };
         assert_eq!(raw.validate().unwrap_err().0, "max_connections");
     }
+
+    const GATEWAY: &str = "[gateway]\nid = \"gw1\"\nsite = \"site1\"\ndata_dir = \"/tmp/x\"\n\n\
+        [[readers]]\nname = \"sim1\"\nkind = \"sim\"\n\n[[read_points]]\nname = \"door\"\nreader = \"sim1\"\n";
+
+    #[test]
+    fn the_config_check_locates_an_exposed_address_and_opens_the_credentials_file() {
+        let text = format!("{GATEWAY}\n[ops]\nmetrics_addr = \"0.0.0.0:9464\"\n");
+        let err = crate::config::parse(&text, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t.toml:15:1: [ops] metrics_addr 0.0.0.0:9464 is not a loopback"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.cred");
+        let weak = dir.path().join("weak.cred");
+        std::fs::write(&weak, "token = hunter2\n").unwrap();
+        for (file, needle) in [(&missing, "cannot read"), (&weak, "at least 16 characters")] {
+            let text = format!(
+                "{GATEWAY}\n[ops]\nmetrics_addr = \"0.0.0.0:9464\"\ncredentials_file = {file:?}\n"
+            );
+            let path = dir.path().join("t.toml");
+            std::fs::write(&path, &text).unwrap();
+            crate::config::load(&path).unwrap();
+            let err = crate::config::load_and_check_files(&path)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(":16:1: [ops] credentials_file"), "{err}");
+            assert!(err.contains(needle), "{err}");
+            assert!(!err.contains("hunter2"), "the secret leaked: {err}");
+        }
+        std::fs::write(&weak, "user = tech\npassword = long-enough\n").unwrap();
+        crate::config::load_and_check_files(&dir.path().join("t.toml")).unwrap();
+    }
 }
