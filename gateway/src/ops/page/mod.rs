@@ -325,3 +325,33 @@ async fn viewer(
     };
     tracing::debug!(reason, "page viewer left");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Real time: about VIEWER_QUEUE flushes (8 s).
+    #[tokio::test]
+    async fn a_viewer_whose_browser_stops_reading_is_dropped_and_frees_its_slot() {
+        let tap = ReadTap::new();
+        let src = PageSources {
+            reads: Some(tap.clone()),
+            ..PageSources::default()
+        };
+        let slots = Arc::new(Semaphore::new(1));
+        let permit = slots.clone().try_acquire_owned().unwrap();
+        // The browser's side stays open but is never read.
+        let (tx, _unread) = mpsc::channel(VIEWER_QUEUE);
+        let task = tokio::spawn(viewer(src, tx, permit, CancellationToken::new()));
+        tokio::task::yield_now().await;
+        assert!(tap.is_watched());
+        assert_eq!(slots.available_permits(), 0);
+        // One message per flush: the queue is full after VIEWER_QUEUE of them.
+        tokio::time::timeout(FLUSH * (VIEWER_QUEUE as u32 + 4), task)
+            .await
+            .expect("the stalled viewer was dropped")
+            .unwrap();
+        assert!(!tap.is_watched(), "no feed once the viewer is gone");
+        assert_eq!(slots.available_permits(), 1, "its slot is free again");
+    }
+}
