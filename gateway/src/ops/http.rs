@@ -912,6 +912,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn requests_beyond_the_limit_get_503_while_the_others_are_answered() {
+        // A status that takes 2 s holds every request that needs it, far
+        // longer than opening all the connections takes.
+        let slow = status_with(ReaderState::Running);
+        let status: StatusSource = Arc::new(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            slow()
+        });
+        let server = OpsHttp::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = server.local_addr();
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let hb = Heartbeats::new(Clock::new());
+        let task =
+            tokio::spawn(async move { server.serve(&OpsConfig::default(), hb, status, c).await });
+        let n = MAX_REQUESTS + 8;
+        let answers: Vec<String> = futures_util::future::join_all(
+            (0..n).map(|_| raw(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")),
+        )
+        .await;
+        let ok = answers
+            .iter()
+            .filter(|a| a.starts_with("HTTP/1.1 200"))
+            .count();
+        let busy = answers
+            .iter()
+            .filter(|a| a.starts_with("HTTP/1.1 503") && a.contains("too many requests"))
+            .count();
+        assert_eq!((ok, busy), (MAX_REQUESTS, 8), "{answers:?}");
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
     async fn oversized_heads_and_bodies_are_refused() {
         let (addr, cancel, task) =
             start_with(OpsConfig::default(), "127.0.0.1:0", PageSources::default()).await;
