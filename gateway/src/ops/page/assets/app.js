@@ -290,7 +290,8 @@
       ['Connection', conn],
       ['Outbox depth', String(store.pending ?? '–')],
       ['Oldest pending', store.oldest_pending_age_secs === null || store.oldest_pending_age_secs === undefined ? '–' : num(store.oldest_pending_age_secs, 1) + ' s'],
-      ['Last PUBACK', p ? (st.lastAck ? ago(now - st.lastAck) : (p.messages_acked ? 'before this page opened' : 'none yet')) : '–'],
+      ['Last PUBACK', p ? (p.last_puback_utc_ms ? ago(now - p.last_puback_utc_ms) + ' (' + clock(p.last_puback_utc_ms) + ')'
+        : st.lastAck ? ago(now - st.lastAck) : 'none yet') : '–'],
       ['Published up to', 'seq ' + (store.published_upto ?? '–') + ' of ' + (store.last_seq ?? '–')],
       ['Publish latency', p ? num(p.publish_latency_ms.last, 1) + ' ms (max ' + num(p.publish_latency_ms.max, 1) + ')' : '–'],
       ['Overflow drops', String(store.dropped_total ?? 0), store.dropped_total ? 'error' : ''],
