@@ -307,6 +307,37 @@ metrics_addr = "127.0.0.1:0"
         );
     }
 
+    // An event kind this page was written before (a pass through a gate
+    // with its tag count and stack-light colour, a new flag) still shows
+    // every field, flag and colour.
+    let pass = eval(
+        &tab,
+        r#"(() => { const li = tracegatePage.renderEvent({seq: 1e9, type: 'pass', time: new Date().toISOString(),
+              read_point: 'door-7', tag_count: 12, expected_count: 14, stack_light: 'red', flags: ['short_count'],
+              check: {verdict: 'mismatch'}});
+            return JSON.stringify([li.innerText, li.querySelectorAll('.swatch.c-red').length,
+                    li.querySelectorAll('.badge.flag').length, li.querySelectorAll('.badge.bad').length]); })()"#,
+    );
+    // Objects come back by reference over CDP: the page sends JSON text.
+    let pass: Value = serde_json::from_str(pass.as_str().unwrap()).unwrap();
+    let text = pass[0].as_str().unwrap();
+    for needle in [
+        "pass",
+        "door-7",
+        "tag_count: 12",
+        "expected_count: 14",
+        "stack_light: red",
+        "short_count",
+        "mismatch",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from {text:?}");
+    }
+    assert_eq!(
+        (pass[1].clone(), pass[2].clone(), pass[3].clone()),
+        (1.into(), 1.into(), 1.into()),
+        "{pass}"
+    );
+
     // Pausing freezes the list (the button says so).
     eval(&tab, "document.getElementById('pause').click()");
     assert_eq!(

@@ -365,6 +365,10 @@
     });
   }
 
+  // For the browser test: how an event of a kind this page does not know
+  // yet renders (read-only, builds a detached element).
+  window.tracegatePage = { renderEvent };
+
   pollInfo().then(() => {
     pollStatus();
     follow();
