@@ -1145,6 +1145,14 @@ fn check_files(config: &Config, at: &Locator) -> Vec<Problem> {
             });
         }
     }
+    if let Some(path) = &config.ops.credentials_file {
+        if let Err(e) = crate::ops::Credentials::load(path) {
+            problems.push(Problem {
+                at: at.in_section("ops", "credentials_file"),
+                message: format!("[ops] credentials_file: {e}"),
+            });
+        }
+    }
     if let Some(mqtt) = &config.mqtt {
         for problem in crate::publish::config::check_files(mqtt) {
             problems.push(Problem {

@@ -14,6 +14,7 @@ pub mod observer;
 pub mod ops;
 pub mod pipeline;
 pub mod publish;
+pub mod read_tap;
 pub mod reload;
 pub mod store;
 pub mod supervisor;
@@ -138,14 +139,22 @@ pub async fn run_with(
 
     let enricher = nfc::TapVerifier::new(&config)?;
     let pipeline = pipeline::Pipeline::new(&config, clock, Box::new(enricher));
+    let read_tap = read_tap::ReadTap::new();
     let pipeline_task = tokio::spawn(pipeline::run(
         pipeline,
         read_rx,
         write_tx,
         heartbeats.register("pipeline"),
+        Some(read_tap.clone()),
     ));
 
     let publisher_stats = Arc::new(publish::PublisherStats::default());
+    // The page reads recent events through the one read connection.
+    let page = ops::PageSources::new(
+        &config,
+        read_tap,
+        reader.clone().map(|r| (r, store_stats.clone())),
+    );
     let status_source = status_source(&config, healths, store_stats, publisher_stats.clone());
     // Background services stop after the writer has committed everything.
     let services_cancel = CancellationToken::new();
@@ -187,7 +196,8 @@ pub async fn run_with(
                 ops::OpsHttp::bind(std::net::SocketAddr::new(addr.ip(), 0)).await?
             }
             Err(e) => return Err(e.into()),
-        };
+        }
+        .with_access(&config.ops)?;
         metrics_addr = Some(bound.local_addr());
         let (ops_cfg, hb, st, cancel) = (
             config.ops.clone(),
@@ -196,7 +206,7 @@ pub async fn run_with(
             services_cancel.clone(),
         );
         services.spawn(async move {
-            if let Err(e) = bound.serve(&ops_cfg, hb, st, cancel).await {
+            if let Err(e) = bound.serve_with(&ops_cfg, hb, st, page, cancel).await {
                 tracing::error!(event = "ops.http_failed", error = %e, "the metrics endpoint stopped");
             }
         });
@@ -325,7 +335,7 @@ async fn open_store(
 ) -> Result<(store::Writer, Option<StoreReader>), RunError> {
     let store_cfg = config.store.clone();
     let gateway_id = config.gateway_id.clone();
-    let want_reader = config.mqtt.is_some();
+    let want_reader = config.mqtt.is_some() || config.ops.metrics_addr.is_some();
     let heartbeat = heartbeats.register("store");
     let opened = tokio::task::spawn_blocking(move || {
         let store = Store::open(&store_cfg, &gateway_id)?;

@@ -219,15 +219,25 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             addr,
             json,
         } => {
-            let addr = match addr {
-                Some(a) => a,
-                None => config::load(&path)?
-                    .ops
-                    .metrics_addr
-                    .context("the status endpoint is off in this config ([ops] metrics_addr)")?,
+            let (addr, auth) = match addr {
+                Some(a) => (a, None),
+                None => {
+                    let ops_cfg = config::load(&path)?.ops;
+                    let a = ops_cfg.metrics_addr.context(
+                        "the status endpoint is off in this config ([ops] metrics_addr)",
+                    )?;
+                    // Beyond loopback the endpoint wants the credentials file's secret.
+                    let auth = match &ops_cfg.credentials_file {
+                        Some(f) if !a.ip().is_loopback() => {
+                            Some(ops::Credentials::client_authorization(f)?)
+                        }
+                        _ => None,
+                    };
+                    (a, auth)
+                }
             };
             let status = runtime()?
-                .block_on(ops::fetch_status(addr))
+                .block_on(ops::fetch_status_with(addr, auth.as_deref()))
                 .with_context(|| format!("cannot reach the daemon's status endpoint at {addr}: is tracegate running?"))?;
             to_stdout(|out| {
                 if json {
@@ -380,7 +390,7 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
     tokio::spawn(async move {
         if let Ok(Some(addr)) = ready_rx.await {
             eprintln!(
-                "tracegate demo: metrics on http://{addr}/metrics, status on http://{addr}/status"
+                "tracegate demo: open the page at http://{addr}/ (metrics on /metrics, status on /status)"
             );
         }
     });

@@ -394,6 +394,7 @@ pub async fn run(
     mut rx: mpsc::Receiver<ReaderMsg>,
     writer: mpsc::Sender<WriteRequest>,
     heartbeat: Arc<Heartbeat>,
+    read_tap: Option<crate::read_tap::ReadTap>,
 ) {
     // Ticks follow the dedup engine's next departure deadline rather than a
     // fixed period: with a fixed 100 ms tick a departure waited up to 100 ms
@@ -405,6 +406,8 @@ pub async fn run(
             msg = rx.recv() => match msg {
                 Some(ReaderMsg::Reads { reads, ack }) => {
                     let drafts = pipeline.on_reads(&reads);
+                    // The technician's page: moves the batch (no copy) and only while watched.
+                    if let Some(tap) = &read_tap { tap.offer(reads); }
                     (!drafts.is_empty() || ack.is_some()).then_some(WriteRequest { drafts, ack })
                 }
                 Some(ReaderMsg::Tap(tap)) => Some(WriteRequest { drafts: pipeline.on_tap(&tap), ack: None }),

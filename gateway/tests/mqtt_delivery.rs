@@ -49,6 +49,10 @@ async fn every_one_of_100k_committed_events_reaches_the_registry() {
         assert_eq!(s.published_upto, N, "watermark after a clean stop");
         assert_eq!(s.pending, 0);
         assert!(stats.snapshot().events_acked >= N);
+        assert!(
+            stats.snapshot().last_puback_utc_ms.is_some_and(|t| t > 0),
+            "the last PUBACK is timed (the page shows it)"
+        );
 
         // What was actually published matches the documented schema.
         let schema = events_schema();

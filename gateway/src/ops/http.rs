@@ -1,19 +1,36 @@
-//! The loopback HTTP endpoint: `/metrics` (Prometheus text), `/healthz`,
-//! `/status` (JSON), and the client side used by `tracegate status`.
+//! The HTTP endpoint: the technician's page (`/`, see `page/`), `/metrics`
+//! (Prometheus text), `/healthz`, `/status` (JSON), and the client side
+//! used by `tracegate status`.
 //!
-//! Three GET routes with `Connection: close` do not need a web framework;
-//! a small hand-written HTTP/1.x handler keeps hyper out of the daemon.
+//! axum on hyper 1.x, with our own accept loop around it for what
+//! `axum::serve` does not offer: a connection limit that answers `503`
+//! when full, and hyper's header-read timeout, so idle or slow clients
+//! cannot hold the endpoint (a hand-written server before it failed every
+//! `/healthz` once 8 idle connections were open). One request per
+//! connection (`Connection: close`, as before): an idle keep-alive socket
+//! costs nothing. Beyond loopback every request needs the credentials of
+//! `[ops] credentials_file` (`access.rs`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::access::Credentials;
+use super::page::{self, PageSources, PageState};
 use super::status::{evaluate_health, record_metrics, HeartbeatAge, Status};
 use super::{OpsConfig, OpsError};
 use crate::heartbeat::Heartbeats;
@@ -23,8 +40,17 @@ use crate::heartbeat::Heartbeats;
 /// `/healthz` and `/metrics` request.
 pub type StatusSource = Arc<dyn Fn() -> Status + Send + Sync>;
 
-const MAX_REQUEST: usize = 8 * 1024;
-const MAX_CONNECTIONS: usize = 8;
+/// A client has this long from connecting to the end of its request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bytes of request head hyper buffers (request line and headers); a
+/// larger head is answered 431.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Every route is a GET; a declared body beyond this is answered 413.
+pub const MAX_BODY: u64 = 1024;
+/// Requests being answered at once (live streams count only while their
+/// answer starts); one more is answered 503.
+pub const MAX_REQUESTS: usize = 32;
+/// How long `tracegate status` waits for the daemon.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_STATUS_BODY: u64 = 4 * 1024 * 1024;
 
@@ -200,6 +226,10 @@ struct Ctx {
     heartbeats: Heartbeats,
     status: StatusSource,
     stale_after_ms: u64,
+    /// `None` on loopback: open, as the endpoint always was.
+    access: Option<Arc<Credentials>>,
+    /// Requests being answered; one more gets a 503.
+    requests: Arc<Semaphore>,
 }
 
 /// A bound, not yet serving, endpoint.
@@ -207,6 +237,7 @@ struct Ctx {
 pub struct OpsHttp {
     listener: TcpListener,
     addr: SocketAddr,
+    access: Option<Arc<Credentials>>,
 }
 
 impl OpsHttp {
@@ -219,15 +250,39 @@ impl OpsHttp {
         let addr = listener
             .local_addr()
             .map_err(|source| OpsError::Bind { addr, source })?;
-        Ok(Self { listener, addr })
+        Ok(Self {
+            listener,
+            addr,
+            access: None,
+        })
+    }
+
+    /// Loads `[ops] credentials_file` when the endpoint listens beyond
+    /// loopback; refuses without one (the configuration check already
+    /// requires it, this is the last line). Call before READY=1 so an
+    /// unreadable file stops the start.
+    pub fn with_access(mut self, cfg: &OpsConfig) -> Result<Self, OpsError> {
+        if self.addr.ip().is_loopback() {
+            return Ok(self);
+        }
+        let Some(path) = &cfg.credentials_file else {
+            return Err(OpsError::Config(format!(
+                "[ops] metrics_addr {} is not a loopback address and [ops] credentials_file is not set: \
+                 refusing to open the page, /status and /metrics to the network without credentials",
+                self.addr
+            )));
+        };
+        self.access = Some(Arc::new(Credentials::load(path)?));
+        Ok(self)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Serves until `cancel` fires. Installs the metrics recorder if `run`
-    /// has not yet.
+    /// Serves until `cancel` fires, without the page's live data (the
+    /// page still loads and shows `/status`). Installs the metrics
+    /// recorder if `run` has not yet.
     pub async fn serve(
         self,
         cfg: &OpsConfig,
@@ -235,14 +290,53 @@ impl OpsHttp {
         status: StatusSource,
         cancel: CancellationToken,
     ) -> Result<(), OpsError> {
+        self.serve_with(cfg, heartbeats, status, PageSources::default(), cancel)
+            .await
+    }
+
+    /// Serves `/metrics`, `/healthz`, `/status` and the page until
+    /// `cancel` fires.
+    pub async fn serve_with(
+        self,
+        cfg: &OpsConfig,
+        heartbeats: Heartbeats,
+        status: StatusSource,
+        page: PageSources,
+        cancel: CancellationToken,
+    ) -> Result<(), OpsError> {
+        let exposed = !self.addr.ip().is_loopback();
+        if exposed && self.access.is_none() {
+            return Err(OpsError::Config(format!(
+                "[ops] metrics_addr {} is not a loopback address: call with_access first",
+                self.addr
+            )));
+        }
         let ctx = Ctx {
             metrics: install_metrics()?,
             heartbeats,
             status,
             stale_after_ms: u64::try_from(cfg.stale_after.as_millis()).unwrap_or(u64::MAX),
+            access: self.access.clone(),
+            requests: Arc::new(Semaphore::new(MAX_REQUESTS)),
         };
-        tracing::info!(addr = %self.addr, "serving /metrics, /healthz and /status");
-        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let app = router(
+            ctx.clone(),
+            PageState::new(page, cfg.max_viewers, cancel.clone()),
+        );
+        if exposed {
+            tracing::warn!(
+                event = "ops.http_exposed",
+                addr = %self.addr,
+                "the page, /status, /metrics and /healthz are reachable from the network; \
+                 every request needs the credentials of [ops] credentials_file"
+            );
+        }
+        tracing::info!(
+            addr = %self.addr,
+            "serving the page at http://{}/ and /metrics, /healthz, /status",
+            self.addr
+        );
+        let connections = Arc::new(Semaphore::new(cfg.max_connections));
         // Without the crate's own HTTP listener nobody else drains the
         // histogram buckets.
         let mut upkeep = tokio::time::interval(Duration::from_secs(5));
@@ -255,24 +349,20 @@ impl OpsHttp {
                         Ok(a) => a,
                         Err(e) => {
                             // EMFILE and friends: back off instead of spinning.
-                            tracing::warn!(error = %e, "accept failed on the metrics endpoint");
+                            tracing::warn!(error = %e, "accept failed on the HTTP endpoint");
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }
                     };
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        tracing::debug!(%peer, "too many metrics connections, dropping one");
-                        continue;
-                    };
-                    let ctx = ctx.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = tokio::time::timeout(IO_TIMEOUT, handle(stream, ctx)).await
-                            .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out")))
-                        {
-                            tracing::debug!(%peer, error = %e, "metrics request failed");
+                    match connections.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            tokio::spawn(connection(stream, app.clone(), cancel.clone(), permit));
                         }
-                        drop(permit);
-                    });
+                        Err(_) => {
+                            tracing::debug!(%peer, "too many HTTP connections, answering 503");
+                            tokio::spawn(refuse(stream));
+                        }
+                    }
                 }
             }
         }
@@ -293,68 +383,123 @@ pub async fn serve_http(
     };
     OpsHttp::bind(addr)
         .await?
+        .with_access(cfg)?
         .serve(cfg, heartbeats, status, cancel)
         .await
 }
 
-async fn read_request_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(buf);
+/// Serves one connection with hyper: one request per connection (as the
+/// endpoint always did), its head within [`HEADER_TIMEOUT`] and
+/// [`MAX_HEAD`] bytes. `_permit` is the connection's slot.
+async fn connection(
+    stream: TcpStream,
+    app: Router,
+    cancel: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
         }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= MAX_REQUEST {
-            return Ok(buf);
+        () = cancel.cancelled() => {
+            // A live stream never ends on its own: give the rest a moment.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
         }
     }
 }
 
-struct Response {
-    code: u16,
-    content_type: &'static str,
-    body: String,
-}
-
-impl Response {
-    fn text(code: u16, body: impl Into<String>) -> Self {
-        Self {
-            code,
-            content_type: "text/plain; charset=utf-8",
-            body: body.into(),
-        }
-    }
-}
-
-fn reason(code: u16) -> &'static str {
-    match code {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Internal Server Error",
-    }
-}
-
-async fn handle(mut stream: TcpStream, ctx: Ctx) -> std::io::Result<()> {
-    let head = read_request_head(&mut stream).await?;
-    let (head_only, resp) = route(&head, &ctx).await;
-    let header = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n",
-        resp.code,
-        reason(resp.code),
-        resp.content_type,
-        resp.body.len()
+/// The answer to a connection beyond `max_connections`: a 503 without
+/// reading the request, then close.
+async fn refuse(mut stream: TcpStream) {
+    let body = "too many connections; try again\n";
+    let msg = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
-    stream.write_all(header.as_bytes()).await?;
-    if !head_only {
-        stream.write_all(resp.body.as_bytes()).await?;
+    let _ = tokio::time::timeout(HEADER_TIMEOUT, async {
+        stream.write_all(msg.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+fn router(ctx: Ctx, page: PageState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_route))
+        .route("/healthz", get(healthz_route))
+        .route("/status", get(status_route))
+        .with_state(ctx.clone())
+        .merge(page::routes(page))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(ctx, guard))
+}
+
+/// Every request: the request limit, the size limit, access beyond
+/// loopback, and `Cache-Control: no-store` on every answer.
+async fn guard(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = ctx.requests.clone().try_acquire_owned() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests at once; try again\n",
+        );
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // Every route is a GET: a body is never needed. A chunked one is
+    // refused outright, a declared one only when too large.
+    if declared.is_some_and(|n| n > MAX_BODY)
+        || req.headers().contains_key(header::TRANSFER_ENCODING)
+    {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
     }
-    stream.shutdown().await
+    if let Some(access) = &ctx.access {
+        let auth = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if !access.allows(auth) {
+            let mut r = text(StatusCode::UNAUTHORIZED, "credentials required\n");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"tracegate\", charset=\"UTF-8\""),
+            );
+            return r;
+        }
+    }
+    let mut resp = next.run(req).await;
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn text(code: StatusCode, body: impl Into<String>) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    text(
+        StatusCode::NOT_FOUND,
+        "not found: try / (the page), /metrics, /healthz or /status\n",
+    )
 }
 
 /// Takes a snapshot of everything a response needs, off the async workers
@@ -377,80 +522,84 @@ async fn snapshot(ctx: &Ctx) -> (Option<Status>, Vec<(&'static str, u64)>, super
     (status, ages, health)
 }
 
-async fn route(head: &[u8], ctx: &Ctx) -> (bool, Response) {
-    if head.len() >= MAX_REQUEST {
-        return (false, Response::text(431, "request head too large\n"));
+async fn metrics_route(State(ctx): State<Ctx>) -> Response {
+    let (status, ages, health) = snapshot(&ctx).await;
+    if let Some(status) = &status {
+        record_metrics(
+            status,
+            &ages,
+            &health,
+            tracegate_drivers::clock::utc_now_ms(),
+        );
     }
-    let text = String::from_utf8_lossy(head);
-    let mut parts = text.lines().next().unwrap_or("").split_whitespace();
-    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        return (false, Response::text(400, "malformed request line\n"));
-    };
-    let head_only = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => return (false, Response::text(405, "only GET and HEAD\n")),
-    };
-    let path = target.split('?').next().unwrap_or(target);
-    let resp = match path {
-        "/metrics" => {
-            let (status, ages, health) = snapshot(ctx).await;
-            if let Some(status) = &status {
-                record_metrics(
-                    status,
-                    &ages,
-                    &health,
-                    tracegate_drivers::clock::utc_now_ms(),
-                );
-            }
-            Response {
-                code: 200,
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: ctx.metrics.render(),
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        ctx.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn healthz_route(State(ctx): State<Ctx>) -> Response {
+    let (_, _, health) = snapshot(&ctx).await;
+    if health.ok {
+        text(StatusCode::OK, "ok\n")
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {}\n", health.reasons.join("; ")),
+        )
+    }
+}
+
+async fn status_route(State(ctx): State<Ctx>) -> Response {
+    match snapshot(&ctx).await {
+        (Some(mut status), ages, health) => {
+            status.health = Some(health);
+            status.heartbeats = ages
+                .iter()
+                .map(|(name, age_ms)| HeartbeatAge {
+                    name: (*name).to_owned(),
+                    age_ms: *age_ms,
+                })
+                .collect();
+            match serde_json::to_string(&status) {
+                Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("status not serialisable: {e}\n"),
+                ),
             }
         }
-        "/healthz" => {
-            let (_, _, health) = snapshot(ctx).await;
-            if health.ok {
-                Response::text(200, "ok\n")
-            } else {
-                Response::text(503, format!("unhealthy: {}\n", health.reasons.join("; ")))
-            }
-        }
-        "/status" => match snapshot(ctx).await {
-            (Some(mut status), ages, health) => {
-                status.health = Some(health);
-                status.heartbeats = ages
-                    .iter()
-                    .map(|(name, age_ms)| HeartbeatAge {
-                        name: (*name).to_owned(),
-                        age_ms: *age_ms,
-                    })
-                    .collect();
-                match serde_json::to_string(&status) {
-                    Ok(body) => Response {
-                        code: 200,
-                        content_type: "application/json",
-                        body,
-                    },
-                    Err(e) => Response::text(500, format!("status not serialisable: {e}\n")),
-                }
-            }
-            (None, _, health) => Response::text(500, format!("{}\n", health.reasons.join("; "))),
-        },
-        _ => Response::text(404, "not found: try /metrics, /healthz or /status\n"),
-    };
-    (head_only, resp)
+        (None, _, health) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{}\n", health.reasons.join("; ")),
+        ),
+    }
 }
 
 /// `GET /status` from a running daemon, for `tracegate status`.
 pub async fn fetch_status(addr: SocketAddr) -> Result<Status, OpsError> {
+    fetch_status_with(addr, None).await
+}
+
+/// [`fetch_status`] with an `Authorization` header value (see
+/// [`Credentials::client_authorization`]), for an endpoint beyond loopback.
+pub async fn fetch_status_with(
+    addr: SocketAddr,
+    authorization: Option<&str>,
+) -> Result<Status, OpsError> {
     let fail = |reason: String| OpsError::Fetch { addr, reason };
     let mut stream = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| fail("connection timed out".into()))?
         .map_err(|e| fail(e.to_string()))?;
-    let req = format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let req = format!("GET /status HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
     let mut raw = Vec::new();
     tokio::time::timeout(IO_TIMEOUT, async {
         stream.write_all(req.as_bytes()).await?;
@@ -556,6 +705,7 @@ mod tests {
         let cfg = OpsConfig {
             metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
             stale_after: std::time::Duration::from_secs(stale_after_secs),
+            ..OpsConfig::default()
         };
         let server = OpsHttp::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = server.local_addr();
@@ -681,5 +831,362 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("metrics_addr"), "{e}");
+    }
+
+    /// Reads one whole answer (the server closes after each).
+    async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw).await;
+        String::from_utf8_lossy(&raw).into_owned()
+    }
+
+    async fn start_with(
+        cfg: OpsConfig,
+        bind: &str,
+        page: PageSources,
+    ) -> (
+        SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<Result<(), OpsError>>,
+    ) {
+        let hb = Heartbeats::new(Clock::new());
+        let server = OpsHttp::bind(bind.parse().unwrap())
+            .await
+            .unwrap()
+            .with_access(&cfg)
+            .unwrap();
+        let addr = SocketAddr::new([127, 0, 0, 1].into(), server.local_addr().port());
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let status = status_with(ReaderState::Running);
+        let task = tokio::spawn(async move { server.serve_with(&cfg, hb, status, page, c).await });
+        (addr, cancel, task)
+    }
+
+    #[tokio::test]
+    async fn sixty_four_idle_sockets_neither_block_healthz_nor_stay_open() {
+        let (addr, cancel, task) =
+            start_with(OpsConfig::default(), "127.0.0.1:0", PageSources::default()).await;
+        let mut idle = Vec::new();
+        for _ in 0..64 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let t0 = std::time::Instant::now();
+        assert_eq!(get(addr, "/healthz").await, (200, "ok\n".to_owned()));
+        // The bound the issue sets: an answer within 1 s despite the idle sockets.
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        // The header-read timeout closes them (no request within 1 s).
+        for mut s in idle {
+            let mut b = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+                .await
+                .expect("an idle socket was closed by the server");
+            assert!(matches!(n, Ok(0) | Err(_)) || String::from_utf8_lossy(&b).contains("408"));
+        }
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connection_beyond_the_limit_gets_503_and_the_slot_frees_when_one_closes() {
+        let cfg = OpsConfig {
+            max_connections: 16,
+            ..OpsConfig::default()
+        };
+        let (addr, cancel, task) = start_with(cfg, "127.0.0.1:0", PageSources::default()).await;
+        let mut held = Vec::new();
+        for _ in 0..16 {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let answer = raw(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("too many connections"), "{answer}");
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_limit_get_503_while_the_others_are_answered() {
+        // A status that takes 2 s holds every request that needs it, far
+        // longer than opening all the connections takes.
+        let slow = status_with(ReaderState::Running);
+        let status: StatusSource = Arc::new(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            slow()
+        });
+        let server = OpsHttp::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = server.local_addr();
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let hb = Heartbeats::new(Clock::new());
+        let task =
+            tokio::spawn(async move { server.serve(&OpsConfig::default(), hb, status, c).await });
+        let n = MAX_REQUESTS + 8;
+        let answers: Vec<String> = futures_util::future::join_all(
+            (0..n).map(|_| raw(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")),
+        )
+        .await;
+        let ok = answers
+            .iter()
+            .filter(|a| a.starts_with("HTTP/1.1 200"))
+            .count();
+        let busy = answers
+            .iter()
+            .filter(|a| a.starts_with("HTTP/1.1 503") && a.contains("too many requests"))
+            .count();
+        assert_eq!((ok, busy), (MAX_REQUESTS, 8), "{answers:?}");
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn oversized_heads_and_bodies_are_refused() {
+        let (addr, cancel, task) =
+            start_with(OpsConfig::default(), "127.0.0.1:0", PageSources::default()).await;
+        let big = format!(
+            "GET /status HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(20_000)
+        );
+        let answer = raw(addr, big.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+        let answer = raw(
+            addr,
+            b"GET /status HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        // A slow client that never finishes its head is cut off.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /status HTTP/1.1\r\nHost").await.unwrap();
+        let mut rest = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+        assert!(r.is_ok(), "the half-sent request was not timed out");
+        assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn beyond_loopback_every_route_needs_the_credentials_of_the_file() {
+        // Without a file the endpoint refuses to start.
+        let bound = OpsHttp::bind("0.0.0.0:0".parse().unwrap()).await.unwrap();
+        let e = bound
+            .with_access(&OpsConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("credentials_file"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("page.cred");
+        std::fs::write(&file, "token = 0123456789abcdef-secret\n").unwrap();
+        let cfg = OpsConfig {
+            credentials_file: Some(file.clone()),
+            ..OpsConfig::default()
+        };
+        let (addr, cancel, task) = start_with(cfg, "0.0.0.0:0", PageSources::default()).await;
+        for path in ["/", "/status", "/metrics", "/healthz", "/api/live"] {
+            let answer = raw(
+                addr,
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            )
+            .await;
+            assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer}");
+            assert!(
+                answer
+                    .to_ascii_lowercase()
+                    .contains("www-authenticate: basic"),
+                "{answer}"
+            );
+            assert!(!answer.contains("secret"), "{answer}");
+        }
+        let answer = raw(
+            addr,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong-token-wrong\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        let header = Credentials::client_authorization(&file).unwrap();
+        let v = fetch_status_with(addr, Some(&header)).await.unwrap();
+        assert_eq!(v.gateway, "gw-test");
+        assert!(fetch_status(addr)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("401"));
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_page_is_served_from_the_binary_within_150_kb() {
+        let (addr, cancel, task) =
+            start_with(OpsConfig::default(), "127.0.0.1:0", PageSources::default()).await;
+        let mut total = 0;
+        for (path, kind) in [
+            ("/", "text/html"),
+            ("/app.js", "text/javascript"),
+            ("/app.css", "text/css"),
+        ] {
+            let answer = raw(
+                addr,
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            )
+            .await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+            assert!(
+                answer.contains(&format!("content-type: {kind}")),
+                "{answer}"
+            );
+            assert!(answer.contains("content-security-policy"), "{answer}");
+            total += answer.len();
+        }
+        assert!(total <= 150 * 1024, "the page weighs {total} bytes");
+        let index = raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(
+            !index.contains("http://") && !index.contains("https://"),
+            "no CDN: {index}"
+        );
+        let (code, body) = get(addr, "/api/page").await;
+        assert_eq!(code, 200);
+        assert!(body.contains("\"max_viewers\":4"), "{body}");
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn live_reads_flow_only_while_watched_and_viewers_beyond_the_limit_get_503() {
+        use crate::ops::page::PageInfo;
+        use crate::read_tap::ReadTap;
+        let tap = ReadTap::new();
+        let page = PageSources {
+            info: PageInfo::default(),
+            reads: Some(tap.clone()),
+            events: None,
+        };
+        let cfg = OpsConfig {
+            max_viewers: 1,
+            ..OpsConfig::default()
+        };
+        let (addr, cancel, task) = start_with(cfg, "127.0.0.1:0", page).await;
+        assert!(!tap.is_watched(), "no viewer, no feed");
+        let mut viewer = TcpStream::connect(addr).await.unwrap();
+        viewer
+            .write_all(b"GET /api/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut seen = String::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !seen.contains("3074257BF7194E4000001A85") {
+            tap.offer(vec![tracegate_drivers::RawRead {
+                reader: "portal".into(),
+                antenna: 2,
+                epc: hex::decode("3074257BF7194E4000001A85").unwrap(),
+                tid: None,
+                pc: None,
+                rssi_dbm: Some(-51),
+                frequency_khz: None,
+                phase_deg: None,
+                reader_timestamp_ms: None,
+                host: tracegate_drivers::HostTime {
+                    mono_ms: 0,
+                    utc_ms: 0,
+                    clock_synced: true,
+                },
+            }]);
+            let mut buf = [0u8; 4096];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(600), viewer.read(&mut buf)).await
+            {
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no read in the stream: {seen}"
+            );
+        }
+        assert!(seen.contains("text/event-stream"), "{seen}");
+        assert!(seen.contains("event: reads"), "{seen}");
+        assert!(
+            seen.contains("urn:epc:id:sgtin:0614141.812345.6789"),
+            "{seen}"
+        );
+        let second = raw(addr, b"GET /api/live HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(second.starts_with("HTTP/1.1 503"), "{second}");
+        drop(viewer);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tap.is_watched() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the feed outlived its viewer"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    /// `promtool check metrics` (Debian package `prometheus`) on a scrape
+    /// with every metric the gateway describes. Skipped without promtool
+    /// unless `CI=true` (CI installs it).
+    #[tokio::test]
+    async fn metrics_pass_promtool_check_metrics() {
+        let promtool = std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("promtool"))
+                .find(|p| p.is_file())
+        });
+        let Some(promtool) = promtool else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "promtool is required under CI (apt-get install prometheus)"
+            );
+            eprintln!("skipped: promtool not found (Debian package prometheus)");
+            return;
+        };
+        let hb = Heartbeats::new(Clock::new());
+        hb.register("store").beat();
+        let (addr, cancel, task) = start(status_with(ReaderState::Running), hb, 20).await;
+        metrics::counter!("tracegate_reads_unrouted_total").increment(1);
+        metrics::counter!("tracegate_reads_filtered_total").increment(1);
+        metrics::counter!("tracegate_dedup_reads_total").increment(1);
+        metrics::gauge!("tracegate_dedup_tracked_tags").set(3.0);
+        metrics::gauge!("tracegate_dedup_evictions").set(0.0);
+        metrics::counter!("tracegate_events_total", "type" => "arrived").increment(1);
+        let (code, body) = get(addr, "/metrics").await;
+        assert_eq!(code, 200);
+        let mut child = std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && report.trim().is_empty(),
+            "promtool: {report}\n{body}"
+        );
+        cancel.cancel();
+        task.await.unwrap().unwrap();
     }
 }

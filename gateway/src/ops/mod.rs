@@ -11,18 +11,25 @@
 //!    spawn [`watchdog`].
 //! 5. On SIGTERM: [`notify_stopping`], flush, exit.
 
+mod access;
 mod http;
 mod logging;
 mod notify;
+mod page;
 mod status;
 
-pub use http::{fetch_status, install_metrics, serve_http, OpsHttp, StatusSource};
+pub use access::{Credentials, CredentialsError};
+pub use http::{
+    fetch_status, fetch_status_with, install_metrics, serve_http, OpsHttp, StatusSource,
+};
+pub use page::PageSources;
 pub use status::{
     evaluate_health, render_status_human, Health, HeartbeatAge, LatencyMs, PublisherStatus, Status,
     StoreStatus,
 };
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +43,12 @@ pub use notify::{
 /// Default address of the HTTP endpoint: loopback only, Prometheus's
 /// conventional exporter port range.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9464";
+/// A gateway has one or two technicians looking at once.
+pub const DEFAULT_MAX_VIEWERS: usize = 4;
+/// Far above what scrapers, `tracegate status` and a few browsers use
+/// (a browser keeps about 6 connections), far below what the process's
+/// file descriptors allow.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
 
 /// The `[ops]` table as written in the file; [`RawOps::validate`] gives
 /// the [`OpsConfig`] the gateway runs on.
@@ -49,6 +62,13 @@ pub struct RawOps {
     /// A component whose heartbeat is older than this is considered stuck:
     /// the watchdog stops pinging systemd and `/healthz` answers 503.
     pub stale_after_secs: u64,
+    /// File with the token or user/password the endpoint requires (see
+    /// `access.rs`); required when `metrics_addr` is not a loopback address.
+    pub credentials_file: Option<PathBuf>,
+    /// Browsers that may follow the page's live stream at once.
+    pub max_viewers: usize,
+    /// Open connections at once; one more gets a 503 and is closed.
+    pub max_connections: usize,
 }
 
 impl Default for RawOps {
@@ -56,6 +76,9 @@ impl Default for RawOps {
         Self {
             metrics_addr: DEFAULT_HTTP_ADDR.parse().ok(),
             stale_after_secs: 20,
+            credentials_file: None,
+            max_viewers: DEFAULT_MAX_VIEWERS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -68,6 +91,13 @@ pub struct OpsConfig {
     /// How long a component may go without progress before it counts as
     /// stuck; never zero (everything would be stuck all the time).
     pub stale_after: Duration,
+    /// Set (and required) when `metrics_addr` is not loopback; the file is
+    /// read when the endpoint starts, never its content into the config.
+    pub credentials_file: Option<PathBuf>,
+    /// At least 1.
+    pub max_viewers: usize,
+    /// At least 16.
+    pub max_connections: usize,
 }
 
 impl Default for OpsConfig {
@@ -75,6 +105,9 @@ impl Default for OpsConfig {
         Self {
             metrics_addr: DEFAULT_HTTP_ADDR.parse().ok(),
             stale_after: Duration::from_secs(20),
+            credentials_file: None,
+            max_viewers: DEFAULT_MAX_VIEWERS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -89,9 +122,36 @@ impl RawOps {
                     .into(),
             ));
         }
+        if let Some(addr) = self.metrics_addr {
+            if !addr.ip().is_loopback() && self.credentials_file.is_none() {
+                return Err((
+                    "metrics_addr",
+                    format!(
+                        "[ops] metrics_addr {addr} is not a loopback address: the page, /status and /metrics \
+                         would be open to the network; set [ops] credentials_file to a file holding \
+                         `token = ...` or `user = ...` and `password = ...` (see docs/operations.md)"
+                    ),
+                ));
+            }
+        }
+        if self.max_viewers == 0 {
+            return Err((
+                "max_viewers",
+                "[ops] max_viewers must be at least 1 (browsers following the page at once)".into(),
+            ));
+        }
+        if self.max_connections < 16 {
+            return Err((
+                "max_connections",
+                "[ops] max_connections must be at least 16".into(),
+            ));
+        }
         Ok(OpsConfig {
             metrics_addr: self.metrics_addr,
             stale_after: Duration::from_secs(self.stale_after_secs),
+            credentials_file: self.credentials_file,
+            max_viewers: self.max_viewers,
+            max_connections: self.max_connections,
         })
     }
 }
@@ -141,6 +201,8 @@ pub enum OpsError {
     Fetch { addr: SocketAddr, reason: String },
     #[error("{0}")]
     Config(String),
+    #[error("[ops] credentials_file: {0}")]
+    Credentials(#[from] CredentialsError),
 }
 
 #[cfg(test)]
@@ -184,5 +246,75 @@ mod tests {
         };
         assert_eq!(raw.validate().unwrap_err().0, "stale_after_secs");
         assert_eq!(RawOps::default().validate().unwrap(), OpsConfig::default());
+    }
+
+    #[test]
+    fn an_address_beyond_loopback_needs_a_credentials_file() {
+        let w: Wrapper = toml::from_str("[ops]\nmetrics_addr = \"0.0.0.0:9464\"\n").unwrap();
+        let (key, msg) = w.ops.validate().unwrap_err();
+        assert_eq!(key, "metrics_addr");
+        assert!(msg.contains("credentials_file"), "{msg}");
+        let w: Wrapper = toml::from_str(
+            "[ops]\nmetrics_addr = \"0.0.0.0:9464\"\ncredentials_file = \"/etc/tracegate/page.cred\"\nmax_viewers = 2\n",
+        )
+        .unwrap();
+        let ops = w.ops.validate().unwrap();
+        assert_eq!(ops.max_viewers, 2);
+        assert!(ops.credentials_file.is_some());
+        let w: Wrapper = toml::from_str("[ops]\nmetrics_addr = \"[::1]:9464\"\n").unwrap();
+        assert!(
+            w.ops.validate().is_ok(),
+            "IPv6 loopback needs no credentials"
+        );
+    }
+
+    #[test]
+    fn zero_viewers_or_too_few_connections_are_rejected() {
+        let raw = RawOps {
+            max_viewers: 0,
+            ..RawOps::default()
+        };
+        assert_eq!(raw.validate().unwrap_err().0, "max_viewers");
+        let raw = RawOps {
+            max_connections: 4,
+            ..RawOps::default()
+        };
+        assert_eq!(raw.validate().unwrap_err().0, "max_connections");
+    }
+
+    const GATEWAY: &str = "[gateway]\nid = \"gw1\"\nsite = \"site1\"\ndata_dir = \"/tmp/x\"\n\n\
+        [[readers]]\nname = \"sim1\"\nkind = \"sim\"\n\n[[read_points]]\nname = \"door\"\nreader = \"sim1\"\n";
+
+    #[test]
+    fn the_config_check_locates_an_exposed_address_and_opens_the_credentials_file() {
+        let text = format!("{GATEWAY}\n[ops]\nmetrics_addr = \"0.0.0.0:9464\"\n");
+        let err = crate::config::parse(&text, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t.toml:15:1: [ops] metrics_addr 0.0.0.0:9464 is not a loopback"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.cred");
+        let weak = dir.path().join("weak.cred");
+        std::fs::write(&weak, "token = hunter2\n").unwrap();
+        for (file, needle) in [(&missing, "cannot read"), (&weak, "at least 16 characters")] {
+            let text = format!(
+                "{GATEWAY}\n[ops]\nmetrics_addr = \"0.0.0.0:9464\"\ncredentials_file = {file:?}\n"
+            );
+            let path = dir.path().join("t.toml");
+            std::fs::write(&path, &text).unwrap();
+            crate::config::load(&path).unwrap();
+            let err = crate::config::load_and_check_files(&path)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(":16:1: [ops] credentials_file"), "{err}");
+            assert!(err.contains(needle), "{err}");
+            assert!(!err.contains("hunter2"), "the secret leaked: {err}");
+        }
+        std::fs::write(&weak, "user = tech\npassword = long-enough\n").unwrap();
+        crate::config::load_and_check_files(&dir.path().join("t.toml")).unwrap();
     }
 }

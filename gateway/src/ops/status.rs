@@ -79,6 +79,9 @@ pub struct PublisherStatus {
     /// Acknowledged seq ranges waiting for a gap below them to close.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acked_ranges_above_watermark: Option<usize>,
+    /// UTC ms of the last PUBACK; absent before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_puback_utc_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

@@ -24,7 +24,7 @@ pub mod render;
 mod tls;
 mod tracker;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,6 +131,8 @@ pub struct PublisherStats {
     pub oversize_skipped: AtomicU64,
     pub last_latency_us: AtomicU64,
     pub max_latency_us: AtomicU64,
+    /// UTC ms of the last PUBACK for a batch; 0 before the first.
+    pub last_ack_utc_ms: AtomicI64,
     latency_sum_us: AtomicU64,
     latency_count: AtomicU64,
 }
@@ -171,6 +173,10 @@ impl PublisherStats {
             backlog: None,
             in_flight: None,
             acked_ranges_above_watermark: None,
+            last_puback_utc_ms: match self.last_ack_utc_ms.load(Ordering::Relaxed) {
+                0 => None,
+                t => Some(t),
+            },
         }
     }
 }
@@ -556,6 +562,9 @@ impl Uplink<'_> {
                     let stats = &self.ctx.stats;
                     stats.record_latency(now.saturating_duration_since(b.sent_at));
                     stats.messages_acked.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .last_ack_utc_ms
+                        .store(tracegate_drivers::clock::utc_now_ms(), Ordering::Relaxed);
                     stats
                         .events_acked
                         .fetch_add(b.events as u64, Ordering::Relaxed);
