@@ -241,6 +241,7 @@ impl Event {
                 direction: None,
                 reason: None,
                 flags: Vec::new(),
+                masterdata: None,
                 epcis: None,
             }),
         )
@@ -401,6 +402,9 @@ pub struct UhfEvent {
     pub reason: Option<DepartureReason>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<Flag>,
+    /// Details of master-data flags (blocked reason, bound serial).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masterdata: Option<MasterdataDetail>,
     /// The read point's EPCIS settings: the registry and the `epcis2`
     /// payload need no copy of the gateway's config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -500,6 +504,17 @@ pub enum Flag {
     ForgedNfc,
     /// An NFC tap with a valid SUN whose counter was seen before.
     ReplayedNfc,
+    /// Master data: the serial is not among the commissioned ones.
+    UnknownSerial,
+    /// Master data: the serial is blocked (`masterdata.blocked_reason`).
+    Blocked,
+    /// Master data: the serial is meant for other markets than this gateway's.
+    WrongMarket,
+    /// Master data: the NFC tag's UID is bound to another serial
+    /// (`masterdata.bound_serial`).
+    SerialMismatch,
+    /// Master data: not on an expected shipment of this read point.
+    NotExpected,
 }
 
 impl Flag {
@@ -511,8 +526,51 @@ impl Flag {
             Flag::OverScanned => "over_scanned",
             Flag::ForgedNfc => "forged_nfc",
             Flag::ReplayedNfc => "replayed_nfc",
+            Flag::UnknownSerial => "unknown_serial",
+            Flag::Blocked => "blocked",
+            Flag::WrongMarket => "wrong_market",
+            Flag::SerialMismatch => "serial_mismatch",
+            Flag::NotExpected => "not_expected",
         }
     }
+}
+
+/// Why the registry blocked a serial. On overlapping blocked ranges the
+/// later variant in this order wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockReason {
+    Other,
+    Destroyed,
+    Revoked,
+    Recalled,
+    Stolen,
+}
+
+impl BlockReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockReason::Other => "other",
+            BlockReason::Destroyed => "destroyed",
+            BlockReason::Revoked => "revoked",
+            BlockReason::Recalled => "recalled",
+            BlockReason::Stolen => "stolen",
+        }
+    }
+}
+
+/// The details of master-data flags that a flag name alone cannot carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterdataDetail {
+    /// With the `blocked` flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_reason: Option<BlockReason>,
+    /// With `serial_mismatch`: the GTIN and serial the tag's UID is bound
+    /// to by its commissioning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_gtin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_serial: Option<String>,
 }
 
 /// The read point's EPCIS 2.0 settings, carried on every UHF event.
@@ -549,6 +607,9 @@ pub struct TapEvent {
     pub tap: TapDetails,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<Flag>,
+    /// Details of master-data flags (blocked reason, bound serial).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masterdata: Option<MasterdataDetail>,
     /// NTAG 424 DNA SUN verification, when keys are configured and the
     /// NDEF URI carries SUN parameters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -576,6 +637,7 @@ impl TapEvent {
                 ndef_text: tap.ndef_text.clone(),
             },
             flags: Vec::new(),
+            masterdata: None,
             sun: None,
         }
     }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dedup;
 pub mod event;
 pub mod heartbeat;
+pub mod masterdata;
 pub mod nfc;
 pub mod observer;
 pub mod ops;

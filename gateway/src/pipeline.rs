@@ -322,6 +322,7 @@ fn uhf_event(
         // `evicted` is the only reason the dedup engine gives.
         reason: e.reason.map(|_| DepartureReason::Evicted),
         flags,
+        masterdata: None,
         epcis: Some(EpcisContext {
             biz_step: point.biz_step.clone(),
             disposition: point.disposition.clone(),

@@ -147,6 +147,7 @@ mod tests {
                 direction: None,
                 reason: None,
                 flags: vec![],
+                masterdata: None,
                 epcis: Some(EpcisContext {
                     biz_step: Some("commissioning".into()),
                     disposition: Some("active".into()),

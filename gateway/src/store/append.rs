@@ -755,6 +755,7 @@ mod tests {
                 atr: vec![0x3b],
             },
             flags: Vec::new(),
+            masterdata: None,
             sun: Some(SunResult {
                 verdict: SunVerdict::Genuine,
                 counter: Some(counter),
