@@ -41,8 +41,15 @@ pub fn chunk_filter(manifest_topic: &str, version: u64) -> String {
 /// What a topic under one of this gateway's masterdata filters is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicKind {
-    Manifest { name: String },
-    Chunk { manifest_topic: String, name: String, version: u64, index: u64 },
+    Manifest {
+        name: String,
+    },
+    Chunk {
+        manifest_topic: String,
+        name: String,
+        version: u64,
+        index: u64,
+    },
 }
 
 /// Classifies `topic` (`None`: not one of this gateway's masterdata topics).
@@ -78,7 +85,11 @@ pub enum Rejection {
     #[error("{0}")]
     Format(#[from] FormatError),
     #[error("dataset {name}: version {version} is not above the active version {active} (rollback refused)")]
-    Rollback { name: String, version: u64, active: u64 },
+    Rollback {
+        name: String,
+        version: u64,
+        active: u64,
+    },
     #[error("dataset {name} on topic {topic} does not match the manifest (name {manifest_name})")]
     WrongTopic {
         name: String,
@@ -86,11 +97,19 @@ pub enum Rejection {
         topic: String,
     },
     #[error("dataset {name} version {version} is for {scope}, not this gateway")]
-    WrongScope { name: String, version: u64, scope: String },
+    WrongScope {
+        name: String,
+        version: u64,
+        scope: String,
+    },
     #[error("dataset {name}: {pending} other datasets are being received; try again later")]
     Busy { name: String, pending: usize },
     #[error("dataset {name} version {version}: {message}")]
-    Records { name: String, version: u64, message: String },
+    Records {
+        name: String,
+        version: u64,
+        message: String,
+    },
 }
 
 /// What to do after a manifest.
@@ -157,7 +176,11 @@ impl Assembler {
     /// after every apply).
     pub fn set_active(&mut self, name: &str, version: u64) {
         self.active.insert(name.to_owned(), version);
-        if self.pending.get(name).is_some_and(|p| p.manifest.manifest.version <= version) {
+        if self
+            .pending
+            .get(name)
+            .is_some_and(|p| p.manifest.manifest.version <= version)
+        {
             self.pending.remove(name);
         }
     }
@@ -200,7 +223,10 @@ impl Assembler {
         if m.version == active {
             return Ok(ManifestAction::AlreadyActive);
         }
-        let pending_version = self.pending.get(&m.name).map(|p| p.manifest.manifest.version);
+        let pending_version = self
+            .pending
+            .get(&m.name)
+            .map(|p| p.manifest.manifest.version);
         if m.version < active || pending_version.is_some_and(|p| m.version < p) {
             return Err(Rejection::Rollback {
                 name: m.name.clone(),
@@ -266,7 +292,9 @@ impl Assembler {
             self.pending.remove(name);
             return Err((e.into(), filter));
         }
-        let slot = usize::try_from(index).ok().and_then(|i| p.chunks.get_mut(i));
+        let slot = usize::try_from(index)
+            .ok()
+            .and_then(|i| p.chunks.get_mut(i));
         if let Some(slot @ None) = slot {
             *slot = Some(data.to_vec());
             p.missing -= 1;
@@ -307,7 +335,12 @@ mod tests {
     }
 
     fn asm() -> Assembler {
-        Assembler::new(TrustedKeys::new([key().verifying_key()]), 1 << 20, "plant", "door1")
+        Assembler::new(
+            TrustedKeys::new([key().verifying_key()]),
+            1 << 20,
+            "plant",
+            "door1",
+        )
     }
 
     fn feed(a: &mut Assembler, b: &Built, order: &[usize]) -> Option<Complete> {
@@ -327,7 +360,9 @@ mod tests {
     fn topics_are_classified() {
         assert_eq!(
             parse_topic("tg", "plant", "door1", T),
-            Some(TopicKind::Manifest { name: "blocked".into() })
+            Some(TopicKind::Manifest {
+                name: "blocked".into()
+            })
         );
         assert_eq!(
             parse_topic("tg", "plant", "door1", "tg/masterdata/blocked/7/2"),
@@ -338,9 +373,18 @@ mod tests {
                 index: 2
             })
         );
-        assert_eq!(parse_topic("tg", "plant", "door1", "tg/plant/door2/masterdata/x"), None);
-        assert_eq!(parse_topic("tg", "plant", "door1", "tg/masterdata/Bad"), None);
-        assert_eq!(parse_topic("tg", "plant", "door1", "tg/masterdata/a/1/2/3"), None);
+        assert_eq!(
+            parse_topic("tg", "plant", "door1", "tg/plant/door2/masterdata/x"),
+            None
+        );
+        assert_eq!(
+            parse_topic("tg", "plant", "door1", "tg/masterdata/Bad"),
+            None
+        );
+        assert_eq!(
+            parse_topic("tg", "plant", "door1", "tg/masterdata/a/1/2/3"),
+            None
+        );
     }
 
     #[test]
@@ -380,10 +424,17 @@ mod tests {
         let old = dataset(4, b"x", Scope::default());
         assert!(matches!(
             a.on_manifest(T, "blocked", &old.frame),
-            Err(Rejection::Rollback { version: 4, active: 5, .. })
+            Err(Rejection::Rollback {
+                version: 4,
+                active: 5,
+                ..
+            })
         ));
         let same = dataset(5, b"x", Scope::default());
-        assert_eq!(a.on_manifest(T, "blocked", &same.frame), Ok(ManifestAction::AlreadyActive));
+        assert_eq!(
+            a.on_manifest(T, "blocked", &same.frame),
+            Ok(ManifestAction::AlreadyActive)
+        );
         let other = dataset(
             6,
             b"x",
@@ -408,14 +459,20 @@ mod tests {
         let mut a = asm();
         a.on_manifest(T, "blocked", &b.frame).unwrap();
         let err = a.on_chunk("blocked", 3, 1, &b.chunks[1][..10]).unwrap_err();
-        assert!(matches!(err.0, Rejection::Format(FormatError::ChunkLength { .. })));
+        assert!(matches!(
+            err.0,
+            Rejection::Format(FormatError::ChunkLength { .. })
+        ));
         assert!(a.pending_filters().is_empty());
         // Newer version replaces an unfinished one; chunks of the old are ignored.
         a.on_manifest(T, "blocked", &b.frame).unwrap();
         let newer = dataset(4, &[2u8; 10], Scope::default());
         a.on_manifest(T, "blocked", &newer.frame).unwrap();
         assert_eq!(a.on_chunk("blocked", 3, 0, &b.chunks[0]), Ok(None));
-        assert!(a.on_chunk("blocked", 4, 0, &newer.chunks[0]).unwrap().is_some());
+        assert!(a
+            .on_chunk("blocked", 4, 0, &newer.chunks[0])
+            .unwrap()
+            .is_some());
     }
 
     #[test]

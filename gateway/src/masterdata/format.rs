@@ -286,6 +286,12 @@ pub struct VerifiedManifest {
     pub frame: Vec<u8>,
 }
 
+/// Parses a manifest body. Only [`verify_manifest`] calls it on network
+/// input, after the signature verified; public for the fuzz target.
+pub fn parse_manifest_body(body: &[u8]) -> Result<Manifest, FormatError> {
+    serde_json::from_slice(body).map_err(|e| FormatError::ManifestJson(e.to_string()))
+}
+
 /// Checks a manifest frame: length, magic, trusted key, signature over the
 /// digest, and only then parses the JSON and checks it (limits included).
 pub fn verify_manifest(
@@ -314,8 +320,7 @@ pub fn verify_manifest(
     sig.copy_from_slice(&head[13..77]);
     key.verify(&signed_digest(body), &Signature::from_bytes(&sig))
         .map_err(|_| FormatError::BadSignature(id))?;
-    let manifest: Manifest =
-        serde_json::from_slice(body).map_err(|e| FormatError::ManifestJson(e.to_string()))?;
+    let manifest = parse_manifest_body(body)?;
     manifest.check(max_payload)?;
     Ok(VerifiedManifest {
         manifest,
@@ -378,7 +383,8 @@ pub fn build(
 
 /// Checks the reassembled payload against the manifest's digest.
 pub fn check_payload(manifest: &Manifest, payload: &[u8]) -> Result<(), FormatError> {
-    if payload.len() as u64 != manifest.payload_bytes || digest_hex(payload) != manifest.payload_sha256
+    if payload.len() as u64 != manifest.payload_bytes
+        || digest_hex(payload) != manifest.payload_sha256
     {
         return Err(FormatError::PayloadDigest);
     }
@@ -514,7 +520,10 @@ mod tests {
         ));
         let mut c = b.chunks[1].clone();
         c[0] = b'b';
-        assert_eq!(m.check_chunk(1, &c), Err(FormatError::ChunkDigest { index: 1 }));
+        assert_eq!(
+            m.check_chunk(1, &c),
+            Err(FormatError::ChunkDigest { index: 1 })
+        );
         assert!(matches!(
             m.check_chunk(2, &b.chunks[1]),
             Err(FormatError::ChunkIndex { .. })
@@ -553,5 +562,74 @@ mod tests {
         fn verify_never_panics_on_garbage(frame in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
             let _ = verify_manifest(&frame, &trusted(), 1 << 20);
         }
+    }
+}
+
+#[cfg(test)]
+mod vector {
+    use super::*;
+
+    /// RFC 8032 section 7.1, test 1: a key any Ed25519 library knows.
+    pub const SECRET: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+    pub const PAYLOAD: &[u8] = include_bytes!("../../tests/data/masterdata/vector.jsonl");
+
+    pub fn built() -> Built {
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(SECRET, &mut seed).unwrap_or_default();
+        build(
+            &SigningKey::from_bytes(&seed),
+            "demo",
+            1,
+            Scope {
+                site: Some("plant-1".into()),
+                gateway: None,
+            },
+            "2026-12-07T00:00:00.000Z",
+            PAYLOAD,
+            1024,
+        )
+        .unwrap()
+    }
+
+    pub const PUBLIC: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+    pub const KEY_ID: &str = "21fe31dfa154a261";
+    pub const PAYLOAD_SHA256: &str =
+        "9ef77eb64d78cf3f19fb823d4cc95cf9b1a234ad603a84f3d5b5d29d6288de44";
+    pub const DIGEST: &str = "daef7b5919d8dffc751e67ec8ada25f9ba4d60b6c1d156a9c6c7e4b2cc205934";
+    pub const SIGNATURE: &str = "560536b565065ede75c025bc9aa4493d561d83b99c5f52c0caf761c385c3cc93\
+                                 d96fc24409ff1d475ff96077020b3de87cfbf594522a623d1ec09dbbee59b809";
+    pub const BODY: &str = r#"{"format":1,"name":"demo","version":1,"scope":{"site":"plant-1"},"created":"2026-12-07T00:00:00.000Z","payload_bytes":359,"payload_sha256":"9ef77eb64d78cf3f19fb823d4cc95cf9b1a234ad603a84f3d5b5d29d6288de44","chunk_bytes":1024,"chunks":["9ef77eb64d78cf3f19fb823d4cc95cf9b1a234ad603a84f3d5b5d29d6288de44"]}"#;
+
+    /// The vector in docs/masterdata.md is what this build produces and
+    /// accepts (the values were also checked with Python's `cryptography`).
+    #[test]
+    fn the_documented_test_vector_is_what_build_produces_and_verify_accepts() {
+        let b = built();
+        let body = &b.frame[HEADER_LEN..];
+        assert_eq!(std::str::from_utf8(body).unwrap_or_default(), BODY);
+        assert_eq!(hex::encode(&b.frame[5..13]), KEY_ID);
+        assert_eq!(hex::encode(signed_digest(body)), DIGEST);
+        assert_eq!(hex::encode(&b.frame[13..77]), SIGNATURE);
+        assert_eq!(b.manifest.payload_sha256, PAYLOAD_SHA256);
+        let key = parse_public_key(&format!("{PUBLIC_PREFIX}{PUBLIC}")).unwrap();
+        let v = verify_manifest(&b.frame, &TrustedKeys::new([key]), 1 << 20).unwrap();
+        assert_eq!(v.manifest.payload_bytes, 359);
+        let doc = include_str!("../../../docs/masterdata.md");
+        for value in [
+            SECRET,
+            PUBLIC,
+            KEY_ID,
+            PAYLOAD_SHA256,
+            DIGEST,
+            &SIGNATURE[..64],
+            &SIGNATURE[64..],
+            BODY,
+        ] {
+            assert!(doc.contains(value), "docs/masterdata.md lacks {value}");
+        }
+        let mut count = 0;
+        crate::masterdata::records::parse_payload(PAYLOAD, |_| count += 1).unwrap();
+        assert_eq!(count, 5);
+        assert!(doc.contains(std::str::from_utf8(PAYLOAD).unwrap_or_default()));
     }
 }

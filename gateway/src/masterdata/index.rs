@@ -127,7 +127,10 @@ impl<W: Clone + PartialEq> RangeMap<W> {
                 None => u64::MAX,
             };
             let w = combine(&active);
-            let merge = out.ends.last().is_some_and(|&e| e.checked_add(1) == Some(pos))
+            let merge = out
+                .ends
+                .last()
+                .is_some_and(|&e| e.checked_add(1) == Some(pos))
                 && out.vals.last() == Some(&w);
             if merge {
                 if let Some(e) = out.ends.last_mut() {
@@ -267,12 +270,10 @@ impl Expected {
 
     /// How many items the shipments list (saturating).
     pub fn count(&self) -> u64 {
-        self.items
-            .values()
-            .fold(self.ssccs.len() as u64, |n, s| {
-                n.saturating_add(s.nums.count())
-                    .saturating_add(s.text.len() as u64)
-            })
+        self.items.values().fold(self.ssccs.len() as u64, |n, s| {
+            n.saturating_add(s.nums.count())
+                .saturating_add(s.text.len() as u64)
+        })
     }
 }
 
@@ -452,9 +453,7 @@ impl IndexBuilder {
                     Serials::List(list) => {
                         for s in list {
                             match s {
-                                Serial::Num(n) => {
-                                    rules.nums.extend(ids.iter().map(|&m| (n, n, m)))
-                                }
+                                Serial::Num(n) => rules.nums.extend(ids.iter().map(|&m| (n, n, m))),
                                 Serial::Text(t) => {
                                     rules.text.entry(t).or_default().extend(ids.iter().copied())
                                 }
@@ -540,11 +539,11 @@ impl IndexBuilder {
             .markets
             .into_iter()
             .map(|(g, b)| {
-                counts.market_rules += (b.nums.len() + b.text.len() + usize::from(!b.all.is_empty())) as u64;
+                counts.market_rules +=
+                    (b.nums.len() + b.text.len() + usize::from(!b.all.is_empty())) as u64;
                 let all = (!b.all.is_empty()).then(|| intern(b.all.into_iter().collect()));
-                let nums = RangeMap::flatten(b.nums, |active| {
-                    intern(active.keys().copied().collect())
-                });
+                let nums =
+                    RangeMap::flatten(b.nums, |active| intern(active.keys().copied().collect()));
                 let text = b
                     .text
                     .into_iter()

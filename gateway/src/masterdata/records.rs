@@ -78,7 +78,10 @@ pub enum Serials {
 pub enum ExpectedItem {
     /// An SSCC (18 digits): a pallet or case.
     Sscc(String),
-    Items { gtin: u64, serials: Serials },
+    Items {
+        gtin: u64,
+        serials: Serials,
+    },
 }
 
 /// One line of the payload.
@@ -99,7 +102,11 @@ pub enum Record {
         markets: Vec<String>,
     },
     /// An NFC tag UID bound to the serial it was commissioned on.
-    Nfc { uid: Vec<u8>, gtin: u64, serial: Serial },
+    Nfc {
+        uid: Vec<u8>,
+        gtin: u64,
+        serial: Serial,
+    },
     /// An item on an expected shipment through a read point.
     Expected {
         read_point: String,
@@ -162,9 +169,9 @@ impl RawRecord {
         let parse_list = |list: &[String]| -> Result<Vec<Serial>, String> {
             list.iter()
                 .map(|s| {
-                    serial_ok(s)
-                        .then(|| Serial::parse(s))
-                        .ok_or_else(|| format!("serial {s:?} is not 1-20 printable ASCII characters"))
+                    serial_ok(s).then(|| Serial::parse(s)).ok_or_else(|| {
+                        format!("serial {s:?} is not 1-20 printable ASCII characters")
+                    })
                 })
                 .collect()
         };
@@ -197,10 +204,7 @@ impl RawRecord {
             ("shipment", self.shipment.is_some()),
             ("sscc", self.sscc.is_some()),
         ];
-        match present
-            .iter()
-            .find(|(k, p)| *p && !allowed.contains(k))
-        {
+        match present.iter().find(|(k, p)| *p && !allowed.contains(k)) {
             Some((k, _)) => Err(format!("`{k}` does not belong in a `{}` record", self.t)),
             None => Ok(()),
         }
@@ -246,7 +250,9 @@ impl RawRecord {
                     .ok_or_else(|| format!("uid {uid:?} is not 4-10 bytes of hex"))?;
                 let serial = self.serial.as_deref().ok_or("`serial` is missing")?;
                 if !serial_ok(serial) {
-                    return Err(format!("serial {serial:?} is not 1-20 printable ASCII characters"));
+                    return Err(format!(
+                        "serial {serial:?} is not 1-20 printable ASCII characters"
+                    ));
                 }
                 Ok(Record::Nfc {
                     uid,
@@ -256,7 +262,11 @@ impl RawRecord {
             }
             "expected" => {
                 self.unused(
-                    &[SEL.as_slice(), &["serials", "read_point", "shipment", "sscc"]].concat(),
+                    &[
+                        SEL.as_slice(),
+                        &["serials", "read_point", "shipment", "sscc"],
+                    ]
+                    .concat(),
                 )?;
                 let read_point = self.read_point.clone().ok_or("`read_point` is missing")?;
                 let shipment = self.shipment.clone().ok_or("`shipment` is missing")?;
@@ -291,10 +301,7 @@ impl RawRecord {
 
 /// Parses a payload, handing each record to `each`. Empty lines are
 /// skipped. Returns the number of records, or the first bad line.
-pub fn parse_payload(
-    payload: &[u8],
-    mut each: impl FnMut(Record),
-) -> Result<u64, RecordError> {
+pub fn parse_payload(payload: &[u8], mut each: impl FnMut(Record)) -> Result<u64, RecordError> {
     let mut count = 0;
     for (i, line) in payload.split(|&b| b == b'\n').enumerate() {
         let line_no = i as u64 + 1;
@@ -361,18 +368,42 @@ mod tests {
                 reason: BlockReason::Stolen
             }
         );
-        assert!(matches!(out[2], Record::Market { serials: Serials::All, .. }));
+        assert!(matches!(
+            out[2],
+            Record::Market {
+                serials: Serials::All,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn bad_lines_are_reported_with_their_number() {
         for (line, why) in [
-            (r#"{"t":"commissioned","gtin":"09506000134352"}"#, "exactly one"),
-            (r#"{"t":"commissioned","gtin":"09506000134352","from":5,"to":1}"#, "above"),
-            (r#"{"t":"blocked","gtin":"09506000134352","serial":"1"}"#, "reason"),
-            (r#"{"t":"blocked","gtin":"09506000134352","serial":"1","reason":"lost"}"#, "unknown variant"),
-            (r#"{"t":"nfc","uid":"04","gtin":"09506000134352","serial":"1"}"#, "4-10 bytes"),
-            (r#"{"t":"commissioned","gtin":"09506000134352","serial":"1","uid":"04"}"#, "does not belong"),
+            (
+                r#"{"t":"commissioned","gtin":"09506000134352"}"#,
+                "exactly one",
+            ),
+            (
+                r#"{"t":"commissioned","gtin":"09506000134352","from":5,"to":1}"#,
+                "above",
+            ),
+            (
+                r#"{"t":"blocked","gtin":"09506000134352","serial":"1"}"#,
+                "reason",
+            ),
+            (
+                r#"{"t":"blocked","gtin":"09506000134352","serial":"1","reason":"lost"}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"t":"nfc","uid":"04","gtin":"09506000134352","serial":"1"}"#,
+                "4-10 bytes",
+            ),
+            (
+                r#"{"t":"commissioned","gtin":"09506000134352","serial":"1","uid":"04"}"#,
+                "does not belong",
+            ),
             (r#"{"t":"zap"}"#, "unknown record type"),
             (r#"{"t":"commissioned","extra":1}"#, "unknown field"),
             ("not json", "expected"),

@@ -43,22 +43,27 @@ fn label(s: &Subject) -> String {
 
 /// Evaluates a pass at `read_point`. `None` when the read point has no
 /// expected shipment (no verdict to give).
-pub fn evaluate_pass(index: &MasterIndex, read_point: &str, seen: &[Subject]) -> Option<PassVerdict> {
+pub fn evaluate_pass(
+    index: &MasterIndex,
+    read_point: &str,
+    seen: &[Subject],
+) -> Option<PassVerdict> {
     let expected = index.expected(read_point)?;
     let mut hit: BTreeSet<String> = BTreeSet::new();
     let mut unexpected: BTreeSet<String> = BTreeSet::new();
     for s in seen {
         let l = label(s);
-        let on_list = s.sscc.is_some_and(|x| expected.ssccs.contains(x))
-            || match (s.gtin.and_then(parse_gtin), s.serial) {
-                (Some(g), Some(ser)) => expected.items.get(&g).is_some_and(|set| {
-                    match super::records::canonical_number(ser) {
-                        Some(n) => set.nums.contains(n),
-                        None => set.text.contains(ser),
-                    }
-                }),
-                _ => false,
-            };
+        let on_list =
+            s.sscc.is_some_and(|x| expected.ssccs.contains(x))
+                || match (s.gtin.and_then(parse_gtin), s.serial) {
+                    (Some(g), Some(ser)) => expected.items.get(&g).is_some_and(|set| {
+                        match super::records::canonical_number(ser) {
+                            Some(n) => set.nums.contains(n),
+                            None => set.text.contains(ser),
+                        }
+                    }),
+                    _ => false,
+                };
         if on_list {
             hit.insert(l);
         } else {
@@ -85,7 +90,9 @@ pub fn evaluate_pass(index: &MasterIndex, read_point: &str, seen: &[Subject]) ->
             }
         }
         for g in gtins {
-            let Some(set) = expected.items.get(g) else { continue };
+            let Some(set) = expected.items.get(g) else {
+                continue;
+            };
             let mut text: Vec<&str> = set.text.iter().map(|t| &**t).collect();
             text.sort_unstable();
             let nums = set

@@ -163,12 +163,21 @@ fn every_check_raises_its_flag() {
     };
     assert_eq!(flags_of(&idx, item("5"), "dock"), (vec![], None));
     assert_eq!(flags_of(&idx, item("5"), "other").0, vec![]);
-    assert_eq!(flags_of(&idx, item("500"), "other").0, vec![Flag::UnknownSerial]);
+    assert_eq!(
+        flags_of(&idx, item("500"), "other").0,
+        vec![Flag::UnknownSerial]
+    );
     let (f, d) = flags_of(&idx, item("55"), "other");
     assert_eq!(f, vec![Flag::Blocked]);
     assert_eq!(d.unwrap().blocked_reason, Some(BlockReason::Recalled));
-    assert_eq!(flags_of(&idx, item("95"), "other").0, vec![Flag::WrongMarket]);
-    assert_eq!(flags_of(&idx, item("11"), "dock").0, vec![Flag::NotExpected]);
+    assert_eq!(
+        flags_of(&idx, item("95"), "other").0,
+        vec![Flag::WrongMarket]
+    );
+    assert_eq!(
+        flags_of(&idx, item("11"), "dock").0,
+        vec![Flag::NotExpected]
+    );
     let tap = Subject {
         uid: Some(&[0x04, 0xA1, 0xB2, 0xC3, 0xD4, 0xE5, 0xF6]),
         ..item("8")
@@ -176,7 +185,10 @@ fn every_check_raises_its_flag() {
     let (f, d) = flags_of(&idx, tap, "other");
     assert_eq!(f, vec![Flag::SerialMismatch]);
     let d = d.unwrap();
-    assert_eq!((d.bound_gtin.as_deref(), d.bound_serial.as_deref()), (Some(GTIN_S), Some("7")));
+    assert_eq!(
+        (d.bound_gtin.as_deref(), d.bound_serial.as_deref()),
+        (Some(GTIN_S), Some("7"))
+    );
     let tap_ok = Subject {
         uid: Some(&[0x04, 0xA1, 0xB2, 0xC3, 0xD4, 0xE5, 0xF6]),
         ..item("7")
