@@ -400,19 +400,27 @@ pub const PUBLIC_PREFIX: &str = "ed25519-public:";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyFileError {
-    #[error("not a {0} key file (expected one line `{0}<64 hex digits>`)")]
-    Shape(&'static str),
+    #[error("not a {kind} key file (expected one line `{prefix}<64 hex digits>`)")]
+    Shape {
+        kind: &'static str,
+        prefix: &'static str,
+    },
     #[error("not a valid Ed25519 public key")]
     Invalid,
 }
 
 fn key_bytes(text: &str, prefix: &'static str) -> Result<[u8; 32], KeyFileError> {
-    let hexs = text
-        .trim()
-        .strip_prefix(prefix)
-        .ok_or(KeyFileError::Shape(prefix))?;
+    let shape = KeyFileError::Shape {
+        kind: if prefix == SECRET_PREFIX {
+            "secret"
+        } else {
+            "public"
+        },
+        prefix,
+    };
+    let hexs = text.trim().strip_prefix(prefix).ok_or(shape.clone())?;
     let mut out = [0u8; 32];
-    hex::decode_to_slice(hexs, &mut out).map_err(|_| KeyFileError::Shape(prefix))?;
+    hex::decode_to_slice(hexs, &mut out).map_err(|_| shape)?;
     Ok(out)
 }
 

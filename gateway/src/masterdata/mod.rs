@@ -12,6 +12,7 @@
 //! - `shipment`: pass verdicts (complete / missing / unexpected).
 
 pub mod assemble;
+pub mod config;
 pub mod format;
 pub mod index;
 pub mod records;
