@@ -208,7 +208,7 @@ impl Event {
         match &self.body {
             EventBody::Arrived(b) | EventBody::Departed(b) | EventBody::Present(b) => &b.flags,
             EventBody::Tap(b) => &b.flags,
-            EventBody::Overflow(_) => &[],
+            EventBody::Overflow(_) | EventBody::MasterdataApplied(_) => &[],
         }
     }
 
@@ -295,6 +295,7 @@ impl Serialize for Numbered<'_> {
             EventBody::Arrived(b) | EventBody::Departed(b) | EventBody::Present(b) => wire!(b),
             EventBody::Tap(b) => wire!(b),
             EventBody::Overflow(b) => wire!(b),
+            EventBody::MasterdataApplied(b) => wire!(b),
         }
     }
 }
@@ -319,6 +320,7 @@ pub enum EventKind {
     Present,
     Tap,
     Overflow,
+    MasterdataApplied,
 }
 
 impl EventKind {
@@ -329,6 +331,7 @@ impl EventKind {
             EventKind::Present => "present",
             EventKind::Tap => "tap",
             EventKind::Overflow => "overflow",
+            EventKind::MasterdataApplied => "masterdata_applied",
         }
     }
 }
@@ -353,6 +356,8 @@ pub enum EventBody {
     Tap(TapEvent),
     /// The store was full and dropped or refused events.
     Overflow(OverflowEvent),
+    /// A master-data dataset from the registry is now in force.
+    MasterdataApplied(MasterdataAppliedEvent),
 }
 
 impl EventBody {
@@ -363,6 +368,7 @@ impl EventBody {
             EventBody::Present(_) => EventKind::Present,
             EventBody::Tap(_) => EventKind::Tap,
             EventBody::Overflow(_) => EventKind::Overflow,
+            EventBody::MasterdataApplied(_) => EventKind::MasterdataApplied,
         }
     }
 }
@@ -841,6 +847,25 @@ pub enum OverflowPolicy {
     RejectNew,
 }
 
+// ------------------------------------------------- masterdata_applied body ----
+
+/// `masterdata_applied`: which dataset version this gateway now enforces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterdataAppliedEvent {
+    pub site: String,
+    /// The dataset's name (docs/masterdata.md).
+    pub name: String,
+    pub version: u64,
+    /// The version it replaced (absent: the first of that name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<u64>,
+    /// `fleet`, `site S` or `gateway S/G`, from the signed manifest.
+    pub scope: String,
+    pub records: u64,
+    /// From the first stored chunk to the switch.
+    pub apply_ms: u64,
+}
+
 // ---------------------------------------------------------- human output ----
 
 impl fmt::Display for Event {
@@ -889,6 +914,13 @@ impl fmt::Display for Event {
                 if let (Some(a), Some(z)) = (b.first_seq, b.last_seq) {
                     write!(f, " (seq {a}..{z})")?;
                 }
+            }
+            EventBody::MasterdataApplied(b) => {
+                write!(
+                    f,
+                    " {} version {} ({} records)",
+                    b.name, b.version, b.records
+                )?;
             }
         }
         let flags = self.flags();

@@ -185,6 +185,11 @@ impl Assembler {
         }
     }
 
+    /// Drops a dataset on its way (it will be received again).
+    pub fn forget(&mut self, name: &str) {
+        self.pending.remove(name);
+    }
+
     pub fn active_version(&self, name: &str) -> Option<u64> {
         self.active.get(name).copied()
     }

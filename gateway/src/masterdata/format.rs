@@ -33,10 +33,10 @@ pub const HEADER_LEN: usize = 4 + 1 + 8 + 64;
 /// Largest manifest body accepted: its chunk list is what grows (67 bytes a
 /// chunk), 256 KiB leaves room for ~3,900 chunks.
 pub const MAX_MANIFEST_BODY: usize = 256 * 1024;
-/// Chunk sizes a manifest may declare (1 KiB to 1 MiB): an MQTT message
-/// each, small enough for any broker's default message limit.
+/// Chunk sizes a manifest may declare (1 KiB to 512 KiB): an MQTT message
+/// each, within the 1 MiB packet limit the gateway sets for its client.
 pub const MIN_CHUNK: u32 = 1024;
-pub const MAX_CHUNK: u32 = 1024 * 1024;
+pub const MAX_CHUNK: u32 = 512 * 1024;
 /// The chunk size `build` uses unless told otherwise.
 pub const DEFAULT_CHUNK: u32 = 256 * 1024;
 /// Longest dataset name (it is an MQTT topic level).

@@ -589,6 +589,12 @@ impl MasterIndex {
         self.counts.records == 0
     }
 
+    /// Whether any commissioned serials are listed (`unknown_serial` is
+    /// judged only then).
+    pub fn has_commissioned(&self) -> bool {
+        !self.commissioned.is_empty()
+    }
+
     /// The merged expected shipments of a read point.
     pub fn expected(&self, read_point: &str) -> Option<&Expected> {
         self.expected.get(read_point)

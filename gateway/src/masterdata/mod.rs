@@ -16,7 +16,10 @@ pub mod config;
 pub mod format;
 pub mod index;
 pub mod records;
+pub mod service;
 pub mod shipment;
+pub mod tool;
+pub mod verdict;
 
 use std::sync::Arc;
 

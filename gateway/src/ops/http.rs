@@ -541,6 +541,7 @@ mod tests {
             }),
             health: None,
             heartbeats: vec![],
+            masterdata: None,
         })
     }
 

@@ -29,6 +29,9 @@ pub struct Status {
     pub health: Option<Health>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub heartbeats: Vec<HeartbeatAge>,
+    /// Datasets in force and the last refusal (`None`: no `[masterdata]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masterdata: Option<crate::masterdata::service::MasterdataStatus>,
 }
 
 /// Store statistics plus what is derived from them at the snapshot.
@@ -418,6 +421,7 @@ mod tests {
             }),
             health: None,
             heartbeats: vec![],
+            masterdata: None,
         }
     }
 

@@ -190,6 +190,8 @@ pub struct PublisherContext {
     pub heartbeat: Arc<Heartbeat>,
     pub stats: Arc<PublisherStats>,
     pub acks: Option<crate::Observer<AckNotice>>,
+    /// Master data from the registry (`None`: no `[masterdata]`).
+    pub downlink: Option<crate::masterdata::service::Downlink>,
 }
 
 impl std::fmt::Debug for PublisherContext {
@@ -473,6 +475,10 @@ pub async fn run(
                     conn = Some(up.on_connack(&client, now));
                 }
                 Outcome::Polled(Ok(ev)) => {
+                    if let (Event::Incoming(Incoming::Publish(p)), Some(dl)) = (&ev, &ctx.downlink)
+                    {
+                        downlink_message(dl, &client, &p.topic, &p.payload);
+                    }
                     if let Some(c) = conn {
                         up.on_event(c, &ev, now);
                     }
@@ -527,6 +533,30 @@ pub async fn run(
     Ok(())
 }
 
+/// A message on a master-data topic: subscriptions it asks for are
+/// requested without waiting, a complete dataset goes to the applying task.
+fn downlink_message(
+    dl: &crate::masterdata::service::Downlink,
+    client: &AsyncClient,
+    topic: &str,
+    payload: &[u8],
+) {
+    use crate::masterdata::service::DownlinkAction;
+    for action in dl.on_message(topic, payload) {
+        let sent = match &action {
+            DownlinkAction::Subscribe(f) => client.try_subscribe(f.clone(), QoS::AtLeastOnce),
+            DownlinkAction::Unsubscribe(f) => client.try_unsubscribe(f.clone()),
+            DownlinkAction::Deliver(_) => Ok(()),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "master data subscription request failed; retried at the next connection");
+        }
+        if let DownlinkAction::Deliver(c) = action {
+            dl.deliver(*c);
+        }
+    }
+}
+
 impl Uplink<'_> {
     fn on_connack(&mut self, client: &AsyncClient, now: Instant) -> ConnId {
         let conn = self.outbox.on_connected(now);
@@ -538,6 +568,13 @@ impl Uplink<'_> {
             Err(e) => tracing::warn!(error = %e, "cannot queue the MQTT birth message"),
         }
         self.next_health = now;
+        if let Some(dl) = &self.ctx.downlink {
+            for f in dl.filters() {
+                if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                    tracing::warn!(filter = %f, error = %e, "cannot subscribe to master data");
+                }
+            }
+        }
         tracing::info!(
             connects = n + 1,
             backlog = self.outbox.backlog_remaining(),

@@ -390,6 +390,7 @@ impl Store {
             store_id,
             page_size,
             last_overflow_warn,
+            ..
         } = self;
         let path = config.path.clone();
         let err = move |e: rusqlite::Error| StoreError::sqlite("committing events", &path, e);
