@@ -247,6 +247,12 @@ impl Downlink {
         f
     }
 
+    /// `{prefix}/{site}/{gateway}/alerts`: flagged events, one per message.
+    pub fn alerts_topic(&self) -> String {
+        let s = &self.shared;
+        format!("{}/{}/{}/alerts", s.prefix, s.site, s.gateway)
+    }
+
     /// Whether `topic` is one of ours (the publisher passes on only those).
     pub fn wants(&self, topic: &str) -> bool {
         parse_topic(

@@ -695,6 +695,9 @@ impl Uplink<'_> {
         };
         match client.try_publish(self.topics.events.clone(), QoS::AtLeastOnce, false, payload) {
             Ok(()) => {
+                if let Some(dl) = &self.ctx.downlink {
+                    self.publish_alerts(client, dl, &batch);
+                }
                 self.ctx
                     .stats
                     .events_sent
@@ -708,6 +711,45 @@ impl Uplink<'_> {
                 tracing::warn!(error = %e, "MQTT request channel refused a batch; will retry");
                 self.outbox.put_back(batch);
                 false
+            }
+        }
+    }
+
+    /// The flagged events of a batch also go to the alerts topic, as one
+    /// message in the same payload format (same events, same `id`s; QoS 1,
+    /// not retained). The events topic is what the outbox guarantees: an
+    /// alert the client cannot take is counted and logged, and a batch sent
+    /// again after a reconnection sends its alert again (consumers
+    /// deduplicate by `id`).
+    fn publish_alerts(
+        &mut self,
+        client: &AsyncClient,
+        dl: &crate::masterdata::service::Downlink,
+        batch: &Batch,
+    ) {
+        let flagged: Vec<crate::store::StoredEvent> = batch
+            .events
+            .iter()
+            .filter(|e| e.payload.contains("\"flags\":["))
+            .cloned()
+            .collect();
+        if flagged.is_empty() {
+            return;
+        }
+        let sent = self
+            .renderer
+            .render(&self.source, &flagged)
+            .map_err(|e| e.to_string())
+            .and_then(|payload| {
+                client
+                    .try_publish(dl.alerts_topic(), QoS::AtLeastOnce, false, payload)
+                    .map_err(|e| e.to_string())
+            });
+        match sent {
+            Ok(()) => self.outbox.on_control_handed(batch.conn()),
+            Err(e) => {
+                metrics::counter!("tracegate_alerts_not_sent_total").increment(1);
+                tracing::warn!(events = flagged.len(), error = %e, "alert not sent (its events are delivered on the events topic)");
             }
         }
     }
