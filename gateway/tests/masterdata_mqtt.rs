@@ -319,7 +319,8 @@ async fn signed_datasets_flag_events_and_hostile_ones_are_refused() {
         p[0].1.truncate(100);
         p
     };
-    let cases: Vec<(&str, Vec<(String, Vec<u8>)>, &str)> = vec![
+    type Messages = Vec<(String, Vec<u8>)>;
+    let cases: Vec<(&str, Messages, &str)> = vec![
         (
             "rollback",
             plan(&blocked(&key, &gtin, 1, "other")),

@@ -101,7 +101,7 @@ impl<W: Clone + PartialEq> RangeMap<W> {
                 events.push((past, false, v));
             }
         }
-        events.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+        events.sort_unstable_by_key(|e| e.0);
         let mut out = RangeMap::default();
         let mut active: BTreeMap<V, usize> = BTreeMap::new();
         let mut i = 0;
@@ -383,13 +383,16 @@ pub struct MasterIndex {
 #[derive(Debug, Default)]
 pub struct IndexBuilder {
     commissioned: HashMap<u64, SerialSetBuilder>,
-    blocked: HashMap<u64, (Vec<(u64, u64, BlockReason)>, HashMap<Box<str>, BlockReason>)>,
+    blocked: HashMap<u64, BlockedBuilder>,
     markets: HashMap<u64, MarketBuilder>,
     market_names: BTreeMap<Box<str>, u32>,
     nfc: HashMap<Box<[u8]>, (u64, Serial)>,
     expected: HashMap<Box<str>, ExpectedBuilder>,
     records: u64,
 }
+
+/// Numeric blocked ranges (flattened at the end) and text serials.
+type BlockedBuilder = (Vec<(u64, u64, BlockReason)>, HashMap<Box<str>, BlockReason>);
 
 #[derive(Debug, Default)]
 struct MarketBuilder {

@@ -172,7 +172,10 @@ pub fn write_dataset(dir: &Path, built: &Built) -> Result<(), ToolError> {
 }
 
 /// Reads a dataset directory back (checking it against its own manifest).
-pub fn read_dataset(dir: &Path) -> Result<(Manifest, Vec<u8>, Vec<Vec<u8>>), ToolError> {
+/// A dataset read from disk: manifest, frame, chunks.
+pub type DatasetFiles = (Manifest, Vec<u8>, Vec<Vec<u8>>);
+
+pub fn read_dataset(dir: &Path) -> Result<DatasetFiles, ToolError> {
     let mp = dir.join(MANIFEST_FILE);
     let frame = std::fs::read(&mp).map_err(|e| file_err(&mp, e))?;
     let body = frame
@@ -289,6 +292,56 @@ pub async fn publish(
         .map_err(|_| ToolError::Other(format!("no PUBACK for every message within {timeout:?}")))?
 }
 
+/// `show`: the datasets in force in the store of `config`, each re-verified
+/// with the configured trusted keys, one line each.
+pub fn show(config: &crate::config::Config) -> Result<String, ToolError> {
+    use std::fmt::Write as _;
+    let stored = crate::store::masterdata::read_active(&config.store.path)
+        .map_err(|e| ToolError::Other(e.to_string()))?;
+    let trusted = config
+        .masterdata
+        .as_ref()
+        .map(super::config::load_trusted_keys);
+    let mut out = String::new();
+    if stored.is_empty() {
+        out.push_str("no master data in force\n");
+    }
+    for d in stored {
+        let verdict = match &trusted {
+            None => "not checked (no [masterdata] section)".to_owned(),
+            Some(Err(e)) => format!("not checked: {}", e.join("; ")),
+            Some(Ok(keys)) => match verify_manifest(&d.manifest, keys, u64::MAX) {
+                Ok(v) => {
+                    let payload = d.chunks.concat();
+                    match format::check_payload(&v.manifest, &payload) {
+                        Ok(()) => {
+                            let mut n = 0u64;
+                            match super::records::parse_payload(&payload, |_| n += 1) {
+                                Ok(_) => format!(
+                                    "verified, {n} records, scope {}, signed by {}",
+                                    v.manifest.scope, v.key
+                                ),
+                                Err(e) => format!("REFUSED: {e}"),
+                            }
+                        }
+                        Err(e) => format!("REFUSED: {e}"),
+                    }
+                }
+                Err(e) => format!("REFUSED: {e}"),
+            },
+        };
+        let _ = writeln!(
+            out,
+            "{} version {} applied {}: {}",
+            d.name,
+            d.version,
+            crate::event::iso_ms(d.applied_utc_ms),
+            verdict
+        );
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,54 +412,4 @@ mod tests {
         let trusted = TrustedKeys::new([super::super::config::load_key(&public).unwrap()]);
         verify_manifest(&plan.last().unwrap().1, &trusted, 1 << 20).unwrap();
     }
-}
-
-/// `show`: the datasets in force in the store of `config`, each re-verified
-/// with the configured trusted keys, one line each.
-pub fn show(config: &crate::config::Config) -> Result<String, ToolError> {
-    use std::fmt::Write as _;
-    let stored = crate::store::masterdata::read_active(&config.store.path)
-        .map_err(|e| ToolError::Other(e.to_string()))?;
-    let trusted = config
-        .masterdata
-        .as_ref()
-        .map(super::config::load_trusted_keys);
-    let mut out = String::new();
-    if stored.is_empty() {
-        out.push_str("no master data in force\n");
-    }
-    for d in stored {
-        let verdict = match &trusted {
-            None => "not checked (no [masterdata] section)".to_owned(),
-            Some(Err(e)) => format!("not checked: {}", e.join("; ")),
-            Some(Ok(keys)) => match verify_manifest(&d.manifest, keys, u64::MAX) {
-                Ok(v) => {
-                    let payload = d.chunks.concat();
-                    match format::check_payload(&v.manifest, &payload) {
-                        Ok(()) => {
-                            let mut n = 0u64;
-                            match super::records::parse_payload(&payload, |_| n += 1) {
-                                Ok(_) => format!(
-                                    "verified, {n} records, scope {}, signed by {}",
-                                    v.manifest.scope, v.key
-                                ),
-                                Err(e) => format!("REFUSED: {e}"),
-                            }
-                        }
-                        Err(e) => format!("REFUSED: {e}"),
-                    }
-                }
-                Err(e) => format!("REFUSED: {e}"),
-            },
-        };
-        let _ = writeln!(
-            out,
-            "{} version {} applied {}: {}",
-            d.name,
-            d.version,
-            crate::event::iso_ms(d.applied_utc_ms),
-            verdict
-        );
-    }
-    Ok(out)
 }

@@ -68,7 +68,8 @@ proptest! {
     ) {
         let names = ["DE", "AT", "FR", "US"];
         let mut b = IndexBuilder::default();
-        let mut naive: Vec<(Option<(u64, u64)>, BTreeSet<u8>)> = Vec::new();
+        type Rule = (Option<(u64, u64)>, BTreeSet<u8>);
+        let mut naive: Vec<Rule> = Vec::new();
         for (range, markets) in &rules {
             let serials = match range {
                 Some((a, len)) => Serials::Range(*a, a + len),
