@@ -188,7 +188,14 @@ impl SerialSetBuilder {
             Serials::List(list) => {
                 for s in list {
                     match s {
-                        Serial::Num(n) => self.runs.push((n, n)),
+                        // Serials listed in sequence extend the last run
+                        // instead of costing 16 bytes each until the merge.
+                        Serial::Num(n) => match self.runs.last_mut() {
+                            Some(last) if last.0 <= n && n <= last.1.saturating_add(1) => {
+                                last.1 = last.1.max(n)
+                            }
+                            _ => self.runs.push((n, n)),
+                        },
                         Serial::Text(t) => {
                             self.text.insert(t);
                         }
