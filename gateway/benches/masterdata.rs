@@ -26,7 +26,12 @@ use tracegate::masterdata::service::{Active, Dataset};
 use tracegate::store::masterdata::MasterdataJob;
 use tracegate::store::{spawn_writer, EventDraft, FullPolicy, Store, StoreConfig, WriteRequest};
 
-const GTINS: [&str; 4] = ["09506000134352", "00614141123452", "04012345000009", "08712345678906"];
+const GTINS: [&str; 4] = [
+    "09506000134352",
+    "00614141123452",
+    "04012345000009",
+    "08712345678906",
+];
 const SERIALS: u64 = 10_000_000;
 const RUN: u64 = 100;
 const BLOCKED: u64 = 100_000;
@@ -46,7 +51,10 @@ fn payload_ranges() -> Vec<u8> {
     for g in GTINS {
         let mut start = 1;
         for _ in 0..per_gtin / RUN {
-            out += &format!("{{\"t\":\"commissioned\",\"gtin\":\"{g}\",\"from\":{start},\"to\":{}}}\n", start + RUN - 1);
+            out += &format!(
+                "{{\"t\":\"commissioned\",\"gtin\":\"{g}\",\"from\":{start},\"to\":{}}}\n",
+                start + RUN - 1
+            );
             start += 2 * RUN;
         }
         out += &format!("{{\"t\":\"market\",\"gtin\":\"{g}\",\"markets\":[\"DE\",\"AT\"]}}\n");
@@ -74,7 +82,10 @@ fn payload_lists() -> Vec<u8> {
             for s in start..start + RUN {
                 list.push(format!("\"{s}\""));
                 if list.len() == 1000 {
-                    out += &format!("{{\"t\":\"commissioned\",\"gtin\":\"{g}\",\"serials\":[{}]}}\n", list.join(","));
+                    out += &format!(
+                        "{{\"t\":\"commissioned\",\"gtin\":\"{g}\",\"serials\":[{}]}}\n",
+                        list.join(",")
+                    );
                     list.clear();
                 }
             }
@@ -108,7 +119,12 @@ fn lookup() {
     let probes: Vec<(usize, String)> = {
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
         (0..1_000_000)
-            .map(|_| (rng.gen_range(0..GTINS.len()), rng.gen_range(1..2 * SERIALS / 4).to_string()))
+            .map(|_| {
+                (
+                    rng.gen_range(0..GTINS.len()),
+                    rng.gen_range(1..2 * SERIALS / 4).to_string(),
+                )
+            })
             .collect()
     };
     let rss0 = rss_kib();
@@ -158,7 +174,11 @@ fn lookup() {
     }
     let (b50, b99, bmax) = pct(times);
     println!("baseline HashSet<(gtin, serial)> of the 10M serials: p50 {b50:.2} us  p99 {b99:.2} us  max {bmax:.1} us ({hits} hits); RSS +{} KiB", rss3.saturating_sub(rss2));
-    println!("ratio p99 index/baseline: {:.2}; RSS index/baseline: {:.4}", p99 / b99, (rss1.saturating_sub(rss0)) as f64 / (rss3.saturating_sub(rss2)).max(1) as f64);
+    println!(
+        "ratio p99 index/baseline: {:.2}; RSS index/baseline: {:.4}",
+        p99 / b99,
+        (rss1.saturating_sub(rss0)) as f64 / (rss3.saturating_sub(rss2)).max(1) as f64
+    );
     drop(naive);
 
     // The listed worst case: same serials, 10M entries one by one.
@@ -189,7 +209,13 @@ fn store_config(dir: &std::path::Path) -> StoreConfig {
 
 fn draft(i: u64) -> EventDraft {
     let epc = hex::decode(format!("3074257BF7194E40{:08X}", i as u32)).unwrap();
-    EventDraft::new(tracegate::event::Event::sample_arrival("gw", "site", "dock", &epc, 1_765_000_000_000 + i as i64))
+    EventDraft::new(tracegate::event::Event::sample_arrival(
+        "gw",
+        "site",
+        "dock",
+        &epc,
+        1_765_000_000_000 + i as i64,
+    ))
 }
 
 /// Longest and p99 request -> commit wait (ms) at 1,000 requests/s for
@@ -203,9 +229,22 @@ fn paced(apply: Option<&[u8]>, secs: u64) -> (f64, f64, Option<Duration>) {
     let jobs = store.masterdata_channel();
     let (tx, rx) = mpsc::channel(4096);
     let w = spawn_writer(store, rx, None, None).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let built = apply.map(|p| {
-        build(&SigningKey::from_bytes(&[1; 32]), "bench", 1, Scope::default(), "", p, 256 * 1024).unwrap()
+        build(
+            &SigningKey::from_bytes(&[1; 32]),
+            "bench",
+            1,
+            Scope::default(),
+            "",
+            p,
+            256 * 1024,
+        )
+        .unwrap()
     });
     let (lat, took) = rt.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -218,13 +257,26 @@ fn paced(apply: Option<&[u8]>, secs: u64) -> (f64, f64, Option<Duration>) {
             if i == 1000 {
                 if let Some(b) = built.take() {
                     let (rtx, rrx) = oneshot::channel();
-                    jobs.send(MasterdataJob { name: "bench".into(), version: 1, manifest: b.frame, chunks: b.chunks, reply: rtx }).await.unwrap();
+                    jobs.send(MasterdataJob {
+                        name: "bench".into(),
+                        version: 1,
+                        manifest: b.frame,
+                        chunks: b.chunks,
+                        reply: rtx,
+                    })
+                    .await
+                    .unwrap();
                     reply = Some((Instant::now(), rrx));
                 }
             }
             let (ack, acked) = tracegate_drivers::CommitAck::pair();
             let sent = Instant::now();
-            tx.send(WriteRequest { drafts: vec![draft(i)], ack: Some(ack) }).await.unwrap();
+            tx.send(WriteRequest {
+                drafts: vec![draft(i)],
+                ack: Some(ack),
+            })
+            .await
+            .unwrap();
             waits.push(tokio::spawn(async move {
                 acked.await.unwrap();
                 sent.elapsed().as_secs_f64() * 1000.0
@@ -272,7 +324,11 @@ fn apply() {
 
 fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    println!("machine: {} cores; {}", std::thread::available_parallelism().map_or(0, |n| n.get()), chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"));
+    println!(
+        "machine: {} cores; {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    );
     if filter.as_deref().is_none_or(|f| "lookup".contains(f)) {
         lookup();
     }
