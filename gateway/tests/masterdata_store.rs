@@ -88,11 +88,28 @@ async fn a_dataset_is_applied_between_event_commits_and_kept_across_restarts() {
     let (j, reply) = job(&dataset(1, 1000));
     jobs.send(j).await.unwrap();
     assert!(reply.await.unwrap().is_err());
-    // A newer one replaces it, and the old chunks are gone.
+    // A newer one replaces it, and the old chunks are deleted after the
+    // switch, a few per transaction.
     let v2 = dataset(2, 10_000);
     let (j, reply) = job(&v2);
     jobs.send(j).await.unwrap();
     reply.await.unwrap().unwrap();
+    let md = rusqlite::Connection::open(tracegate::store::masterdata::path_for(&cfg.path)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows: i64 = md
+            .query_row("SELECT count(*) FROM chunks", [], |r| r.get(0))
+            .unwrap();
+        if rows as usize == v2.chunks.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{rows} chunk rows left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(md);
     drop((tx, jobs, w.watermark));
     let committed = *w.committed.borrow();
     tokio::task::spawn_blocking(move || w.handle.join())

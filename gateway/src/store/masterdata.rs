@@ -9,8 +9,9 @@
 //! **Apply without stalling events.** A dataset is applied as a job: each
 //! writer loop turn stages ONE chunk (at most 1 MiB) in its own small
 //! transaction, between event commits; when every chunk is staged, one short
-//! transaction points `md.active` at the new version and deletes the old
-//! version's chunks. Readers of the index (the pipeline) see the new dataset
+//! transaction points `md.active` at the new version. The old version's
+//! chunks are deleted afterwards, a few rows per transaction (deleting
+//! 100 MB in the switch would hold the write lock for a long time). Readers of the index (the pipeline) see the new dataset
 //! only after that commit, so a SIGKILL at any moment leaves the old dataset
 //! or the new one, never a mix; staged chunks of a version that never became
 //! active are deleted at the next start.
@@ -89,7 +90,12 @@ pub struct Applier {
     inbox: mpsc::Receiver<MasterdataJob>,
     open: bool,
     queue: VecDeque<Progress>,
+    /// (name, version in force): chunks of other versions still to delete.
+    cleanup: VecDeque<(String, u64)>,
 }
+
+/// Old chunks deleted per transaction after a switch (each up to 512 KiB).
+const CLEANUP_ROWS: i64 = 4;
 
 #[derive(Debug)]
 struct Progress {
@@ -108,13 +114,14 @@ impl Applier {
                 inbox: rx,
                 open: true,
                 queue: VecDeque::new(),
+                cleanup: VecDeque::new(),
             },
         )
     }
 
     /// A job is in progress: the writer must not sleep.
     pub fn busy(&self) -> bool {
-        !self.queue.is_empty()
+        !self.queue.is_empty() || !self.cleanup.is_empty()
     }
 
     /// Waits for a job (for the idle writer's select); pending forever once
@@ -196,6 +203,19 @@ impl Store {
             applier.queue.push_back(progress(job));
         }
         let Some(p) = applier.queue.front_mut() else {
+            if let Some((name, version)) = applier.cleanup.front() {
+                match self.md_cleanup(name, *version) {
+                    Ok(0) => {
+                        applier.cleanup.pop_front();
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        // Harmless: the next start deletes them.
+                        tracing::warn!(error = %e, "cannot delete old master data chunks");
+                        applier.cleanup.pop_front();
+                    }
+                }
+            }
             return;
         };
         let result = self.md_attach().and_then(|()| {
@@ -219,6 +239,9 @@ impl Store {
             Ok(None) => {}
             Ok(Some(report)) => {
                 if let Some(p) = applier.queue.pop_front() {
+                    applier
+                        .cleanup
+                        .push_back((p.job.name.clone(), p.job.version));
                     // The service may have stopped waiting; the apply stands.
                     let _ = p.job.reply.send(Ok(report));
                 }
@@ -283,15 +306,23 @@ impl Store {
              VALUES (?1, ?2, ?3, ?4)",
             params![job.name, job.version as i64, job.manifest, at],
         )
-        .and_then(|_| {
-            tx.execute(
-                "DELETE FROM md.chunks WHERE name = ?1 AND version <> ?2",
-                params![job.name, job.version as i64],
-            )
-        })
         .and_then(|_| tx.commit())
         .map_err(sql("switching master data", self))?;
         Ok(())
+    }
+}
+
+impl Store {
+    /// Deletes up to [`CLEANUP_ROWS`] chunks of `name` that are not of
+    /// `version`; returns how many.
+    fn md_cleanup(&mut self, name: &str, version: u64) -> Result<usize, StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM md.chunks WHERE rowid IN (SELECT rowid FROM md.chunks \
+                 WHERE name = ?1 AND version <> ?2 LIMIT ?3)",
+                params![name, version as i64, CLEANUP_ROWS],
+            )
+            .map_err(sql("deleting old master data", self))
     }
 }
 
