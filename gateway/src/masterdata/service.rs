@@ -181,6 +181,27 @@ pub enum RejectedStatus {
     MasterdataRejected,
 }
 
+/// The master-data lines of `tracegate status`.
+pub fn human_lines(md: &MasterdataStatus) -> String {
+    let mut out = String::new();
+    if md.active.is_empty() {
+        out.push_str("master data: none in force\n");
+    }
+    for a in &md.active {
+        out.push_str(&format!(
+            "master data: {} version {} since {} ({} records)\n",
+            a.name, a.version, a.applied, a.counts.records
+        ));
+    }
+    if let Some(r) = &md.last_rejected {
+        out.push_str(&format!(
+            "  ! masterdata_rejected at {} ({} in all): {}\n",
+            r.at, md.rejected_total, r.reason
+        ));
+    }
+    out
+}
+
 /// What the pipeline and status read.
 #[derive(Debug, Clone)]
 pub struct Views {
@@ -199,13 +220,18 @@ struct Shared {
 
 impl Shared {
     fn reject(&self, reason: &Rejection) {
-        tracing::warn!(event = "masterdata_rejected", reason = %reason, "master data refused; the datasets in force stay");
+        self.reject_text(reason.to_string());
+    }
+
+    /// `text` names the topic or dataset and why.
+    fn reject_text(&self, text: String) {
+        tracing::warn!(event = "masterdata_rejected", reason = %text, "master data refused; the datasets in force stay");
         self.status.send_modify(|s| {
             s.rejected_total += 1;
             s.last_rejected = Some(Rejected {
                 status: RejectedStatus::MasterdataRejected,
                 at: UtcMs(chrono::Utc::now().timestamp_millis()),
-                reason: reason.to_string(),
+                reason: text,
             });
         });
     }
@@ -281,7 +307,7 @@ impl Downlink {
                     Ok(ManifestAction::Subscribe(f)) => vec![DownlinkAction::Subscribe(f)],
                     Ok(ManifestAction::Complete(c)) => vec![DownlinkAction::Deliver(c)],
                     Err(e) => {
-                        s.reject(&e);
+                        s.reject_text(format!("{topic}: {e}"));
                         Vec::new()
                     }
                 }
@@ -306,7 +332,7 @@ impl Downlink {
                         out
                     }
                     Err((e, filter)) => {
-                        s.reject(&e);
+                        s.reject_text(format!("{topic}: {e}"));
                         vec![DownlinkAction::Unsubscribe(filter)]
                     }
                 }
@@ -601,5 +627,115 @@ pub async fn run(
         if events.send(req).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::masterdata::format::{build, Scope};
+    use ed25519_dalek::SigningKey;
+
+    const G: &str = "09506000134352";
+
+    fn dataset(name: &str, payload: &str) -> Arc<Dataset> {
+        Arc::new(Dataset {
+            name: name.into(),
+            version: 1,
+            applied_utc_ms: 0,
+            index: index_of(name, 1, payload.as_bytes()).unwrap(),
+        })
+    }
+
+    fn item(serial: &str) -> Subject<'_> {
+        Subject {
+            gtin: Some(G),
+            serial: Some(serial),
+            ..Subject::default()
+        }
+    }
+
+    #[test]
+    fn datasets_in_force_are_consulted_together() {
+        let active = Active {
+            datasets: vec![
+                dataset("a", &format!("{{\"t\":\"commissioned\",\"gtin\":\"{G}\",\"from\":1,\"to\":10}}\n{{\"t\":\"blocked\",\"gtin\":\"{G}\",\"serial\":\"3\",\"reason\":\"other\"}}\n")),
+                dataset("b", &format!("{{\"t\":\"commissioned\",\"gtin\":\"{G}\",\"from\":20,\"to\":30}}\n{{\"t\":\"blocked\",\"gtin\":\"{G}\",\"serial\":\"3\",\"reason\":\"stolen\"}}\n{{\"t\":\"market\",\"gtin\":\"{G}\",\"markets\":[\"US\"]}}\n")),
+            ],
+        };
+        let check = |s: &str, market| {
+            let mut flags = Vec::new();
+            let d = active.check(&item(s), "dock", Checks::ALL, market, &mut flags);
+            (flags, d.and_then(|d| d.blocked_reason))
+        };
+        assert_eq!(check("25", None), (vec![], None));
+        assert_eq!(check("15", None), (vec![Flag::UnknownSerial], None));
+        assert_eq!(
+            check("3", None),
+            (vec![Flag::Blocked], Some(crate::event::BlockReason::Stolen))
+        );
+        assert_eq!(check("25", Some("DE")).0, vec![Flag::WrongMarket]);
+        assert_eq!(check("25", Some("US")).0, vec![]);
+        let empty = Active::default();
+        let mut flags = Vec::new();
+        assert!(
+            empty
+                .check(&item("1"), "dock", Checks::ALL, None, &mut flags)
+                .is_none()
+                && flags.is_empty()
+        );
+    }
+
+    #[test]
+    fn a_refused_message_is_logged_in_status_and_changes_nothing() {
+        let key = SigningKey::from_bytes(&[4; 32]);
+        let (downlink, views, _svc) = start(Setup {
+            trusted: TrustedKeys::new([key.verifying_key()]),
+            max_payload: 1 << 20,
+            prefix: "tg".into(),
+            site: "s".into(),
+            gateway: "g".into(),
+            stored: Vec::new(),
+        });
+        assert_eq!(
+            downlink.filters(),
+            vec![
+                "tg/masterdata/+",
+                "tg/s/masterdata/+",
+                "tg/s/g/masterdata/+"
+            ]
+        );
+        assert!(downlink
+            .on_message("tg/s/g/masterdata/x", b"garbage")
+            .is_empty());
+        assert!(downlink.on_message("tg/s/g/other", b"garbage").is_empty());
+        let st = views.status.borrow().clone();
+        assert_eq!(st.rejected_total, 1);
+        assert_eq!(
+            st.last_rejected.as_ref().unwrap().reason,
+            "tg/s/g/masterdata/x: manifest frame of 7 bytes is too short"
+        );
+        assert!(human_lines(&st).contains("masterdata_rejected"));
+        assert!(views.active.borrow().datasets.is_empty());
+        // A valid dataset: subscribe to its chunks, then deliver it.
+        let b = build(
+            &key,
+            "x",
+            1,
+            Scope::default(),
+            "",
+            b"{\"t\":\"nfc\",\"uid\":\"04010203\",\"gtin\":\"09506000134352\",\"serial\":\"1\"}\n",
+            1024,
+        )
+        .unwrap();
+        let actions = downlink.on_message("tg/masterdata/x", &b.frame);
+        assert!(
+            matches!(&actions[..], [DownlinkAction::Subscribe(f)] if f == "tg/masterdata/x/1/+")
+        );
+        let actions = downlink.on_message("tg/masterdata/x/1/0", &b.chunks[0]);
+        assert!(matches!(
+            &actions[..],
+            [DownlinkAction::Unsubscribe(_), DownlinkAction::Deliver(_)]
+        ));
     }
 }

@@ -356,6 +356,9 @@ pub(crate) fn render_status_at(status: &Status, now_utc_ms: i64) -> String {
             .collect();
         let _ = writeln!(out, "progress: {}", parts.join(", "));
     }
+    if let Some(md) = &status.masterdata {
+        out.push_str(&crate::masterdata::service::human_lines(md));
+    }
     out
 }
 
