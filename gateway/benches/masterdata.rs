@@ -115,7 +115,6 @@ fn pct(mut v: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn lookup() {
-    let payload = payload_ranges();
     let probes: Vec<(usize, String)> = {
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
         (0..1_000_000)
@@ -127,7 +126,10 @@ fn lookup() {
             })
             .collect()
     };
+    // RSS before the payload exists; after the index is built and the
+    // payload dropped (large buffers go back to the OS).
     let rss0 = rss_kib();
+    let payload = payload_ranges();
     let t = Instant::now();
     let active = active_of(&payload);
     let build_s = t.elapsed().as_secs_f64();
@@ -182,15 +184,16 @@ fn lookup() {
     drop(naive);
 
     // The listed worst case: same serials, 10M entries one by one.
-    let lists = payload_lists();
     let rss4 = rss_kib();
+    let lists = payload_lists();
     let t = Instant::now();
     let a2 = active_of(&lists);
     let build_s = t.elapsed().as_secs_f64();
+    let mib = lists.len() >> 20;
+    drop(lists);
     let rss5 = rss_kib();
     println!(
-        "listed 10M serials ({} MiB payload): parse + index {build_s:.2} s, index RSS +{} KiB, {:?}",
-        lists.len() >> 20,
+        "listed 10M serials ({mib} MiB payload): parse + index {build_s:.2} s, index RSS +{} KiB, {:?}",
         rss5.saturating_sub(rss4),
         a2.datasets[0].index.counts()
     );
