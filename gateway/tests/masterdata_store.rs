@@ -170,3 +170,39 @@ async fn chunks_staged_for_an_apply_that_never_finished_are_dropped_at_the_next_
         "unfinished chunks left behind"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_larger_than_a_piece_are_staged_in_pieces_and_read_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = store_config(dir.path(), 64 * 1024 * 1024, FullPolicy::DropOldest);
+    let mut store = Store::open(&cfg, GATEWAY).unwrap();
+    store.masterdata_load().unwrap();
+    let jobs = store.masterdata_channel();
+    let (tx, rx) = mpsc::channel::<WriteRequest>(64);
+    let w = spawn_writer(store, rx, None, None).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let line = b"{\"t\":\"commissioned\",\"gtin\":\"09506000134352\",\"from\":1,\"to\":9}\n";
+    let payload: Vec<u8> = line
+        .iter()
+        .copied()
+        .cycle()
+        .take(line.len() * 8000)
+        .collect();
+    let b = build(&key, "big", 1, Scope::default(), "", &payload, 200_000).unwrap();
+    let (j, reply) = job(&b);
+    jobs.send(j).await.unwrap();
+    let report = reply.await.unwrap().unwrap();
+    let pieces: usize = b
+        .chunks
+        .iter()
+        .map(|c| c.len().div_ceil(tracegate::store::masterdata::PIECE))
+        .sum();
+    assert_eq!(report.transactions as usize, pieces + 1);
+    let active = read_active(&cfg.path).unwrap();
+    assert_eq!(active[0].chunks, b.chunks);
+    drop((tx, jobs, w.watermark));
+    tokio::task::spawn_blocking(move || w.handle.join())
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -7,8 +7,8 @@
 //! schema version. It is still the writer's one connection that writes it.
 //!
 //! **Apply without stalling events.** A dataset is applied as a job: each
-//! writer loop turn stages ONE chunk (at most 1 MiB) in its own small
-//! transaction, between event commits; when every chunk is staged, one short
+//! writer loop turn stages ONE piece of a chunk (at most [`PIECE`] bytes) in
+//! its own small transaction, between event commits; when every chunk is staged, one short
 //! transaction points `md.active` at the new version. The old version's
 //! chunks are deleted afterwards, a few rows per transaction (deleting
 //! 100 MB in the switch would hold the write lock for a long time). Readers of the index (the pipeline) see the new dataset
@@ -40,9 +40,14 @@ const SCHEMA: &str = "
         name    TEXT NOT NULL,
         version INTEGER NOT NULL,
         idx     INTEGER NOT NULL,
+        part    INTEGER NOT NULL,
         data    BLOB NOT NULL,
-        UNIQUE (name, version, idx)
+        UNIQUE (name, version, idx, part)
     );";
+
+/// Bytes staged per transaction: small enough that an event commit queued
+/// behind it waits only a few milliseconds (one 64 KiB write and fsync).
+pub const PIECE: usize = 64 * 1024;
 
 /// The master-data file beside the event store.
 pub fn path_for(events_db: &Path) -> PathBuf {
@@ -95,12 +100,14 @@ pub struct Applier {
 }
 
 /// Old chunks deleted per transaction after a switch (each up to 512 KiB).
-const CLEANUP_ROWS: i64 = 4;
+const CLEANUP_ROWS: i64 = 16;
 
 #[derive(Debug)]
 struct Progress {
     job: MasterdataJob,
+    /// Next chunk and byte offset in it to stage.
     next: usize,
+    offset: usize,
     started: Instant,
     transactions: u32,
 }
@@ -141,6 +148,7 @@ fn progress(job: MasterdataJob) -> Progress {
     Progress {
         job,
         next: 0,
+        offset: 0,
         started: Instant::now(),
         transactions: 0,
     }
@@ -220,8 +228,13 @@ impl Store {
         };
         let result = self.md_attach().and_then(|()| {
             if p.next < p.job.chunks.len() {
-                self.md_stage(&p.job, p.next)?;
-                p.next += 1;
+                let len = p.job.chunks.get(p.next).map_or(0, Vec::len);
+                self.md_stage(&p.job, p.next, p.offset)?;
+                p.offset += PIECE;
+                if p.offset >= len {
+                    p.next += 1;
+                    p.offset = 0;
+                }
                 p.transactions += 1;
                 Ok(None)
             } else {
@@ -254,12 +267,27 @@ impl Store {
         }
     }
 
-    fn md_stage(&mut self, job: &MasterdataJob, idx: usize) -> Result<(), StoreError> {
-        let data = job.chunks.get(idx).map(Vec::as_slice).unwrap_or_default();
+    fn md_stage(
+        &mut self,
+        job: &MasterdataJob,
+        idx: usize,
+        offset: usize,
+    ) -> Result<(), StoreError> {
+        let chunk = job.chunks.get(idx).map(Vec::as_slice).unwrap_or_default();
+        let data = chunk
+            .get(offset..(offset + PIECE).min(chunk.len()))
+            .unwrap_or_default();
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO md.chunks (name, version, idx, data) VALUES (?1, ?2, ?3, ?4)",
-                params![job.name, job.version as i64, idx as i64, data],
+                "INSERT OR REPLACE INTO md.chunks (name, version, idx, part, data) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    job.name,
+                    job.version as i64,
+                    idx as i64,
+                    (offset / PIECE) as i64,
+                    data
+                ],
             )
             .map_err(sql("staging master data", self))?;
         Ok(())
@@ -270,14 +298,16 @@ impl Store {
             .conn
             .unchecked_transaction()
             .map_err(sql("switching master data", self))?;
-        let staged: i64 = tx
+        let (staged, bytes): (i64, i64) = tx
             .query_row(
-                "SELECT count(*) FROM md.chunks WHERE name = ?1 AND version = ?2",
+                "SELECT count(DISTINCT idx), coalesce(sum(length(data)), 0) FROM md.chunks \
+                 WHERE name = ?1 AND version = ?2",
                 params![job.name, job.version as i64],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(sql("switching master data", self))?;
-        if staged != job.chunks.len() as i64 {
+        let want_bytes: usize = job.chunks.iter().map(Vec::len).sum();
+        if staged != job.chunks.len() as i64 || bytes as usize != want_bytes {
             return Err(StoreError::Masterdata(format!(
                 "master data {} version {}: {staged} chunks staged, {} expected",
                 job.name,
@@ -332,14 +362,25 @@ fn load_active(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<StoredDatase
     let heads: Vec<(String, i64, Vec<u8>, i64)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<Result<_, _>>()?;
-    let mut chunks =
-        conn.prepare("SELECT data FROM md.chunks WHERE name = ?1 AND version = ?2 ORDER BY idx")?;
+    let mut chunks = conn.prepare(
+        "SELECT idx, data FROM md.chunks WHERE name = ?1 AND version = ?2 ORDER BY idx, part",
+    )?;
     heads
         .into_iter()
         .map(|(name, version, manifest, applied_utc_ms)| {
-            let data: Vec<Vec<u8>> = chunks
-                .query_map(params![name, version], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
+            // Pieces of one chunk are concatenated back (see PIECE).
+            let mut data: Vec<Vec<u8>> = Vec::new();
+            let mut last_idx = None;
+            let mut rows = chunks.query(params![name, version])?;
+            while let Some(r) = rows.next()? {
+                let idx: i64 = r.get(0)?;
+                let piece: Vec<u8> = r.get(1)?;
+                match data.last_mut() {
+                    Some(cur) if last_idx == Some(idx) => cur.extend_from_slice(&piece),
+                    _ => data.push(piece),
+                }
+                last_idx = Some(idx);
+            }
             Ok(StoredDataset {
                 name,
                 version: version as u64,
