@@ -26,6 +26,7 @@ use tracegate_drivers::sim::SimConfig;
 use tracegate_gs1::EpcPattern;
 
 use crate::dedup::{DedupConfig, DedupKey, Portal};
+use crate::masterdata::config::{MasterdataConfig, RawMasterdata};
 use crate::ops::{OpsConfig, RawOps};
 use crate::publish::{MqttConfig, RawMqtt};
 use crate::store::{FullPolicy, StoreConfig, MIN_MAX_BYTES};
@@ -44,6 +45,7 @@ const SECTIONS: &[&str] = &[
     "ops",
     "nfc",
     "flags",
+    "masterdata",
 ];
 
 /// Suspicious-serial flags (see `suspect.rs`).
@@ -240,6 +242,8 @@ pub struct Config {
     pub sun_key_files: Vec<PathBuf>,
     /// `None`: the `over_scanned` flag is off.
     pub over_scan: Option<OverScan>,
+    /// `None`: no master data (no downlink, no master-data checks).
+    pub masterdata: Option<MasterdataConfig>,
     /// SHA-256 of the source text (first 16 hex digits), for status messages.
     pub hash: String,
     /// Where it came from, for messages.
@@ -417,6 +421,7 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         ops: section::<OnlyOps>(text, &mut p).map(|s| s.ops),
         nfc: section::<OnlyNfc>(text, &mut p).map(|s| s.nfc),
         flags: section::<OnlyFlags>(text, &mut p).map(|s| s.flags),
+        masterdata: section::<OnlyMasterdata>(text, &mut p).map(|s| s.masterdata),
     };
     match validate(raw, &mut p) {
         Some(parts) if p.list.is_empty() => Ok(parts.into_config(hash, source)),
@@ -459,6 +464,10 @@ struct OnlyNfc {
 struct OnlyFlags {
     #[serde(default)]
     flags: RawFlags,
+}
+#[derive(Deserialize)]
+struct OnlyMasterdata {
+    masterdata: Option<RawMasterdata>,
 }
 #[derive(Deserialize)]
 struct OnlyReaders {
@@ -750,6 +759,7 @@ struct RawSections {
     ops: Option<RawOps>,
     nfc: Option<RawNfc>,
     flags: Option<RawFlags>,
+    masterdata: Option<Option<RawMasterdata>>,
 }
 
 /// The checked pieces of a [`Config`].
@@ -763,6 +773,7 @@ struct Parts {
     ops: OpsConfig,
     nfc: RawNfc,
     over_scan: Option<OverScan>,
+    masterdata: Option<MasterdataConfig>,
 }
 
 impl Parts {
@@ -788,6 +799,7 @@ impl Parts {
             ops: self.ops,
             sun_key_files: self.nfc.sun_key_files,
             over_scan: self.over_scan,
+            masterdata: self.masterdata,
             hash,
             source: source.to_owned(),
         }
@@ -945,6 +957,26 @@ fn validate(raw: RawSections, p: &mut Problems) -> Option<Parts> {
             }
         })
     });
+    let masterdata = match raw.masterdata {
+        Some(Some(m)) => {
+            let names: Vec<&str> = read_points
+                .iter()
+                .map(|r: &ReadPoint| r.name.as_str())
+                .collect();
+            match m.validate(&names) {
+                Ok(m) => Some(Some(m)),
+                Err(problems) => {
+                    for problem in problems {
+                        let at = p.at.in_section(problem.table, &problem.key);
+                        p.push(at, problem.message);
+                    }
+                    None
+                }
+            }
+        }
+        Some(None) => Some(None),
+        None => None,
+    };
     if !readers_ok || !read_points_ok {
         return None;
     }
@@ -958,6 +990,7 @@ fn validate(raw: RawSections, p: &mut Problems) -> Option<Parts> {
         ops: ops?,
         nfc: raw.nfc?,
         over_scan: over_scan?,
+        masterdata: masterdata?,
     })
 }
 
@@ -1151,6 +1184,16 @@ fn check_files(config: &Config, at: &Locator) -> Vec<Problem> {
                 at: at.in_section("ops", "credentials_file"),
                 message: format!("[ops] credentials_file: {e}"),
             });
+        }
+    }
+    if let Some(md) = &config.masterdata {
+        if let Err(errors) = crate::masterdata::config::load_trusted_keys(md) {
+            for e in errors {
+                problems.push(Problem {
+                    at: at.in_section("masterdata", "trusted_keys"),
+                    message: format!("[masterdata] trusted_keys: {e}"),
+                });
+            }
         }
     }
     if let Some(mqtt) = &config.mqtt {

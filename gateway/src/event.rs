@@ -231,7 +231,7 @@ impl Event {
         match &self.body {
             EventBody::Arrived(b) | EventBody::Departed(b) | EventBody::Present(b) => &b.flags,
             EventBody::Tap(b) => &b.flags,
-            EventBody::Overflow(_) | EventBody::Salvage(_) => &[],
+            EventBody::Overflow(_) | EventBody::Salvage(_) | EventBody::MasterdataApplied(_) => &[],
         }
     }
 
@@ -264,6 +264,7 @@ impl Event {
                 direction: None,
                 reason: None,
                 flags: Vec::new(),
+                masterdata: None,
                 epcis: None,
             }),
         )
@@ -318,6 +319,7 @@ impl Serialize for Numbered<'_> {
             EventBody::Tap(b) => wire!(b),
             EventBody::Overflow(b) => wire!(b),
             EventBody::Salvage(b) => wire!(b),
+            EventBody::MasterdataApplied(b) => wire!(b),
         }
     }
 }
@@ -343,6 +345,7 @@ pub enum EventKind {
     Tap,
     Overflow,
     Salvage,
+    MasterdataApplied,
 }
 
 impl EventKind {
@@ -354,6 +357,7 @@ impl EventKind {
             EventKind::Tap => "tap",
             EventKind::Overflow => "overflow",
             EventKind::Salvage => "salvage",
+            EventKind::MasterdataApplied => "masterdata_applied",
         }
     }
 }
@@ -380,6 +384,8 @@ pub enum EventBody {
     Overflow(OverflowEvent),
     /// The store was found corrupt: what was carried into the fresh one.
     Salvage(SalvageEvent),
+    /// A master-data dataset from the registry is now in force.
+    MasterdataApplied(MasterdataAppliedEvent),
 }
 
 impl EventBody {
@@ -391,6 +397,7 @@ impl EventBody {
             EventBody::Tap(_) => EventKind::Tap,
             EventBody::Overflow(_) => EventKind::Overflow,
             EventBody::Salvage(_) => EventKind::Salvage,
+            EventBody::MasterdataApplied(_) => EventKind::MasterdataApplied,
         }
     }
 }
@@ -430,6 +437,9 @@ pub struct UhfEvent {
     pub reason: Option<DepartureReason>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<Flag>,
+    /// Details of master-data flags (blocked reason, bound serial).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masterdata: Option<MasterdataDetail>,
     /// The read point's EPCIS settings: the registry and the `epcis2`
     /// payload need no copy of the gateway's config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -529,6 +539,17 @@ pub enum Flag {
     ForgedNfc,
     /// An NFC tap with a valid SUN whose counter was seen before.
     ReplayedNfc,
+    /// Master data: the serial is not among the commissioned ones.
+    UnknownSerial,
+    /// Master data: the serial is blocked (`masterdata.blocked_reason`).
+    Blocked,
+    /// Master data: the serial is meant for other markets than this gateway's.
+    WrongMarket,
+    /// Master data: the NFC tag's UID is bound to another serial
+    /// (`masterdata.bound_serial`).
+    SerialMismatch,
+    /// Master data: not on an expected shipment of this read point.
+    NotExpected,
 }
 
 impl Flag {
@@ -540,8 +561,51 @@ impl Flag {
             Flag::OverScanned => "over_scanned",
             Flag::ForgedNfc => "forged_nfc",
             Flag::ReplayedNfc => "replayed_nfc",
+            Flag::UnknownSerial => "unknown_serial",
+            Flag::Blocked => "blocked",
+            Flag::WrongMarket => "wrong_market",
+            Flag::SerialMismatch => "serial_mismatch",
+            Flag::NotExpected => "not_expected",
         }
     }
+}
+
+/// Why the registry blocked a serial. On overlapping blocked ranges the
+/// later variant in this order wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockReason {
+    Other,
+    Destroyed,
+    Revoked,
+    Recalled,
+    Stolen,
+}
+
+impl BlockReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockReason::Other => "other",
+            BlockReason::Destroyed => "destroyed",
+            BlockReason::Revoked => "revoked",
+            BlockReason::Recalled => "recalled",
+            BlockReason::Stolen => "stolen",
+        }
+    }
+}
+
+/// The details of master-data flags that a flag name alone cannot carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterdataDetail {
+    /// With the `blocked` flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_reason: Option<BlockReason>,
+    /// With `serial_mismatch`: the GTIN and serial the tag's UID is bound
+    /// to by its commissioning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_gtin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_serial: Option<String>,
 }
 
 /// The read point's EPCIS 2.0 settings, carried on every UHF event.
@@ -578,6 +642,9 @@ pub struct TapEvent {
     pub tap: TapDetails,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<Flag>,
+    /// Details of master-data flags (blocked reason, bound serial).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masterdata: Option<MasterdataDetail>,
     /// NTAG 424 DNA SUN verification, when keys are configured and the
     /// NDEF URI carries SUN parameters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -605,6 +672,7 @@ impl TapEvent {
                 ndef_text: tap.ndef_text.clone(),
             },
             flags: Vec::new(),
+            masterdata: None,
             sun: None,
         }
     }
@@ -844,6 +912,25 @@ impl SalvageEvent {
     pub const MAX_RANGES: usize = 100;
 }
 
+// ------------------------------------------------- masterdata_applied body ----
+
+/// `masterdata_applied`: which dataset version this gateway now enforces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterdataAppliedEvent {
+    pub site: String,
+    /// The dataset's name (docs/masterdata.md).
+    pub name: String,
+    pub version: u64,
+    /// The version it replaced (absent: the first of that name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<u64>,
+    /// `fleet`, `site S` or `gateway S/G`, from the signed manifest.
+    pub scope: String,
+    pub records: u64,
+    /// From the first stored chunk to the switch.
+    pub apply_ms: u64,
+}
+
 // ---------------------------------------------------------- human output ----
 
 impl fmt::Display for Event {
@@ -898,6 +985,13 @@ impl fmt::Display for Event {
                     f,
                     " corrupt store moved to {}: {} unpublished events carried, {} lost",
                     b.moved_to, b.carried, b.lost
+                )?;
+            }
+            EventBody::MasterdataApplied(b) => {
+                write!(
+                    f,
+                    " {} version {} ({} records)",
+                    b.name, b.version, b.records
                 )?;
             }
         }

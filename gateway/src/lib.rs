@@ -9,6 +9,7 @@ pub mod config;
 pub mod dedup;
 pub mod event;
 pub mod heartbeat;
+pub mod masterdata;
 pub mod nfc;
 pub mod observer;
 pub mod ops;
@@ -58,6 +59,8 @@ pub enum RunError {
     /// the next start.
     #[error("shutdown did not finish within its deadline: {} did not stop in time", .0.join(", "))]
     ShutdownIncomplete(Vec<&'static str>),
+    #[error("master data: {0}")]
+    Masterdata(String),
 }
 
 /// Knobs for embedding the gateway (the demo, tests).
@@ -110,7 +113,8 @@ pub async fn run_with(
     let heartbeats = Heartbeats::new(clock);
 
     let (write_tx, write_rx) = mpsc::channel(WRITE_CHANNEL);
-    let (writer, reader) = open_store(&config, write_rx, options.on_commit, &heartbeats).await?;
+    let (writer, reader, masterdata) =
+        open_store(&config, write_rx, options.on_commit, &heartbeats).await?;
     let store::Writer {
         committed: committed_rx,
         stats: store_stats,
@@ -138,7 +142,24 @@ pub async fn run_with(
     drop(sink);
 
     let enricher = nfc::TapVerifier::new(&config)?;
-    let pipeline = pipeline::Pipeline::new(&config, clock, Box::new(enricher));
+    let mut pipeline = pipeline::Pipeline::new(&config, clock, Box::new(enricher));
+    let mut downlink = None;
+    let mut masterdata_status = None;
+    if let (Some(md), Some(cfg)) = (masterdata, &config.masterdata) {
+        pipeline.set_masterdata(masterdata::verdict::Verdicts::new(
+            md.views.active.clone(),
+            cfg.clone(),
+        ));
+        tokio::spawn(masterdata::service::run(
+            md.service,
+            md.jobs,
+            write_tx.clone(),
+            config.gateway_id.clone(),
+            shutdown.clone(),
+        ));
+        downlink = Some(md.downlink);
+        masterdata_status = Some(md.views.status);
+    }
     let read_tap = read_tap::ReadTap::new();
     let pipeline_task = tokio::spawn(pipeline::run(
         pipeline,
@@ -155,7 +176,13 @@ pub async fn run_with(
         read_tap,
         reader.clone().map(|r| (r, store_stats.clone())),
     );
-    let status_source = status_source(&config, healths, store_stats, publisher_stats.clone());
+    let status_source = status_source(
+        &config,
+        healths,
+        store_stats,
+        publisher_stats.clone(),
+        masterdata_status,
+    );
     // Background services stop after the writer has committed everything.
     let services_cancel = CancellationToken::new();
     let services = TaskTracker::new();
@@ -175,6 +202,7 @@ pub async fn run_with(
             heartbeat: heartbeats.register("publisher"),
             stats: publisher_stats,
             acks: options.acks,
+            downlink,
         };
         let cancel = services_cancel.clone();
         services.spawn(async move {
@@ -332,13 +360,34 @@ async fn open_store(
     write_rx: mpsc::Receiver<store::WriteRequest>,
     on_commit: Option<Observer<Vec<StoredEvent>>>,
     heartbeats: &Heartbeats,
-) -> Result<(store::Writer, Option<StoreReader>), RunError> {
+) -> Result<
+    (
+        store::Writer,
+        Option<StoreReader>,
+        Option<masterdata::service::Prepared>,
+    ),
+    RunError,
+> {
     let store_cfg = config.store.clone();
     let gateway_id = config.gateway_id.clone();
     let want_reader = config.mqtt.is_some() || config.ops.metrics_addr.is_some();
     let heartbeat = heartbeats.register("store");
+    let md = config.masterdata.clone().map(|m| {
+        let prefix = config
+            .mqtt
+            .as_ref()
+            .map_or_else(|| "tracegate".to_owned(), |q| q.topic_prefix.clone());
+        (m, prefix, config.site.clone())
+    });
     let opened = tokio::task::spawn_blocking(move || {
-        let store = Store::open(&store_cfg, &gateway_id)?;
+        let mut store = Store::open(&store_cfg, &gateway_id)?;
+        let prepared = match md {
+            Some((m, prefix, site)) => Some(
+                masterdata::service::prepare(&mut store, &m, &prefix, &site, &gateway_id)
+                    .map_err(RunError::Masterdata)?,
+            ),
+            None => None,
+        };
         tracing::info!(
             event = "store.opened",
             path = %store_cfg.path.display(),
@@ -354,11 +403,11 @@ async fn open_store(
         } else {
             None
         };
-        Ok::<_, store::StoreError>((writer, reader))
+        Ok::<_, RunError>((writer, reader, prepared))
     })
     .await
     .map_err(|_| RunError::Writer("opening the store panicked".into()))?;
-    Ok(opened?)
+    opened
 }
 
 /// Builds the status served on `/status`, merged into MQTT health messages,
@@ -368,6 +417,7 @@ fn status_source(
     healths: Vec<Arc<ReaderHealth>>,
     store: watch::Receiver<StoreStats>,
     publisher: Arc<publish::PublisherStats>,
+    masterdata: Option<watch::Receiver<masterdata::service::MasterdataStatus>>,
 ) -> ops::StatusSource {
     let gateway = config.gateway_id.clone();
     let site = config.site.clone();
@@ -392,6 +442,7 @@ fn status_source(
             publisher: mqtt.then(|| publisher.snapshot()),
             health: None,
             heartbeats: Vec::new(),
+            masterdata: masterdata.as_ref().map(|m| m.borrow().clone()),
         }
     })
 }

@@ -79,6 +79,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Master data from the registry: keys, signed datasets (docs/masterdata.md).
+    Masterdata {
+        #[command(subcommand)]
+        command: MasterdataCommand,
+    },
     /// Print a summary of the running daemon (from its status endpoint).
     Status {
         /// The daemon's config, to find its status address.
@@ -90,6 +95,50 @@ enum Command {
         /// Print the raw status JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MasterdataCommand {
+    /// Generate a signing key: PREFIX.key (secret, 0600) and PREFIX.pub.
+    Keygen { prefix: PathBuf },
+    /// Sign records (CSV, JSON array or JSON Lines) as a dataset directory.
+    Build {
+        /// Secret key file from `keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: u64,
+        /// Only gateways of this site (default: every gateway).
+        #[arg(long)]
+        site: Option<String>,
+        /// Only this gateway (needs --site).
+        #[arg(long, requires = "site")]
+        gateway: Option<String>,
+        /// Input records; CSV when the name ends in .csv.
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, default_value_t = tracegate::masterdata::format::DEFAULT_CHUNK)]
+        chunk_bytes: u32,
+        /// Output directory (manifest.tgmd and chunk-NNNNN.bin).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Publish a dataset directory, retained with QoS 1, to a broker.
+    Publish {
+        dir: PathBuf,
+        /// mqtt://host[:port] (plain TCP).
+        #[arg(long)]
+        broker: String,
+        #[arg(long, default_value = "tracegate")]
+        topic_prefix: String,
+    },
+    /// Show the datasets in force in a gateway's store.
+    Show {
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }
 
@@ -201,6 +250,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             result?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Masterdata { command } => {
+            masterdata(command)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Decode { hex, json } => {
             let decoded = tracegate_gs1::decode_epc_hex(&hex)
                 .map_err(|e| anyhow::anyhow!("{hex:?} is not an EPC in hex: {e}"))?;
@@ -308,6 +361,79 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 /// (`tracegate decode ... | head -1`) ends the output quietly: a closed pipe
 /// is how a Unix pipeline says "enough", not an error worth a message. The
 /// runtime ignores SIGPIPE, so it arrives here as `BrokenPipe`.
+fn masterdata(command: MasterdataCommand) -> anyhow::Result<()> {
+    use tracegate::masterdata::{format::Scope, tool};
+    match command {
+        MasterdataCommand::Keygen { prefix } => {
+            let (secret, public) = tool::keygen(&prefix)?;
+            println!(
+                "secret key: {} (keep it off the gateways)",
+                secret.display()
+            );
+            println!(
+                "public key: {} (for [masterdata] trusted_keys)",
+                public.display()
+            );
+        }
+        MasterdataCommand::Build {
+            key,
+            name,
+            version,
+            site,
+            gateway,
+            input,
+            chunk_bytes,
+            out,
+        } => {
+            let key = tool::load_secret_key(&key)?;
+            let text = std::fs::read_to_string(&input)
+                .with_context(|| format!("cannot read {}", input.display()))?;
+            let m = tool::build(tool::BuildArgs {
+                key: &key,
+                name: &name,
+                version,
+                scope: Scope { site, gateway },
+                input: &text,
+                csv: input.extension().is_some_and(|e| e == "csv"),
+                chunk_bytes,
+                out: &out,
+            })?;
+            println!(
+                "{}: dataset {} version {} for {}: {} bytes in {} chunk(s)",
+                out.display(),
+                m.name,
+                m.version,
+                m.scope,
+                m.payload_bytes,
+                m.chunks.len()
+            );
+        }
+        MasterdataCommand::Publish {
+            dir,
+            broker,
+            topic_prefix,
+        } => {
+            let rest = broker
+                .strip_prefix("mqtt://")
+                .context("--broker must be mqtt://host[:port]")?;
+            let (host, port) = match rest.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), p.parse().context("bad port")?),
+                None => (rest.to_owned(), 1883),
+            };
+            let plan = tool::publish_plan(&topic_prefix, &dir)?;
+            let manifest_topic = plan.last().map(|(t, _)| t.clone()).unwrap_or_default();
+            let n = plan.len();
+            runtime()?.block_on(tool::publish(&host, port, plan, Duration::from_secs(60)))?;
+            println!("published {n} message(s), manifest on {manifest_topic}");
+        }
+        MasterdataCommand::Show { config: path } => {
+            let c = config::load(&path)?;
+            print!("{}", tracegate::masterdata::tool::show(&c)?);
+        }
+    }
+    Ok(())
+}
+
 fn to_stdout(write: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

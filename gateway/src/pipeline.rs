@@ -38,6 +38,8 @@ pub struct Pipeline {
     suspicion: Suspicion,
     clock: Clock,
     taps: Box<dyn TapEnricher>,
+    /// Master-data verdicts (`None`: no `[masterdata]`).
+    masterdata: Option<crate::masterdata::verdict::Verdicts>,
     decodings: Decodings,
 }
 
@@ -179,7 +181,13 @@ impl Pipeline {
             clock,
             taps,
             decodings: Decodings::default(),
+            masterdata: None,
         }
+    }
+
+    /// Judges every event against the master data in force from now on.
+    pub fn set_masterdata(&mut self, verdicts: crate::masterdata::verdict::Verdicts) {
+        self.masterdata = Some(verdicts);
     }
 
     fn drafts(&mut self, events: &[TagEvent], into: &mut Vec<EventDraft>) {
@@ -201,13 +209,17 @@ impl Pipeline {
                 for f in &flags {
                     metrics::counter!("tracegate_flags_total", "flag" => f.as_str()).increment(1);
                 }
-                into.push(EventDraft::new(uhf_event(
+                let mut event = uhf_event(
                     &self.origin,
                     rp,
                     e,
                     UhfIdentity::from_decoded(&e.tag.epc, decoded, e.tag.tid.as_deref()),
                     flags,
-                )));
+                );
+                if let Some(md) = &self.masterdata {
+                    md.judge(&mut event);
+                }
+                into.push(EventDraft::new(event));
             }
         }
         for kind in [Kind::Arrived, Kind::Departed, Kind::Present] {
@@ -303,12 +315,16 @@ impl Pipeline {
             let mut body = tap_event.clone();
             body.at.read_point = name;
             metrics::counter!("tracegate_events_total", "type" => "tap").increment(1);
+            let mut event = Event::new(
+                self.origin.gateway.clone(),
+                UtcMs(tap.host.utc_ms),
+                EventBody::Tap(body),
+            );
+            if let Some(md) = &self.masterdata {
+                md.judge(&mut event);
+            }
             drafts.push(EventDraft {
-                event: Event::new(
-                    self.origin.gateway.clone(),
-                    UtcMs(tap.host.utc_ms),
-                    EventBody::Tap(body),
-                ),
+                event,
                 replay: replay.clone(),
             });
         }
@@ -367,6 +383,7 @@ fn uhf_event(
         // `evicted` is the only reason the dedup engine gives.
         reason: e.reason.map(|_| DepartureReason::Evicted),
         flags,
+        masterdata: None,
         epcis: Some(EpcisContext {
             biz_step: point.biz_step.clone(),
             disposition: point.disposition.clone(),

@@ -184,6 +184,7 @@ mod generated {
                         direction,
                         reason,
                         flags,
+                        masterdata: None,
                         epcis,
                     }
                 },
@@ -258,6 +259,7 @@ mod generated {
                     identity,
                     tap,
                     flags: Vec::new(),
+                    masterdata: None,
                     sun: sun.clone(),
                 };
                 if let Some(s) = sun {

@@ -71,6 +71,7 @@ fn tap() -> Event {
             atr: vec![0x3b, 0x8f],
         },
         flags: Vec::new(),
+        masterdata: None,
         sun: Some(SunResult {
             verdict: SunVerdict::Genuine,
             counter: Some(7),

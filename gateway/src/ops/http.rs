@@ -690,6 +690,7 @@ mod tests {
             }),
             health: None,
             heartbeats: vec![],
+            masterdata: None,
         })
     }
 

@@ -29,6 +29,9 @@ pub struct Status {
     pub health: Option<Health>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub heartbeats: Vec<HeartbeatAge>,
+    /// Datasets in force and the last refusal (`None`: no `[masterdata]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masterdata: Option<crate::masterdata::service::MasterdataStatus>,
 }
 
 /// Store statistics plus what is derived from them at the snapshot.
@@ -356,6 +359,9 @@ pub(crate) fn render_status_at(status: &Status, now_utc_ms: i64) -> String {
             .collect();
         let _ = writeln!(out, "progress: {}", parts.join(", "));
     }
+    if let Some(md) = &status.masterdata {
+        out.push_str(&crate::masterdata::service::human_lines(md));
+    }
     out
 }
 
@@ -421,6 +427,7 @@ mod tests {
             }),
             health: None,
             heartbeats: vec![],
+            masterdata: None,
         }
     }
 

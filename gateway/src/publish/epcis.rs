@@ -40,7 +40,9 @@ pub fn object_event(event: &Event) -> Option<ObjectEvent> {
             (b.identity.pure_identity.as_str(), b.epcis.as_ref())
         }
         EventBody::Tap(b) => (b.identity.digital_link.as_deref()?, None),
-        EventBody::Overflow(_) | EventBody::Salvage(_) => return None,
+        EventBody::Overflow(_) | EventBody::Salvage(_) | EventBody::MasterdataApplied(_) => {
+            return None
+        }
     };
     let action = match (&event.body, ctx.map(|c| c.action)) {
         (EventBody::Arrived(_), Some(EpcisAction::Add)) => Action::Add,
@@ -147,6 +149,7 @@ mod tests {
                 direction: None,
                 reason: None,
                 flags: vec![],
+                masterdata: None,
                 epcis: Some(EpcisContext {
                     biz_step: Some("commissioning".into()),
                     disposition: Some("active".into()),

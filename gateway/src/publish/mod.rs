@@ -196,6 +196,8 @@ pub struct PublisherContext {
     pub heartbeat: Arc<Heartbeat>,
     pub stats: Arc<PublisherStats>,
     pub acks: Option<crate::Observer<AckNotice>>,
+    /// Master data from the registry (`None`: no `[masterdata]`).
+    pub downlink: Option<crate::masterdata::service::Downlink>,
 }
 
 impl std::fmt::Debug for PublisherContext {
@@ -479,6 +481,10 @@ pub async fn run(
                     conn = Some(up.on_connack(&client, now));
                 }
                 Outcome::Polled(Ok(ev)) => {
+                    if let (Event::Incoming(Incoming::Publish(p)), Some(dl)) = (&ev, &ctx.downlink)
+                    {
+                        downlink_message(dl, &client, &p.topic, &p.payload);
+                    }
                     if let Some(c) = conn {
                         up.on_event(c, &ev, now);
                     }
@@ -533,6 +539,30 @@ pub async fn run(
     Ok(())
 }
 
+/// A message on a master-data topic: subscriptions it asks for are
+/// requested without waiting, a complete dataset goes to the applying task.
+fn downlink_message(
+    dl: &crate::masterdata::service::Downlink,
+    client: &AsyncClient,
+    topic: &str,
+    payload: &[u8],
+) {
+    use crate::masterdata::service::DownlinkAction;
+    for action in dl.on_message(topic, payload) {
+        let sent = match &action {
+            DownlinkAction::Subscribe(f) => client.try_subscribe(f.clone(), QoS::AtLeastOnce),
+            DownlinkAction::Unsubscribe(f) => client.try_unsubscribe(f.clone()),
+            DownlinkAction::Deliver(_) => Ok(()),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "master data subscription request failed; retried at the next connection");
+        }
+        if let DownlinkAction::Deliver(c) = action {
+            dl.deliver(*c);
+        }
+    }
+}
+
 impl Uplink<'_> {
     fn on_connack(&mut self, client: &AsyncClient, now: Instant) -> ConnId {
         let conn = self.outbox.on_connected(now);
@@ -544,6 +574,13 @@ impl Uplink<'_> {
             Err(e) => tracing::warn!(error = %e, "cannot queue the MQTT birth message"),
         }
         self.next_health = now;
+        if let Some(dl) = &self.ctx.downlink {
+            for f in dl.filters() {
+                if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                    tracing::warn!(filter = %f, error = %e, "cannot subscribe to master data");
+                }
+            }
+        }
         tracing::info!(
             connects = n + 1,
             backlog = self.outbox.backlog_remaining(),
@@ -667,6 +704,9 @@ impl Uplink<'_> {
         };
         match client.try_publish(self.topics.events.clone(), QoS::AtLeastOnce, false, payload) {
             Ok(()) => {
+                if let Some(dl) = &self.ctx.downlink {
+                    self.publish_alerts(client, dl, &batch);
+                }
                 self.ctx
                     .stats
                     .events_sent
@@ -680,6 +720,45 @@ impl Uplink<'_> {
                 tracing::warn!(error = %e, "MQTT request channel refused a batch; will retry");
                 self.outbox.put_back(batch);
                 false
+            }
+        }
+    }
+
+    /// The flagged events of a batch also go to the alerts topic, as one
+    /// message in the same payload format (same events, same `id`s; QoS 1,
+    /// not retained). The events topic is what the outbox guarantees: an
+    /// alert the client cannot take is counted and logged, and a batch sent
+    /// again after a reconnection sends its alert again (consumers
+    /// deduplicate by `id`).
+    fn publish_alerts(
+        &mut self,
+        client: &AsyncClient,
+        dl: &crate::masterdata::service::Downlink,
+        batch: &Batch,
+    ) {
+        let flagged: Vec<crate::store::StoredEvent> = batch
+            .events
+            .iter()
+            .filter(|e| e.payload.contains("\"flags\":["))
+            .cloned()
+            .collect();
+        if flagged.is_empty() {
+            return;
+        }
+        let sent = self
+            .renderer
+            .render(&self.source, &flagged)
+            .map_err(|e| e.to_string())
+            .and_then(|payload| {
+                client
+                    .try_publish(dl.alerts_topic(), QoS::AtLeastOnce, false, payload)
+                    .map_err(|e| e.to_string())
+            });
+        match sent {
+            Ok(()) => self.outbox.on_control_handed(batch.conn()),
+            Err(e) => {
+                metrics::counter!("tracegate_alerts_not_sent_total").increment(1);
+                tracing::warn!(events = flagged.len(), error = %e, "alert not sent (its events are delivered on the events topic)");
             }
         }
     }

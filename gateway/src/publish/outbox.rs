@@ -128,6 +128,11 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The connection the batch was made for.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+
     pub fn is_live(&self) -> bool {
         self.lane == Lane::Live
     }

@@ -395,6 +395,7 @@ impl Store {
             store_id,
             page_size,
             last_overflow_warn,
+            ..
         } = self;
         let path = config.path.clone();
         let err = move |e: rusqlite::Error| StoreError::sqlite("committing events", &path, e);
@@ -760,6 +761,7 @@ mod tests {
                 atr: vec![0x3b],
             },
             flags: Vec::new(),
+            masterdata: None,
             sun: Some(SunResult {
                 verdict: SunVerdict::Genuine,
                 counter: Some(counter),

@@ -133,6 +133,7 @@
 //! checkpoints the WAL and returns.
 
 mod append;
+pub mod masterdata;
 mod reader;
 mod recent;
 mod salvage;
@@ -288,6 +289,8 @@ pub enum StoreError {
     ReadOnly { path: PathBuf, why: String },
     #[error("invalid store configuration: {0}")]
     Config(String),
+    #[error("master data: {0}")]
+    Masterdata(String),
     #[error("the store writer thread panicked (a bug: please report it)")]
     WriterPanicked,
     #[error("the store reader thread has stopped")]
@@ -315,6 +318,8 @@ pub struct Store {
     page_size: u64,
     /// When the last overflow warning was logged (rate limit).
     last_overflow_warn: Option<Instant>,
+    /// Master-data jobs for the writer thread (see `masterdata.rs`).
+    masterdata: Option<masterdata::Applier>,
 }
 
 fn validate(config: &StoreConfig, gateway_id: &str) -> Result<(), StoreError> {
@@ -415,6 +420,7 @@ impl Store {
             store_id,
             page_size: u64::try_from(page_size).unwrap_or(4096),
             last_overflow_warn: None,
+            masterdata: None,
         })
     }
 
@@ -470,6 +476,14 @@ impl Store {
         );
         self.append(vec![EventDraft::new(event)])?;
         Ok(())
+    }
+
+    /// Lets the writer thread this store moves into apply master data sent
+    /// on the returned channel (see `masterdata.rs`).
+    pub fn masterdata_channel(&mut self) -> tokio::sync::mpsc::Sender<masterdata::MasterdataJob> {
+        let (tx, applier) = masterdata::Applier::channel();
+        self.masterdata = Some(applier);
+        tx
     }
 
     /// Random id chosen when the database was created; part of every event id.

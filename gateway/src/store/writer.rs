@@ -207,6 +207,8 @@ enum Wake {
     Watermark,
     WatermarkClosed,
     Timer,
+    /// A master-data job arrived (queued in the applier).
+    Masterdata,
 }
 
 /// The writer's bookkeeping between loop turns.
@@ -263,6 +265,9 @@ fn run(
         next_stats: now,
     };
     let mut drained_tx = Some(drained_tx);
+    // Master data is applied one small transaction per loop turn, between
+    // event commits (store/masterdata.rs).
+    let mut applier = store.masterdata.take();
 
     while st.requests_open || st.watermark_open {
         out.beat();
@@ -272,14 +277,16 @@ fn run(
             take_queued(&mut rx, &mut batch, &mut waiting, max_events, &mut st);
         }
         if batch.is_empty() && (st.requests_open || st.watermark_open) {
-            let wait = st.idle_wait(*wm_rx.borrow(), Instant::now());
-            let wake = rt.block_on(wait_for_work(
-                &mut rx,
-                st.requests_open,
-                &mut wm_rx,
-                st.watermark_open,
-                wait,
-            ));
+            let mut wait = st.idle_wait(*wm_rx.borrow(), Instant::now());
+            if applier.as_ref().is_some_and(|a| a.busy()) {
+                wait = Duration::ZERO;
+            }
+            let wake = rt.block_on(async {
+                tokio::select! {
+                    w = wait_for_work(&mut rx, st.requests_open, &mut wm_rx, st.watermark_open, wait) => w,
+                    () = async { match applier.as_mut() { Some(a) => a.recv().await, None => std::future::pending().await } } => Wake::Masterdata,
+                }
+            });
             match wake {
                 Wake::Request(req) => {
                     waiting += req.drafts.len();
@@ -289,7 +296,7 @@ fn run(
                 }
                 Wake::RequestsClosed => st.requests_open = false,
                 Wake::WatermarkClosed => st.watermark_open = false,
-                Wake::Watermark | Wake::Timer => {}
+                Wake::Watermark | Wake::Timer | Wake::Masterdata => {}
             }
         }
         if !batch.is_empty() {
@@ -310,6 +317,9 @@ fn run(
             st.last_commit = Some(Instant::now());
             commit_batch(&mut store, batch, !st.requests_open, &out)?;
             st.stats_dirty = true;
+        }
+        if let Some(a) = applier.as_mut() {
+            store.masterdata_step(a);
         }
         if !st.requests_open {
             if let Some(tx) = drained_tx.take() {

@@ -618,11 +618,13 @@ pub fn context(
                 publisher: None,
                 health: None,
                 heartbeats: Vec::new(),
+                masterdata: None,
             })
         },
         heartbeat: hbs.register("publisher"),
         stats: stats.clone(),
         acks: None,
+        downlink: None,
     };
     (ctx, stats)
 }
