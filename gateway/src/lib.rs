@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod config;
 pub mod dedup;
+pub mod door;
 pub mod event;
 pub mod heartbeat;
 pub mod nfc;

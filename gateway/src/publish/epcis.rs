@@ -40,7 +40,7 @@ pub fn object_event(event: &Event) -> Option<ObjectEvent> {
             (b.identity.pure_identity.as_str(), b.epcis.as_ref())
         }
         EventBody::Tap(b) => (b.identity.digital_link.as_deref()?, None),
-        EventBody::Overflow(_) => return None,
+        EventBody::Overflow(_) | EventBody::Pass(_) => return None,
     };
     let action = match (&event.body, ctx.map(|c| c.action)) {
         (EventBody::Arrived(_), Some(EpcisAction::Add)) => Action::Add,
