@@ -9,6 +9,7 @@ pub mod config;
 pub mod dedup;
 pub mod door;
 pub mod event;
+pub mod gpio;
 pub mod heartbeat;
 pub mod nfc;
 pub mod observer;

@@ -1,0 +1,6 @@
+//! GPIO: photo-eyes in, stack lights and buzzers out, behind embedded-hal
+//! 1.0 `InputPin`/`OutputPin`.
+
+pub mod config;
+
+pub use config::{DoorPoint, GpioConfig};
