@@ -1124,6 +1124,29 @@ fn check_files(config: &Config, at: &Locator) -> Vec<Problem> {
             });
         }
     }
+    if let Some(g) = config
+        .gpio
+        .as_ref()
+        .filter(|g| g.backend == crate::gpio::config::BackendKind::Cdev)
+    {
+        let pins = g
+            .inputs
+            .iter()
+            .map(|i| ("inputs", &i.name, &i.chip, i.line));
+        let pins = pins.chain(
+            g.outputs
+                .iter()
+                .map(|o| ("outputs", &o.name, &o.chip, o.line)),
+        );
+        for (kind, name, chip, line) in pins {
+            if let Err(e) = crate::gpio::cdev::check(name, chip, line) {
+                problems.push(Problem {
+                    at: at.in_section(&format!("gpio.{kind}.{name}"), "line"),
+                    message: format!("[gpio] {e}"),
+                });
+            }
+        }
+    }
     if let Some(mqtt) = &config.mqtt {
         for problem in crate::publish::config::check_files(mqtt) {
             problems.push(Problem {

@@ -370,6 +370,7 @@ fn add_serial_demo_reader(config: &mut config::Config, port: String) -> anyhow::
         read_point_id: Some("urn:epc:id:sgln:0614141.00777.9".into()),
         biz_location: Some("urn:epc:id:sgln:0614141.00777.0".into()),
         action: config::EpcisAction::Observe,
+        door: None,
     });
     config.readers.push(config::ReaderConfig::Mercury(reader));
     Ok(())

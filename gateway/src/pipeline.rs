@@ -38,6 +38,11 @@ pub struct Pipeline {
     suspicion: Suspicion,
     clock: Clock,
     taps: Box<dyn TapEnricher>,
+    /// Read windows and beams (`crate::door`).
+    pub(crate) door: crate::door::Doors,
+    door_inputs: Option<mpsc::Receiver<crate::door::DoorInput>>,
+    /// The stack lights' task: told of passes and flagged events.
+    notices: Option<crate::Observer<crate::gpio::SignalNotice>>,
 }
 
 /// Adds verdicts and identities to NFC taps (SUN verification, Digital Link).
@@ -141,13 +146,82 @@ impl Pipeline {
                     .collect(),
                 config.over_scan,
             ),
+            door: crate::door::Doors::new(&config.read_points, config.dedup.key, clock.mono_ms()),
+            door_inputs: None,
+            notices: None,
             clock,
             taps,
         }
     }
 
+    /// Connects the GPIO task: debounced input edges in, notices out.
+    pub fn attach_gpio(
+        &mut self,
+        inputs: mpsc::Receiver<crate::door::DoorInput>,
+        notices: crate::Observer<crate::gpio::SignalNotice>,
+    ) {
+        self.door_inputs = Some(inputs);
+        self.notices = Some(notices);
+    }
+
+    fn notify(&self, read_point: usize, pass: Option<&event::PassEvent>, flags: &[event::Flag]) {
+        let (Some(n), Some(rp)) = (&self.notices, self.read_points.get(read_point)) else {
+            return;
+        };
+        // The lamp task never holds up the pipeline: a full channel drops
+        // the notice and counts it.
+        let _ = n.send(crate::gpio::SignalNotice {
+            read_point,
+            read_point_name: rp.name.clone(),
+            pass: pass.is_some(),
+            tag_count: pass.map_or(0, |p| p.tag_count),
+            direction: pass.and_then(|p| p.direction),
+            flags: flags.to_vec(),
+        });
+    }
+
+    /// `pass` events for the windows closed since the last call.
+    fn passes(&mut self, into: &mut Vec<EventDraft>) {
+        for closed in self.door.take_closed() {
+            let Some(rp) = self.read_points.get(closed.read_point) else {
+                continue;
+            };
+            let event = self.door.pass_event(
+                &self.origin,
+                rp,
+                &closed,
+                &mut self.suspicion,
+                epcis_context(rp),
+            );
+            metrics::counter!("tracegate_events_total", "type" => "pass").increment(1);
+            if let EventBody::Pass(p) = &event.body {
+                self.notify(closed.read_point, Some(p), &p.flags);
+            }
+            into.push(EventDraft::new(event));
+        }
+    }
+
+    /// A debounced input edge from the GPIO task.
+    pub fn on_door_input(&mut self, input: &crate::door::DoorInput) -> Vec<EventDraft> {
+        self.door.on_input(input);
+        let mut drafts = Vec::new();
+        self.passes(&mut drafts);
+        drafts
+    }
+
+    /// Closes every open read window (the readers have stopped).
+    pub fn on_shutdown(&mut self) -> Vec<EventDraft> {
+        self.door.shutdown(self.clock.now());
+        let mut drafts = Vec::new();
+        self.passes(&mut drafts);
+        drafts
+    }
+
     fn drafts(&mut self, events: &[TagEvent], into: &mut Vec<EventDraft>) {
         for e in events {
+            if !self.door.tag_events(e.read_point) {
+                continue;
+            }
             if let Some(rp) = self.read_points.get(e.read_point) {
                 metrics::counter!("tracegate_events_total", "type" => e.kind.as_str()).increment(1);
                 let decoded = tracegate_gs1::decode_epc(&e.tag.epc);
@@ -161,6 +235,9 @@ impl Pipeline {
                 );
                 for f in &flags {
                     metrics::counter!("tracegate_flags_total", "flag" => f.as_str()).increment(1);
+                }
+                if !flags.is_empty() {
+                    self.notify(e.read_point, None, &flags);
                 }
                 into.push(EventDraft::new(uhf_event(
                     &self.origin,
@@ -196,6 +273,7 @@ impl Pipeline {
                 if self.filters.get_mut(rp).is_some_and(|f| f.accepts(read)) {
                     deduped += 1;
                     self.dedup.observe(rp, read, &mut events);
+                    self.door.on_read(rp, read);
                 } else {
                     filtered += 1;
                 }
@@ -210,18 +288,22 @@ impl Pipeline {
         metrics::counter!("tracegate_reads_filtered_total").increment(filtered);
         let mut drafts = Vec::with_capacity(events.len());
         self.drafts(&events, &mut drafts);
+        self.passes(&mut drafts);
         drafts
     }
 
     /// Advances time; returns departures and re-reports.
     pub fn on_tick(&mut self) -> Vec<EventDraft> {
         let mut events = Vec::new();
-        self.dedup.tick(self.clock.now(), &mut events);
+        let now = self.clock.now();
+        self.dedup.tick(now, &mut events);
+        self.door.poll(now);
         let stats = self.dedup.stats();
         metrics::gauge!("tracegate_dedup_tracked_tags").set(stats.tracked as f64);
         metrics::gauge!("tracegate_dedup_evictions").set(stats.evictions as f64);
         let mut drafts = Vec::with_capacity(events.len());
         self.drafts(&events, &mut drafts);
+        self.passes(&mut drafts);
         drafts
     }
 
@@ -253,6 +335,11 @@ impl Pipeline {
             tap,
         );
         let replay = self.taps.enrich(tap, &mut tap_event);
+        if !tap_event.flags.is_empty() {
+            for &i in &points {
+                self.notify(i, None, &tap_event.flags);
+            }
+        }
         let mut drafts = Vec::with_capacity(names.len());
         for name in names {
             let mut body = tap_event.clone();
@@ -276,9 +363,13 @@ impl Pipeline {
     /// falling due close together are emitted in one write request.
     pub fn next_tick_in(&self) -> Duration {
         let now = self.clock.mono_ms();
+        let door = self.door.deadline_ms().map(|t| t.saturating_sub(now));
         let due = self
             .dedup
             .next_deadline_ms(now)
+            .into_iter()
+            .chain(door)
+            .min()
             .map_or(MAX_TICK, Duration::from_millis);
         due.min(MAX_TICK) + TICK_SLACK
     }
@@ -322,17 +413,7 @@ fn uhf_event(
         // `evicted` is the only reason the dedup engine gives.
         reason: e.reason.map(|_| DepartureReason::Evicted),
         flags,
-        epcis: Some(EpcisContext {
-            biz_step: point.biz_step.clone(),
-            disposition: point.disposition.clone(),
-            read_point_id: point.read_point_id.clone(),
-            biz_location: point.biz_location.clone(),
-            action: match point.action {
-                EpcisAction::Add => event::EpcisAction::Add,
-                EpcisAction::Observe => event::EpcisAction::Observe,
-                EpcisAction::Delete => event::EpcisAction::Delete,
-            },
-        }),
+        epcis: Some(epcis_context(point)),
     };
     let body = match e.kind {
         Kind::Arrived => EventBody::Arrived(body),
@@ -340,6 +421,21 @@ fn uhf_event(
         Kind::Present => EventBody::Present(body),
     };
     Event::new(origin.gateway.clone(), UtcMs(e.at.utc_ms), body)
+}
+
+/// The read point's EPCIS settings, as every UHF event and pass carries them.
+fn epcis_context(point: &ReadPoint) -> EpcisContext {
+    EpcisContext {
+        biz_step: point.biz_step.clone(),
+        disposition: point.disposition.clone(),
+        read_point_id: point.read_point_id.clone(),
+        biz_location: point.biz_location.clone(),
+        action: match point.action {
+            EpcisAction::Add => event::EpcisAction::Add,
+            EpcisAction::Observe => event::EpcisAction::Observe,
+            EpcisAction::Delete => event::EpcisAction::Delete,
+        },
+    }
 }
 
 /// Runs until every reader's sink is dropped (readers stopped), then returns,
@@ -354,6 +450,10 @@ pub async fn run(
     // fixed period: with a fixed 100 ms tick a departure waited up to 100 ms
     // before it even reached the store.
     let mut next_tick = tokio::time::Instant::now() + pipeline.next_tick_in();
+    // Door inputs (GPIO edges), when a GPIO task runs; otherwise a channel
+    // that never yields.
+    let (_never_tx, never_rx) = mpsc::channel(1);
+    let mut door_rx = pipeline.door_inputs.take().unwrap_or(never_rx);
     loop {
         heartbeat.beat();
         let request = tokio::select! {
@@ -365,6 +465,10 @@ pub async fn run(
                 Some(ReaderMsg::Tap(tap)) => Some(WriteRequest { drafts: pipeline.on_tap(&tap), ack: None }),
                 None => break,
             },
+            Some(input) = door_rx.recv() => {
+                let drafts = pipeline.on_door_input(&input);
+                (!drafts.is_empty()).then_some(WriteRequest { drafts, ack: None })
+            }
             _ = tokio::time::sleep_until(next_tick) => {
                 let drafts = pipeline.on_tick();
                 next_tick = tokio::time::Instant::now() + pipeline.next_tick_in();
@@ -383,6 +487,18 @@ pub async fn run(
                 return;
             }
         }
+    }
+    let drafts = pipeline.on_shutdown();
+    if !drafts.is_empty()
+        && writer
+            .send(WriteRequest { drafts, ack: None })
+            .await
+            .is_err()
+    {
+        tracing::error!(
+            event = "pipeline.writer_gone",
+            "the store writer stopped; open read windows could not be committed"
+        );
     }
     tracing::info!(
         event = "pipeline.stopped",

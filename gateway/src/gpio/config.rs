@@ -254,6 +254,8 @@ pub enum Trigger {
 #[derive(Debug, Clone)]
 pub struct DoorPoint {
     pub trigger: Trigger,
+    /// The trigger's input name(s), for events (`eye`, `eye-out+eye-in`).
+    pub trigger_names: Option<String>,
     pub open_on_input: bool,
     pub open_on_first_read: bool,
     pub open_every_ms: Option<u64>,
@@ -502,8 +504,14 @@ pub fn door_point(
                 None
             }
         });
+    let trigger_names = match (&w.trigger, &w.beams) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(b)) => Some(format!("{}+{}", b.outside, b.inside)),
+        (None, None) => None,
+    };
     Some(DoorPoint {
         trigger,
+        trigger_names,
         open_on_input,
         open_on_first_read: open_on.contains(&OpenOn::FirstRead),
         open_every_ms: (w.open_every_ms > 0).then_some(w.open_every_ms),

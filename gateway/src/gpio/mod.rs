@@ -4,3 +4,9 @@
 pub mod config;
 
 pub use config::{DoorPoint, GpioConfig};
+pub mod cdev;
+pub mod pins;
+pub mod sim;
+pub mod task;
+
+pub use task::{GpioError, SignalNotice};
