@@ -363,15 +363,17 @@ impl Pipeline {
     /// falling due close together are emitted in one write request.
     pub fn next_tick_in(&self) -> Duration {
         let now = self.clock.mono_ms();
-        let door = self.door.deadline_ms().map(|t| t.saturating_sub(now));
         let due = self
             .dedup
             .next_deadline_ms(now)
-            .into_iter()
-            .chain(door)
-            .min()
             .map_or(MAX_TICK, Duration::from_millis);
-        due.min(MAX_TICK) + TICK_SLACK
+        // Read windows close on time, without the slack: the stack light
+        // waits for the close.
+        let door = self
+            .door
+            .deadline_ms()
+            .map_or(MAX_TICK, |t| Duration::from_millis(t.saturating_sub(now)));
+        (due.min(MAX_TICK) + TICK_SLACK).min(door)
     }
 }
 

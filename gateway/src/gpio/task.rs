@@ -167,6 +167,11 @@ impl Board {
     pub fn sim_board(&self) -> Option<SimBoard> {
         self.sim.as_ref().map(|(b, _)| b.clone())
     }
+
+    /// Replaces the outputs (benchmarks stamp output changes precisely).
+    pub fn replace_outputs(&mut self, outputs: Vec<Box<dyn Output>>) {
+        self.outputs = outputs;
+    }
 }
 
 /// The lights of the read points that have one: (read point, rules).
