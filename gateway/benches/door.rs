@@ -46,9 +46,13 @@ direction = { outside = 1, inside = 2 }
 trigger = "eye"
 linger_ms = 0
 
+# The window is open for an instant and usually holds no tag (red), or
+# catches one (green): either lights the one output, for 1 ms.
 [read_points.signal]
 green = ["green"]
 green_ms = 1
+red = ["green"]
+red_ms = 1
 
 [gpio]
 backend = "sim"

@@ -369,11 +369,11 @@ impl Pipeline {
             .map_or(MAX_TICK, Duration::from_millis);
         // Read windows close on time, without the slack: the stack light
         // waits for the close.
-        let door = self
-            .door
-            .deadline_ms()
-            .map_or(MAX_TICK, |t| Duration::from_millis(t.saturating_sub(now)));
-        (due.min(MAX_TICK) + TICK_SLACK).min(door)
+        let wake = due.min(MAX_TICK) + TICK_SLACK;
+        match self.door.deadline_ms() {
+            Some(t) => wake.min(Duration::from_millis(t.saturating_sub(now))),
+            None => wake,
+        }
     }
 }
 

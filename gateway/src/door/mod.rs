@@ -490,6 +490,57 @@ line = 2
     }
 
     #[test]
+    fn a_packing_pass_names_its_one_sscc_as_parent_and_two_ssccs_name_none() {
+        let text = DOOR.replace(
+            "tag_events = false",
+            "tag_events = false\nparent_pattern = \"urn:epc:idpat:sscc:0614141.*\"",
+        );
+        let config = crate::config::parse(&text, "t.toml").unwrap();
+        let sscc = |n: u8| {
+            let mut r = read(0, 1, 1_100);
+            r.epc = hex::decode("3114257BF4499602D2000000").unwrap();
+            r.epc[11] = n;
+            r
+        };
+        let run = |extra: Vec<RawRead>| {
+            let mut doors = Doors::new(&config.read_points, DedupKey::Epc, 0);
+            doors.on_input(&edge(0, true, 1_000));
+            for r in [read(1, 1, 1_050), read(2, 1, 1_060)]
+                .into_iter()
+                .chain(extra)
+            {
+                doors.on_read(0, &r);
+            }
+            doors.shutdown(t(5_000));
+            let closed = doors.take_closed();
+            let e = doors.pass_event(
+                &Origin {
+                    gateway: "g".into(),
+                    site: "s".into(),
+                },
+                &config.read_points[0],
+                &closed[0],
+                &mut crate::suspect::Suspicion::new(vec![Vec::new()], None),
+                crate::event::EpcisContext {
+                    biz_step: None,
+                    disposition: None,
+                    read_point_id: None,
+                    biz_location: None,
+                    action: crate::event::EpcisAction::Observe,
+                },
+            );
+            match e.body {
+                EventBody::Pass(p) => p.parent,
+                other => panic!("{other:?}"),
+            }
+        };
+        let one = run(vec![sscc(0)]).expect("one SSCC: a parent");
+        assert!(one.starts_with("urn:epc:id:sscc:0614141."), "{one}");
+        assert_eq!(run(vec![sscc(0), sscc(1)]), None, "two SSCCs: no parent");
+        assert_eq!(run(vec![]), None, "no SSCC: no parent");
+    }
+
+    #[test]
     fn the_pipeline_commits_a_pass_when_the_linger_runs_out_and_closes_open_windows_at_shutdown() {
         let config = crate::config::parse(DOOR, "t.toml").unwrap();
         let clock = Clock::new();

@@ -229,14 +229,18 @@ pub async fn run(
         lines,
     } = wiring;
     let readers = CancellationToken::new();
-    // Edge readers: cdev lines in their own tasks, sim followers in one.
+    let mut threads = Vec::new();
+    // Edge readers: cdev lines in their own threads, sim followers in a task.
     for (i, line) in std::mem::take(&mut board.cdev_inputs) {
         let (tx, cancel) = (board.raw_tx.clone(), readers.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("gpio-in-{i}"))
             .spawn(move || read_cdev_edges(i, line, tx, clock, cancel));
-        if let Err(e) = spawned {
-            tracing::error!(event = "gpio.input_failed", input = i, error = %e, "cannot start the input thread");
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                tracing::error!(event = "gpio.input_failed", input = i, error = %e, "cannot start the input thread");
+            }
         }
     }
     if let Some((sim_board, followers)) = board.sim.take() {
@@ -340,7 +344,18 @@ pub async fn run(
     readers.cancel();
     signals.shutdown();
     apply(&signals, &mut board.outputs, &mut current, clock.mono_ms());
-    tracing::info!(event = "gpio.stopped", "all outputs off");
+    // Lines are released when their threads end (within EDGE_WAIT) and the
+    // board drops: a reload's new run can then request them again.
+    // A thread waiting to hand over an edge is let go first.
+    board.raw_rx.close();
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await;
+    drop(board);
+    tracing::info!(event = "gpio.stopped", "all outputs off, lines released");
 }
 
 async fn send_edge(
