@@ -237,4 +237,16 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn check_config_names_the_chip_and_line_it_cannot_find() {
+        let chip = ChipRef::Path(PathBuf::from("/dev/gpiochip-missing"));
+        let err = check("green", &chip, 22).unwrap_err().to_string();
+        assert!(
+            err.contains("\"green\"")
+                && err.contains("/dev/gpiochip-missing")
+                && err.contains("line 22"),
+            "{err}"
+        );
+    }
 }
