@@ -56,6 +56,15 @@ pub struct SimConfig {
     /// Give every tag a TID too (a serialised Impinj-like TID).
     #[serde(default)]
     pub with_tid: bool,
+    /// Tags entering together at each arrival (a pallet or a carton): they
+    /// share one enter and leave time, so simulated photo-eyes can follow
+    /// the load ([`SimConfig::load_at`]).
+    #[serde(default = "default_pallet_size")]
+    pub pallet_size: u64,
+}
+
+fn default_pallet_size() -> u64 {
+    1
 }
 
 fn default_antennas() -> Vec<u8> {
@@ -94,7 +103,23 @@ impl SimConfig {
             company_prefix: default_company_prefix(),
             item_reference: default_item_reference(),
             with_tid: false,
+            pallet_size: 1,
         }
+    }
+
+    /// The load (enter and leave ms since the reader started) in the field
+    /// at `t_ms`, the latest one if loads overlap. A pure function of the
+    /// config: simulated photo-eyes use it to break their beams in step
+    /// with the tags the reader reports.
+    pub fn load_at(&self, t_ms: u64) -> Option<(u64, u64)> {
+        let interval = self.arrival_interval_ms.max(1);
+        let k = t_ms / interval;
+        let loads = self.max_tags.div_ceil(self.pallet_size.max(1));
+        (0..=k)
+            .rev()
+            .take_while(|&j| j * interval + self.dwell_ms > t_ms)
+            .find(|&j| self.max_tags == 0 || j < loads)
+            .map(|j| (j * interval, j * interval + self.dwell_ms))
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -103,6 +128,9 @@ impl SimConfig {
         }
         if self.read_rate == 0 || self.read_rate > 1_000_000 {
             return Err("read_rate must be between 1 and 1000000 reads/s".into());
+        }
+        if self.pallet_size == 0 || self.pallet_size > 100_000 {
+            return Err("pallet_size must be between 1 and 100000".into());
         }
         if self.dwell_ms == 0 || self.arrival_interval_ms == 0 {
             return Err("dwell_ms and arrival_interval_ms must be above 0".into());
@@ -199,7 +227,19 @@ impl SimWorld {
         while self.next_arrival_ms <= now_ms
             && (self.config.max_tags == 0 || self.introduced < self.config.max_tags)
         {
-            let enter = self.next_arrival_ms;
+            for _ in 0..self.config.pallet_size.max(1) {
+                if self.config.max_tags != 0 && self.introduced >= self.config.max_tags {
+                    break;
+                }
+                self.introduce(self.next_arrival_ms);
+            }
+            self.next_arrival_ms += self.config.arrival_interval_ms;
+        }
+        self.step_reads(since, now_ms)
+    }
+
+    fn introduce(&mut self, enter: u64) {
+        {
             let serial = self.next_serial;
             self.next_serial += 1;
             self.introduced += 1;
@@ -218,8 +258,10 @@ impl SimWorld {
                 enter_ms: enter,
                 leave_ms: enter + self.config.dwell_ms,
             });
-            self.next_arrival_ms += self.config.arrival_interval_ms;
         }
+    }
+
+    fn step_reads(&mut self, since: u64, now_ms: u64) -> Vec<SimRead> {
         self.present.retain(|t| t.leave_ms > now_ms);
         if self.present.is_empty() {
             self.read_budget = 0.0;
@@ -341,6 +383,34 @@ mod tests {
             hex::encode_upper(sgtin96(614_141, 812_345, 6789)),
             "3034257BF7194E4000001A85"
         );
+    }
+
+    #[test]
+    fn a_pallet_enters_together_and_load_at_follows_it() {
+        let mut cfg = SimConfig::named("s");
+        cfg.pallet_size = 5;
+        cfg.arrival_interval_ms = 4_000;
+        cfg.dwell_ms = 2_000;
+        cfg.max_tags = 10;
+        cfg.read_rate = 2_000;
+        let mut w = SimWorld::new(cfg.clone());
+        let reads: Vec<SimRead> = (0..=1_000).flat_map(|t| w.step(t * 10)).collect();
+        let first: std::collections::BTreeSet<_> = reads
+            .iter()
+            .filter(|r| r.at_ms < 2_000)
+            .map(|r| r.epc)
+            .collect();
+        let second: std::collections::BTreeSet<_> = reads
+            .iter()
+            .filter(|r| (4_000..6_000).contains(&r.at_ms))
+            .map(|r| r.epc)
+            .collect();
+        assert_eq!((first.len(), second.len()), (5, 5));
+        assert!(reads.iter().all(|r| cfg.load_at(r.at_ms).is_some()));
+        assert_eq!(cfg.load_at(1_000), Some((0, 2_000)));
+        assert_eq!(cfg.load_at(3_000), None);
+        assert_eq!(cfg.load_at(5_999), Some((4_000, 6_000)));
+        assert_eq!(cfg.load_at(8_500), None, "max_tags: two pallets only");
     }
 
     #[test]

@@ -46,6 +46,7 @@ const SECTIONS: &[&str] = &[
     "nfc",
     "flags",
     "masterdata",
+    "gpio",
 ];
 
 /// Suspicious-serial flags (see `suspect.rs`).
@@ -159,6 +160,10 @@ pub struct RawReadPoint {
     /// EPCIS action for events at this read point.
     #[serde(default)]
     pub action: EpcisAction,
+    /// Read windows ("passes"), see `crate::door::window`.
+    pub window: Option<crate::gpio::config::RawWindow>,
+    /// The read point's stack light.
+    pub signal: Option<crate::gpio::config::RawSignal>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -244,6 +249,8 @@ pub struct Config {
     pub over_scan: Option<OverScan>,
     /// `None`: no master data (no downlink, no master-data checks).
     pub masterdata: Option<MasterdataConfig>,
+    /// `None`: no `[gpio]` table (no photo-eyes, no stack lights).
+    pub gpio: Option<crate::gpio::GpioConfig>,
     /// SHA-256 of the source text (first 16 hex digits), for status messages.
     pub hash: String,
     /// Where it came from, for messages.
@@ -267,6 +274,8 @@ pub struct ReadPoint {
     pub read_point_id: Option<String>,
     pub biz_location: Option<String>,
     pub action: EpcisAction,
+    /// Read windows and the stack light, when configured.
+    pub door: Option<crate::gpio::DoorPoint>,
 }
 
 // ------------------------------------------------------------- errors ----
@@ -422,6 +431,7 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         nfc: section::<OnlyNfc>(text, &mut p).map(|s| s.nfc),
         flags: section::<OnlyFlags>(text, &mut p).map(|s| s.flags),
         masterdata: section::<OnlyMasterdata>(text, &mut p).map(|s| s.masterdata),
+        gpio: section::<OnlyGpio>(text, &mut p).map(|s| s.gpio),
     };
     match validate(raw, &mut p) {
         Some(parts) if p.list.is_empty() => Ok(parts.into_config(hash, source)),
@@ -468,6 +478,10 @@ struct OnlyFlags {
 #[derive(Deserialize)]
 struct OnlyMasterdata {
     masterdata: Option<RawMasterdata>,
+}
+#[derive(Deserialize)]
+struct OnlyGpio {
+    gpio: Option<crate::gpio::config::RawGpio>,
 }
 #[derive(Deserialize)]
 struct OnlyReaders {
@@ -576,6 +590,46 @@ impl Locator<'_> {
 
     fn in_entry(&self, array: &str, index: usize, key: &str) -> Option<(usize, usize)> {
         self.key(self.entry(array, index), key)
+    }
+
+    /// `key` in the `[array.sub]` table of the `index`-th `[[array]]`
+    /// entry (or in the entry itself, for an inline table).
+    fn in_subtable(
+        &self,
+        array: &str,
+        index: usize,
+        sub: &str,
+        key: &str,
+    ) -> Option<(usize, usize)> {
+        let entry = self.entry(array, index)?;
+        let wanted = format!("{array}.{sub}");
+        let mut offset = entry.end;
+        let mut found = None;
+        for line in self.text.get(entry.end..)?.split_inclusive('\n') {
+            match table_header(line) {
+                Some((h, false)) if h == wanted => {
+                    found = Some(offset);
+                    break;
+                }
+                Some((h, _)) if !h.starts_with(&format!("{array}.")) => break,
+                _ => {}
+            }
+            offset += line.len();
+        }
+        match found {
+            Some(start) => {
+                // The subtable runs to the next header after its own.
+                let mut end = start;
+                for (n, l) in self.text.get(start..)?.split_inclusive('\n').enumerate() {
+                    if n > 0 && table_header(l).is_some() {
+                        break;
+                    }
+                    end += l.len();
+                }
+                self.key(Some(start..end), key)
+            }
+            None => self.key(Some(entry), key),
+        }
     }
 
     /// An unknown top-level key: either a table header or a bare key
@@ -760,6 +814,7 @@ struct RawSections {
     nfc: Option<RawNfc>,
     flags: Option<RawFlags>,
     masterdata: Option<Option<RawMasterdata>>,
+    gpio: Option<Option<crate::gpio::config::RawGpio>>,
 }
 
 /// The checked pieces of a [`Config`].
@@ -774,6 +829,7 @@ struct Parts {
     nfc: RawNfc,
     over_scan: Option<OverScan>,
     masterdata: Option<MasterdataConfig>,
+    gpio: Option<crate::gpio::GpioConfig>,
 }
 
 impl Parts {
@@ -800,6 +856,7 @@ impl Parts {
             sun_key_files: self.nfc.sun_key_files,
             over_scan: self.over_scan,
             masterdata: self.masterdata,
+            gpio: self.gpio,
             hash,
             source: source.to_owned(),
         }
@@ -891,12 +948,56 @@ fn validate(raw: RawSections, p: &mut Problems) -> Option<Parts> {
         }
     }
 
+    let gpio = raw.gpio.map(|g| {
+        g.map(|g| {
+            let mut found = Vec::new();
+            let typed = g.validate(&mut found);
+            for (place, message) in found {
+                let at = match place {
+                    crate::gpio::config::Place::Gpio(key) => p.at.in_section("gpio", key),
+                    crate::gpio::config::Place::Input(name, key) => {
+                        p.at.in_section(&format!("gpio.inputs.{name}"), key)
+                            .or_else(|| p.at.in_section("gpio", "inputs"))
+                    }
+                    crate::gpio::config::Place::Output(name, key) => {
+                        p.at.in_section(&format!("gpio.outputs.{name}"), key)
+                            .or_else(|| p.at.in_section("gpio", "outputs"))
+                    }
+                    _ => p.at.in_section("gpio", "backend"),
+                };
+                p.push(at, message);
+            }
+            typed
+        })
+    });
     let mut read_points = Vec::new();
     let mut rp_names = HashSet::new();
     let read_points_ok = raw.read_points.iter().all(Option::is_some);
     for (i, rp) in raw.read_points.into_iter().enumerate() {
-        let Some(rp) = rp else { continue };
-        if let Some(point) = read_point(i, rp, &reader_names, readers_ok, &mut rp_names, p) {
+        let Some(mut rp) = rp else { continue };
+        let (window, signal) = (rp.window.take(), rp.signal.take());
+        let name = rp.name.clone();
+        if let Some(mut point) = read_point(i, rp, &reader_names, readers_ok, &mut rp_names, p) {
+            let mut found = Vec::new();
+            point.door = crate::gpio::config::door_point(
+                &name,
+                window.as_ref(),
+                signal.as_ref(),
+                gpio.as_ref().and_then(Option::as_ref),
+                &mut found,
+            );
+            for (place, message) in found {
+                let at = match place {
+                    crate::gpio::config::Place::Signal(key) => {
+                        p.at.in_subtable("read_points", i, "signal", key)
+                    }
+                    crate::gpio::config::Place::Window(key) => {
+                        p.at.in_subtable("read_points", i, "window", key)
+                    }
+                    _ => p.at.in_entry("read_points", i, "name"),
+                };
+                p.push(at, format!("read_points[{i}]: {message}"));
+            }
             read_points.push(point);
         }
     }
@@ -991,6 +1092,7 @@ fn validate(raw: RawSections, p: &mut Problems) -> Option<Parts> {
         nfc: raw.nfc?,
         over_scan: over_scan?,
         masterdata: masterdata?,
+        gpio: gpio?,
     })
 }
 
@@ -1125,6 +1227,7 @@ fn read_point(
         read_point_id: rp.read_point_id,
         biz_location: rp.biz_location,
         action: rp.action,
+        door: None,
     })
 }
 
@@ -1192,6 +1295,29 @@ fn check_files(config: &Config, at: &Locator) -> Vec<Problem> {
                 problems.push(Problem {
                     at: at.in_section("masterdata", "trusted_keys"),
                     message: format!("[masterdata] trusted_keys: {e}"),
+                });
+            }
+        }
+    }
+    if let Some(g) = config
+        .gpio
+        .as_ref()
+        .filter(|g| g.backend == crate::gpio::config::BackendKind::Cdev)
+    {
+        let pins = g
+            .inputs
+            .iter()
+            .map(|i| ("inputs", &i.name, &i.chip, i.line));
+        let pins = pins.chain(
+            g.outputs
+                .iter()
+                .map(|o| ("outputs", &o.name, &o.chip, o.line)),
+        );
+        for (kind, name, chip, line) in pins {
+            if let Err(e) = crate::gpio::cdev::check(name, chip, line) {
+                problems.push(Problem {
+                    at: at.in_section(&format!("gpio.{kind}.{name}"), "line"),
+                    message: format!("[gpio] {e}"),
                 });
             }
         }

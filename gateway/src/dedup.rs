@@ -74,6 +74,21 @@ pub struct Portal {
     pub inside: u8,
 }
 
+impl Portal {
+    /// The direction of a tag first read by `first` and last by `last`:
+    /// outside then inside is `in`, the reverse `out`, anything else none.
+    /// Departures and read windows ([`crate::door`]) both decide by this.
+    pub fn direction_of(&self, first: u8, last: u8) -> Option<Direction> {
+        if first == self.outside && last == self.inside {
+            Some(Direction::In)
+        } else if first == self.inside && last == self.outside {
+            Some(Direction::Out)
+        } else {
+            None
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -196,18 +211,7 @@ impl Dedup {
 
     /// The read's tag key; borrowed unless it has to be composed (EPC+TID).
     fn key_of<'r>(&self, read: &'r RawRead) -> Option<Cow<'r, [u8]>> {
-        match self.config.key {
-            DedupKey::Epc => Some(Cow::Borrowed(&read.epc)),
-            DedupKey::Tid => read.tid.as_deref().map(Cow::Borrowed),
-            DedupKey::EpcTid => {
-                let tid = read.tid.as_ref()?;
-                let mut k = Vec::with_capacity(read.epc.len() + tid.len() + 1);
-                k.push(u8::try_from(read.epc.len()).unwrap_or(u8::MAX));
-                k.extend_from_slice(&read.epc);
-                k.extend_from_slice(tid);
-                Some(Cow::Owned(k))
-            }
-        }
+        tag_key(self.config.key, read)
     }
 
     fn forget(&mut self, key: &Key) {
@@ -401,15 +405,7 @@ impl Dedup {
             .points
             .get(t.key.0)
             .and_then(|p| p.direction)
-            .and_then(|d| {
-                if t.first_antenna == d.outside && t.last_antenna == d.inside {
-                    Some(Direction::In)
-                } else if t.first_antenna == d.inside && t.last_antenna == d.outside {
-                    Some(Direction::Out)
-                } else {
-                    None
-                }
-            });
+            .and_then(|d| d.direction_of(t.first_antenna, t.last_antenna));
         self.stats.events += 1;
         out.push(TagEvent {
             kind: Kind::Departed,
@@ -419,6 +415,24 @@ impl Dedup {
             direction,
             reason,
         });
+    }
+}
+
+/// A read's tag key under `key` (`None`: the read lacks it, e.g. no TID
+/// when keying by TID); borrowed unless it has to be composed (EPC+TID).
+/// Dedup and read windows ([`crate::door`]) both key tags by this.
+pub fn tag_key(key: DedupKey, read: &RawRead) -> Option<Cow<'_, [u8]>> {
+    match key {
+        DedupKey::Epc => Some(Cow::Borrowed(&read.epc)),
+        DedupKey::Tid => read.tid.as_deref().map(Cow::Borrowed),
+        DedupKey::EpcTid => {
+            let tid = read.tid.as_ref()?;
+            let mut k = Vec::with_capacity(read.epc.len() + tid.len() + 1);
+            k.push(u8::try_from(read.epc.len()).unwrap_or(u8::MAX));
+            k.extend_from_slice(&read.epc);
+            k.extend_from_slice(tid);
+            Some(Cow::Owned(k))
+        }
     }
 }
 

@@ -231,6 +231,7 @@ impl Event {
         match &self.body {
             EventBody::Arrived(b) | EventBody::Departed(b) | EventBody::Present(b) => &b.flags,
             EventBody::Tap(b) => &b.flags,
+            EventBody::Pass(b) => &b.flags,
             EventBody::Overflow(_) | EventBody::Salvage(_) | EventBody::MasterdataApplied(_) => &[],
         }
     }
@@ -317,6 +318,7 @@ impl Serialize for Numbered<'_> {
         match &e.body {
             EventBody::Arrived(b) | EventBody::Departed(b) | EventBody::Present(b) => wire!(b),
             EventBody::Tap(b) => wire!(b),
+            EventBody::Pass(b) => wire!(b),
             EventBody::Overflow(b) => wire!(b),
             EventBody::Salvage(b) => wire!(b),
             EventBody::MasterdataApplied(b) => wire!(b),
@@ -346,6 +348,7 @@ pub enum EventKind {
     Overflow,
     Salvage,
     MasterdataApplied,
+    Pass,
 }
 
 impl EventKind {
@@ -358,6 +361,7 @@ impl EventKind {
             EventKind::Overflow => "overflow",
             EventKind::Salvage => "salvage",
             EventKind::MasterdataApplied => "masterdata_applied",
+            EventKind::Pass => "pass",
         }
     }
 }
@@ -386,6 +390,8 @@ pub enum EventBody {
     Salvage(SalvageEvent),
     /// A master-data dataset from the registry is now in force.
     MasterdataApplied(MasterdataAppliedEvent),
+    /// A read window closed: every tag one pallet or carton carried.
+    Pass(PassEvent),
 }
 
 impl EventBody {
@@ -398,6 +404,7 @@ impl EventBody {
             EventBody::Overflow(_) => EventKind::Overflow,
             EventBody::Salvage(_) => EventKind::Salvage,
             EventBody::MasterdataApplied(_) => EventKind::MasterdataApplied,
+            EventBody::Pass(_) => EventKind::Pass,
         }
     }
 }
@@ -931,6 +938,183 @@ pub struct MasterdataAppliedEvent {
     pub apply_ms: u64,
 }
 
+// ------------------------------------------------------------ pass body ----
+
+/// `pass`: one read window (a pallet through a door, a carton through a
+/// tunnel) and every tag read in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PassEvent {
+    #[serde(flatten)]
+    pub at: ReadContext,
+    /// When the window opened and closed (`time` is the close).
+    pub opened_at: UtcMs,
+    pub closed_at: UtcMs,
+    pub opened_by: WindowOpened,
+    pub closed_by: WindowClosed,
+    /// The input that opened or closed the window, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    /// How the direction was found (present at read points with beams or a
+    /// two-antenna portal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction_evidence: Option<DirectionEvidence>,
+    /// Distinct tags and reads in the window, including any beyond
+    /// `max_tags` that are counted in `overflow` but not listed.
+    pub tag_count: u64,
+    pub read_count: u64,
+    /// The tags, in the order they were first read.
+    pub tags: Vec<PassTag>,
+    /// Set when the window saw more tags than the read point's `max_tags`:
+    /// the tags are never silently cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overflow: Option<PassOverflow>,
+    /// Every flag any listed tag carries, once each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<Flag>,
+    /// The one SSCC matching the read point's `parent_pattern`, when the
+    /// pass is a packing aggregation (exactly one such SSCC, the other tags
+    /// SGTINs): EPCIS renders it as an `AggregationEvent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epcis: Option<EpcisContext>,
+}
+
+/// One tag of a pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PassTag {
+    pub identity: UhfIdentity,
+    /// Antenna ports that read it, ascending.
+    pub antennas: Vec<u8>,
+    pub read_count: u64,
+    pub first_seen: UtcMs,
+    pub last_seen: UtcMs,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rssi_dbm: Option<i16>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<Flag>,
+}
+
+/// What opened a read window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowOpened {
+    /// The trigger input went active (a photo-eye or a beam broke).
+    Input,
+    /// The first read while no window was open.
+    FirstRead,
+    /// The read point's schedule (`open_every_ms`).
+    Schedule,
+}
+
+/// What closed a read window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowClosed {
+    /// The trigger input released (both beams clear) and the linger passed.
+    Release,
+    /// No new tag for `stable_ms` (ALE stable set).
+    Stable,
+    /// The window reached `max_duration_ms`.
+    MaxDuration,
+    /// The gateway stopped with the window open.
+    Shutdown,
+}
+
+/// Tags beyond a window's `max_tags`: counted, not listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassOverflow {
+    pub max_tags: u64,
+    pub tags_not_listed: u64,
+    pub reads_not_listed: u64,
+}
+
+/// How a pass's direction was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DirectionEvidence {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    pub source: DirectionSource,
+    pub confidence: Confidence,
+    /// The two-beam reading, at read points with beams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beams: Option<BeamReading>,
+    pub antennas: AntennaVotes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectionSource {
+    /// Beams and antennas agree.
+    Both,
+    Beams,
+    Antennas,
+    /// Neither gave a direction.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Confidence {
+    /// Beams and antennas agree.
+    High,
+    /// One source only: beams with no antenna majority, or a clear (80 %)
+    /// antenna majority without a beam passage.
+    Medium,
+    /// The sources disagree, or the antenna majority is narrow.
+    Low,
+}
+
+/// What the two beams saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeamReading {
+    /// The beam that broke first.
+    pub first: BeamSide,
+    pub passage: BeamPassage,
+    /// Breaks after the first one (the second beam, and any bounce).
+    pub rebreaks: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BeamSide {
+    Outside,
+    Inside,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BeamPassage {
+    /// Outside beam first, inside beam cleared last.
+    In,
+    /// Inside beam first, outside beam cleared last.
+    Out,
+    /// Both beams broke, but the load left the way it came.
+    Reversed,
+    /// Only one beam broke.
+    OneBeam,
+}
+
+impl BeamPassage {
+    pub fn direction(self) -> Option<Direction> {
+        match self {
+            BeamPassage::In => Some(Direction::In),
+            BeamPassage::Out => Some(Direction::Out),
+            BeamPassage::Reversed | BeamPassage::OneBeam => None,
+        }
+    }
+}
+
+/// Tags read first by the outside antenna and last by the inside one
+/// (`inward`), and the reverse (`outward`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AntennaVotes {
+    pub inward: u32,
+    pub outward: u32,
+}
+
 // ---------------------------------------------------------- human output ----
 
 impl fmt::Display for Event {
@@ -962,6 +1146,15 @@ impl fmt::Display for Event {
                     if let Some(c) = sun.counter {
                         write!(f, "#{c}")?;
                     }
+                }
+            }
+            EventBody::Pass(b) => {
+                write!(f, " {:<14} {} tags", b.at.read_point, b.tag_count)?;
+                if let Some(d) = b.direction {
+                    write!(f, "  dir:{}", if d == Direction::In { "in" } else { "out" })?;
+                }
+                if let Some(o) = b.overflow {
+                    write!(f, "  ({} not listed)", o.tags_not_listed)?;
                 }
             }
             EventBody::Overflow(b) => {

@@ -7,7 +7,9 @@
 pub mod backoff;
 pub mod config;
 pub mod dedup;
+pub mod door;
 pub mod event;
+pub mod gpio;
 pub mod heartbeat;
 pub mod masterdata;
 pub mod nfc;
@@ -61,6 +63,8 @@ pub enum RunError {
     ShutdownIncomplete(Vec<&'static str>),
     #[error("master data: {0}")]
     Masterdata(String),
+    #[error("{0}")]
+    Gpio(#[from] gpio::GpioError),
 }
 
 /// Knobs for embedding the gateway (the demo, tests).
@@ -81,6 +85,9 @@ pub struct RunOptions {
     /// Receives a notice for every batch the broker acknowledged, while it
     /// keeps up: the publisher never waits for it (see [`Observer`]).
     pub acks: Option<Observer<publish::AckNotice>>,
+    /// Receives one readable line per pass ("dock-door-1 IN: 24 tags,
+    /// green"), while it keeps up (see [`Observer`]).
+    pub door_lines: Option<Observer<String>>,
 }
 
 impl Default for RunOptions {
@@ -91,6 +98,7 @@ impl Default for RunOptions {
             ready: None,
             metrics_fallback_ephemeral: false,
             acks: None,
+            door_lines: None,
         }
     }
 }
@@ -141,6 +149,12 @@ pub async fn run_with(
     // Only the readers hold senders now: the pipeline ends when they do.
     drop(sink);
 
+    // Pins are opened before anything reads: a pin that cannot be opened
+    // fails the start with its chip, line and reason.
+    let gpio_board = match &config.gpio {
+        Some(g) => Some(gpio::task::open(&config, g, clock)?),
+        None => None,
+    };
     let enricher = nfc::TapVerifier::new(&config)?;
     let mut pipeline = pipeline::Pipeline::new(&config, clock, Box::new(enricher));
     let mut downlink = None;
@@ -161,6 +175,12 @@ pub async fn run_with(
         masterdata_status = Some(md.views.status);
     }
     let read_tap = read_tap::ReadTap::new();
+    let gpio_channels = gpio_board.as_ref().map(|_| {
+        let (inputs_tx, inputs_rx) = mpsc::channel(gpio::task::INPUT_CHANNEL);
+        let (notices, notices_rx) = Observer::channel(gpio::task::NOTICE_CHANNEL);
+        pipeline.attach_gpio(inputs_rx, notices);
+        (inputs_tx, notices_rx)
+    });
     let pipeline_task = tokio::spawn(pipeline::run(
         pipeline,
         read_rx,
@@ -183,6 +203,29 @@ pub async fn run_with(
         publisher_stats.clone(),
         masterdata_status,
     );
+    let gpio_task = match (gpio_board, gpio_channels, &config.gpio) {
+        (Some(board), Some((inputs_tx, notices_rx)), Some(g)) => {
+            let attention = g.attention_outbox_secs.map(|secs| {
+                let status = status_source.clone();
+                let a: gpio::task::AttentionSource = Arc::new(move || attention(&status(), secs));
+                a
+            });
+            Some(tokio::spawn(gpio::task::run(
+                board,
+                g.clone(),
+                gpio::task::lights(&config),
+                clock,
+                gpio::task::Wiring {
+                    inputs_tx,
+                    notices: notices_rx,
+                    attention,
+                    lines: options.door_lines,
+                },
+                readers_cancel.clone(),
+            )))
+        }
+        _ => None,
+    };
     // Background services stop after the writer has committed everything.
     let services_cancel = CancellationToken::new();
     let services = TaskTracker::new();
@@ -268,6 +311,16 @@ pub async fn run_with(
     let deadline = tokio::time::Instant::now() + options.shutdown_deadline;
     let mut unfinished: Vec<&'static str> = Vec::new();
     readers_cancel.cancel();
+    if let Some(task) = gpio_task {
+        // Outputs off before anything else takes time.
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            tracing::warn!(
+                event = "gateway.shutdown_timeout",
+                stage = "gpio",
+                "GPIO outputs may still be on"
+            );
+        }
+    }
     if tokio::time::timeout_at(deadline, readers.wait())
         .await
         .is_err()
@@ -408,6 +461,22 @@ async fn open_store(
     .await
     .map_err(|_| RunError::Writer("opening the store panicked".into()))?;
     opened
+}
+
+/// Amber at the door: a reader is reconnecting, or (with a publisher) the
+/// oldest unpublished event is older than `outbox_secs`.
+fn attention(status: &ops::Status, outbox_secs: u64) -> bool {
+    let reader_down = status
+        .readers
+        .iter()
+        .any(|r| r.state == tracegate_drivers::ReaderState::Reconnecting);
+    let outbox_old = status.publisher.is_some()
+        && status
+            .store
+            .as_ref()
+            .and_then(|s| s.oldest_pending_age_secs)
+            .is_some_and(|age| age > outbox_secs as f64);
+    reader_down || outbox_old
 }
 
 /// Builds the status served on `/status`, merged into MQTT health messages,

@@ -506,11 +506,19 @@ async fn demo(duration: Option<u64>) -> anyhow::Result<()> {
         }
         n
     });
+    // One line per pass at a door with photo-eyes, with its stack light.
+    let (door_tx, mut door_rx) = tracegate::Observer::<String>::channel(DEMO_DISPLAY_BATCHES);
+    tokio::spawn(async move {
+        while let Some(line) = door_rx.recv().await {
+            eprintln!("tracegate demo: door {line}");
+        }
+    });
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let options = tracegate::RunOptions {
         on_commit: Some(tx),
         ready: Some(ready_tx),
         metrics_fallback_ephemeral: true,
+        door_lines: Some(door_tx),
         ..Default::default()
     };
     tokio::spawn(async move {
@@ -559,6 +567,7 @@ fn add_serial_demo_reader(config: &mut config::Config, port: String) -> anyhow::
         read_point_id: Some("urn:epc:id:sgln:0614141.00777.9".into()),
         biz_location: Some("urn:epc:id:sgln:0614141.00777.0".into()),
         action: config::EpcisAction::Observe,
+        door: None,
     });
     config.readers.push(config::ReaderConfig::Mercury(reader));
     Ok(())

@@ -38,6 +38,11 @@ pub struct Pipeline {
     suspicion: Suspicion,
     clock: Clock,
     taps: Box<dyn TapEnricher>,
+    /// Read windows and beams (`crate::door`).
+    pub(crate) door: crate::door::Doors,
+    door_inputs: Option<mpsc::Receiver<crate::door::DoorInput>>,
+    /// The stack lights' task: told of passes and flagged events.
+    notices: Option<crate::Observer<crate::gpio::SignalNotice>>,
     /// Master-data verdicts (`None`: no `[masterdata]`).
     masterdata: Option<crate::masterdata::verdict::Verdicts>,
     decodings: Decodings,
@@ -178,6 +183,9 @@ impl Pipeline {
                     .collect(),
                 config.over_scan,
             ),
+            door: crate::door::Doors::new(&config.read_points, config.dedup.key, clock.mono_ms()),
+            door_inputs: None,
+            notices: None,
             clock,
             taps,
             decodings: Decodings::default(),
@@ -190,11 +198,77 @@ impl Pipeline {
         self.masterdata = Some(verdicts);
     }
 
+    /// Connects the GPIO task: debounced input edges in, notices out.
+    pub fn attach_gpio(
+        &mut self,
+        inputs: mpsc::Receiver<crate::door::DoorInput>,
+        notices: crate::Observer<crate::gpio::SignalNotice>,
+    ) {
+        self.door_inputs = Some(inputs);
+        self.notices = Some(notices);
+    }
+
+    fn notify(&self, read_point: usize, pass: Option<&event::PassEvent>, flags: &[event::Flag]) {
+        let (Some(n), Some(rp)) = (&self.notices, self.read_points.get(read_point)) else {
+            return;
+        };
+        // The lamp task never holds up the pipeline: a full channel drops
+        // the notice and counts it.
+        let _ = n.send(crate::gpio::SignalNotice {
+            read_point,
+            read_point_name: rp.name.clone(),
+            pass: pass.is_some(),
+            tag_count: pass.map_or(0, |p| p.tag_count),
+            direction: pass.and_then(|p| p.direction),
+            flags: flags.to_vec(),
+        });
+    }
+
+    /// `pass` events for the windows closed since the last call.
+    fn passes(&mut self, into: &mut Vec<EventDraft>) {
+        for closed in self.door.take_closed() {
+            let Some(rp) = self.read_points.get(closed.read_point) else {
+                continue;
+            };
+            let event = self.door.pass_event(
+                &self.origin,
+                rp,
+                &closed,
+                &mut self.suspicion,
+                epcis_context(rp),
+            );
+            metrics::counter!("tracegate_events_total", "type" => "pass").increment(1);
+            if let EventBody::Pass(p) = &event.body {
+                self.notify(closed.read_point, Some(p), &p.flags);
+            }
+            into.push(EventDraft::new(event));
+        }
+    }
+
+    /// A debounced input edge from the GPIO task.
+    pub fn on_door_input(&mut self, input: &crate::door::DoorInput) -> Vec<EventDraft> {
+        self.door.on_input(input);
+        let mut drafts = Vec::new();
+        self.passes(&mut drafts);
+        drafts
+    }
+
+    /// Closes every open read window (the readers have stopped).
+    pub fn on_shutdown(&mut self) -> Vec<EventDraft> {
+        self.door.shutdown(self.clock.now());
+        let mut drafts = Vec::new();
+        self.passes(&mut drafts);
+        drafts
+    }
+
     fn drafts(&mut self, events: &[TagEvent], into: &mut Vec<EventDraft>) {
         // Counted per call: a labelled counter lookup per event costs more
         // than the increment.
         let mut per_kind = [0u64; 3];
         for e in events {
+            if !self.door.tag_events(e.read_point) {
+                continue;
+            }
             if let Some(rp) = self.read_points.get(e.read_point) {
                 per_kind[e.kind as usize] += 1;
                 let decoded = self.decodings.decode(e.kind, &e.tag.epc);
@@ -218,6 +292,10 @@ impl Pipeline {
                 );
                 if let Some(md) = &self.masterdata {
                     md.judge(&mut event);
+                }
+                // After the master-data verdicts: their flags light red too.
+                if !event.flags().is_empty() {
+                    self.notify(e.read_point, None, event.flags());
                 }
                 into.push(EventDraft::new(event));
             }
@@ -253,6 +331,7 @@ impl Pipeline {
                 if self.filters.get_mut(rp).is_some_and(|f| f.accepts(read)) {
                     deduped += 1;
                     self.dedup.observe(rp, read, &mut events);
+                    self.door.on_read(rp, read);
                 } else {
                     filtered += 1;
                 }
@@ -267,18 +346,22 @@ impl Pipeline {
         metrics::counter!("tracegate_reads_filtered_total").increment(filtered);
         let mut drafts = Vec::with_capacity(events.len());
         self.drafts(&events, &mut drafts);
+        self.passes(&mut drafts);
         drafts
     }
 
     /// Advances time; returns departures and re-reports.
     pub fn on_tick(&mut self) -> Vec<EventDraft> {
         let mut events = Vec::new();
-        self.dedup.tick(self.clock.now(), &mut events);
+        let now = self.clock.now();
+        self.dedup.tick(now, &mut events);
+        self.door.poll(now);
         let stats = self.dedup.stats();
         metrics::gauge!("tracegate_dedup_tracked_tags").set(stats.tracked as f64);
         metrics::gauge!("tracegate_dedup_evictions").set(stats.evictions as f64);
         let mut drafts = Vec::with_capacity(events.len());
         self.drafts(&events, &mut drafts);
+        self.passes(&mut drafts);
         drafts
     }
 
@@ -310,6 +393,11 @@ impl Pipeline {
             tap,
         );
         let replay = self.taps.enrich(tap, &mut tap_event);
+        if !tap_event.flags.is_empty() {
+            for &i in &points {
+                self.notify(i, None, &tap_event.flags);
+            }
+        }
         let mut drafts = Vec::with_capacity(names.len());
         for name in names {
             let mut body = tap_event.clone();
@@ -341,7 +429,13 @@ impl Pipeline {
             .dedup
             .next_deadline_ms(now)
             .map_or(MAX_TICK, Duration::from_millis);
-        due.min(MAX_TICK) + TICK_SLACK
+        // Read windows close on time, without the slack: the stack light
+        // waits for the close.
+        let wake = due.min(MAX_TICK) + TICK_SLACK;
+        match self.door.deadline_ms() {
+            Some(t) => wake.min(Duration::from_millis(t.saturating_sub(now))),
+            None => wake,
+        }
     }
 }
 
@@ -384,17 +478,7 @@ fn uhf_event(
         reason: e.reason.map(|_| DepartureReason::Evicted),
         flags,
         masterdata: None,
-        epcis: Some(EpcisContext {
-            biz_step: point.biz_step.clone(),
-            disposition: point.disposition.clone(),
-            read_point_id: point.read_point_id.clone(),
-            biz_location: point.biz_location.clone(),
-            action: match point.action {
-                EpcisAction::Add => event::EpcisAction::Add,
-                EpcisAction::Observe => event::EpcisAction::Observe,
-                EpcisAction::Delete => event::EpcisAction::Delete,
-            },
-        }),
+        epcis: Some(epcis_context(point)),
     };
     let body = match e.kind {
         Kind::Arrived => EventBody::Arrived(body),
@@ -402,6 +486,21 @@ fn uhf_event(
         Kind::Present => EventBody::Present(body),
     };
     Event::new(origin.gateway.clone(), UtcMs(e.at.utc_ms), body)
+}
+
+/// The read point's EPCIS settings, as every UHF event and pass carries them.
+fn epcis_context(point: &ReadPoint) -> EpcisContext {
+    EpcisContext {
+        biz_step: point.biz_step.clone(),
+        disposition: point.disposition.clone(),
+        read_point_id: point.read_point_id.clone(),
+        biz_location: point.biz_location.clone(),
+        action: match point.action {
+            EpcisAction::Add => event::EpcisAction::Add,
+            EpcisAction::Observe => event::EpcisAction::Observe,
+            EpcisAction::Delete => event::EpcisAction::Delete,
+        },
+    }
 }
 
 /// Runs until every reader's sink is dropped (readers stopped), then returns,
@@ -417,6 +516,10 @@ pub async fn run(
     // fixed period: with a fixed 100 ms tick a departure waited up to 100 ms
     // before it even reached the store.
     let mut next_tick = tokio::time::Instant::now() + pipeline.next_tick_in();
+    // Door inputs (GPIO edges), when a GPIO task runs; otherwise a channel
+    // that never yields.
+    let (_never_tx, never_rx) = mpsc::channel(1);
+    let mut door_rx = pipeline.door_inputs.take().unwrap_or(never_rx);
     loop {
         heartbeat.beat();
         let request = tokio::select! {
@@ -430,6 +533,10 @@ pub async fn run(
                 Some(ReaderMsg::Tap(tap)) => Some(WriteRequest { drafts: pipeline.on_tap(&tap), ack: None }),
                 None => break,
             },
+            Some(input) = door_rx.recv() => {
+                let drafts = pipeline.on_door_input(&input);
+                (!drafts.is_empty()).then_some(WriteRequest { drafts, ack: None })
+            }
             _ = tokio::time::sleep_until(next_tick) => {
                 let drafts = pipeline.on_tick();
                 next_tick = tokio::time::Instant::now() + pipeline.next_tick_in();
@@ -448,6 +555,18 @@ pub async fn run(
                 return;
             }
         }
+    }
+    let drafts = pipeline.on_shutdown();
+    if !drafts.is_empty()
+        && writer
+            .send(WriteRequest { drafts, ack: None })
+            .await
+            .is_err()
+    {
+        tracing::error!(
+            event = "pipeline.writer_gone",
+            "the store writer stopped; open read windows could not be committed"
+        );
     }
     tracing::info!(
         event = "pipeline.stopped",

@@ -1,6 +1,7 @@
 //! What the real pipeline commits (the bytes the publisher sends verbatim)
 //! matches docs/events.schema.json: a simulated portal with TIDs, direction,
-//! re-reports, flags and EPCIS context runs through `tracegate::run_with`.
+//! re-reports, flags, EPCIS context and read windows (pass events) runs
+//! through `tracegate::run_with`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -36,6 +37,11 @@ expect_patterns = ["urn:epc:pat:sgtin-96:*.0614141.999999.*"]
 biz_step = "receiving"
 read_point_id = "urn:epc:id:sgln:0614141.00777.1"
 
+[read_points.window]
+open_on = ["first_read"]
+stable_ms = 200
+max_duration_ms = 300
+
 [dedup]
 departure_timeout_ms = 150
 report_interval_ms = 100
@@ -68,7 +74,7 @@ metrics_addr = "off"
         .iter()
         .map(|e| e["type"].as_str().unwrap().to_owned())
         .collect();
-    for k in ["arrived", "present", "departed"] {
+    for k in ["arrived", "present", "departed", "pass"] {
         assert!(kinds.contains(k), "no {k} event among {kinds:?}");
     }
     assert!(events.iter().any(|e| e["flags"][0] == "unexpected"));
@@ -315,8 +321,114 @@ mod generated {
             .boxed()
     }
 
+    fn pass() -> BoxedStrategy<PassEvent> {
+        let evidence = (
+            0..4u8,
+            0..3u8,
+            of((any::<bool>(), 0..4u8, 0..5u32)),
+            (0..100u32, 0..100u32),
+        )
+            .prop_map(|(source, confidence, beams, (inward, outward))| {
+                let passage = [
+                    BeamPassage::In,
+                    BeamPassage::Out,
+                    BeamPassage::Reversed,
+                    BeamPassage::OneBeam,
+                ];
+                DirectionEvidence {
+                    direction: [Some(Direction::In), Some(Direction::Out), None, None]
+                        [usize::from(source)],
+                    source: [
+                        DirectionSource::Both,
+                        DirectionSource::Beams,
+                        DirectionSource::Antennas,
+                        DirectionSource::None,
+                    ][usize::from(source)],
+                    confidence: [Confidence::High, Confidence::Medium, Confidence::Low]
+                        [usize::from(confidence)],
+                    beams: beams.map(|(outside, p, rebreaks)| BeamReading {
+                        first: if outside {
+                            BeamSide::Outside
+                        } else {
+                            BeamSide::Inside
+                        },
+                        passage: passage[usize::from(p)],
+                        rebreaks,
+                    }),
+                    antennas: AntennaVotes { inward, outward },
+                }
+            });
+        (
+            uhf(),
+            vec(uhf(), 0..4),
+            (time(), time(), 0..3u8, 0..4u8, of(text())),
+            of(evidence),
+            of((1..1_000u64, 0..1_000u64, 1..10_000u64)),
+            of(text()),
+        )
+            .prop_map(
+                |(
+                    head,
+                    tags,
+                    (opened_at, closed_at, o, c, trigger),
+                    evidence,
+                    overflow,
+                    parent,
+                )| {
+                    let tags: Vec<PassTag> = tags
+                        .into_iter()
+                        .map(|t| PassTag {
+                            identity: t.identity,
+                            antennas: t.antennas,
+                            read_count: t.read_count,
+                            first_seen: t.first_seen,
+                            last_seen: t.last_seen,
+                            peak_rssi_dbm: t.peak_rssi_dbm,
+                            flags: t.flags,
+                        })
+                        .collect();
+                    PassEvent {
+                        at: head.at,
+                        opened_at,
+                        closed_at,
+                        opened_by: [
+                            WindowOpened::Input,
+                            WindowOpened::FirstRead,
+                            WindowOpened::Schedule,
+                        ][usize::from(o)],
+                        closed_by: [
+                            WindowClosed::Release,
+                            WindowClosed::Stable,
+                            WindowClosed::MaxDuration,
+                            WindowClosed::Shutdown,
+                        ][usize::from(c)],
+                        trigger,
+                        direction: evidence.and_then(|e| e.direction),
+                        direction_evidence: evidence,
+                        tag_count: tags.len() as u64,
+                        read_count: tags
+                            .iter()
+                            .fold(0u64, |a, t| a.saturating_add(t.read_count)),
+                        tags,
+                        overflow: overflow.map(|(max_tags, tags_not_listed, reads_not_listed)| {
+                            PassOverflow {
+                                max_tags,
+                                tags_not_listed,
+                                reads_not_listed,
+                            }
+                        }),
+                        flags: head.flags,
+                        parent,
+                        epcis: head.epcis,
+                    }
+                },
+            )
+            .boxed()
+    }
+
     fn event() -> BoxedStrategy<Event> {
         let body = prop_oneof![
+            pass().prop_map(EventBody::Pass),
             uhf().prop_map(EventBody::Arrived),
             uhf().prop_map(EventBody::Departed),
             uhf().prop_map(EventBody::Present),

@@ -62,9 +62,13 @@ impl Verdicts {
                     active.check(&subject, &b.at.read_point, checks, market, &mut b.flags);
                 (&b.flags, &b.masterdata)
             }
-            EventBody::Overflow(_) | EventBody::Salvage(_) | EventBody::MasterdataApplied(_) => {
-                return
-            }
+            // A pass is judged through its tags' own events; the
+            // expected-shipment verdict of a pass (`shipment::evaluate_pass`)
+            // is not wired yet.
+            EventBody::Overflow(_)
+            | EventBody::Salvage(_)
+            | EventBody::MasterdataApplied(_)
+            | EventBody::Pass(_) => return,
         };
         let _ = detail;
         for f in flags.iter().skip(before) {

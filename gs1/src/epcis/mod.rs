@@ -298,6 +298,31 @@ impl EpcisDocument {
         Ok(id)
     }
 
+    /// Like [`EpcisDocument::push`], as an `AggregationEvent`: `parent_id`
+    /// (an SSCC, say) is `parentID` and `ev.epcs` are the `childEPCs`; the
+    /// other fields are the ObjectEvent's. Returns the eventID.
+    pub fn push_aggregation(
+        &mut self,
+        ev: &ObjectEvent,
+        parent_id: &str,
+    ) -> Result<String, EpcisError> {
+        check_uri("parentID", parent_id)?;
+        let mut event = self.event_json(ev)?;
+        if let Value::Object(m) = &mut event {
+            m.insert("type".into(), "AggregationEvent".into());
+            if let Some(children) = m.remove("epcList") {
+                m.insert("childEPCs".into(), children);
+            }
+            m.insert("parentID".into(), parent_id.into());
+        }
+        let id = event_hash(&event, &self.context())?;
+        if let Value::Object(m) = &mut event {
+            m.insert("eventID".into(), Value::String(id.clone()));
+        }
+        self.events.push(event);
+        Ok(id)
+    }
+
     fn event_json(&self, ev: &ObjectEvent) -> Result<Value, EpcisError> {
         if ev.epcs.is_empty() {
             return Err(EpcisError::NoEpcs);
