@@ -33,6 +33,31 @@ pub fn bin() -> anyhow::Result<PathBuf> {
     Ok(candidate)
 }
 
+/// A simulated two-antenna portal and its read point, for tests that need
+/// events flowing: tags every 20 ms, each read for 300 ms.
+pub const SIM_PORTAL: &str = r#"
+[[readers]]
+name = "sim1"
+kind = "sim"
+antennas = [1, 2]
+read_rate = 2000
+arrival_interval_ms = 20
+dwell_ms = 300
+seed = 7
+
+[[read_points]]
+name = "door"
+reader = "sim1"
+direction = { outside = 1, inside = 2 }
+
+[dedup]
+min_reads = 1
+departure_timeout_ms = 200
+
+[store]
+commit_interval_ms = 20
+"#;
+
 /// A gateway with its own temporary data directory and config file.
 #[derive(Debug)]
 pub struct TempGateway {

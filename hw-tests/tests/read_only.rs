@@ -9,26 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tracegate_hw_tests::{bin, signal, wait_exit, wait_for, TempGateway};
-
-const SIM: &str = r#"
-[[readers]]
-name = "sim1"
-kind = "sim"
-antennas = [1, 2]
-read_rate = 2000
-arrival_interval_ms = 20
-dwell_ms = 300
-seed = 7
-
-[[read_points]]
-name = "door"
-reader = "sim1"
-
-[dedup]
-min_reads = 1
-departure_timeout_ms = 200
-"#;
+use tracegate_hw_tests::{bin, signal, wait_exit, wait_for, TempGateway, SIM_PORTAL as SIM};
 
 fn mount(args: &[&str]) -> Result<(), String> {
     let out = Command::new("mount")

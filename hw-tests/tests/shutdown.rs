@@ -6,26 +6,7 @@
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tracegate_hw_tests::{signal, wait_exit, wait_for, TempGateway};
-
-const SIM: &str = r#"
-[[readers]]
-name = "sim1"
-kind = "sim"
-antennas = [1, 2]
-read_rate = 2000
-arrival_interval_ms = 20
-dwell_ms = 300
-seed = 7
-
-[[read_points]]
-name = "door"
-reader = "sim1"
-
-[dedup]
-min_reads = 1
-departure_timeout_ms = 200
-"#;
+use tracegate_hw_tests::{signal, wait_exit, wait_for, TempGateway, SIM_PORTAL as SIM};
 
 #[test]
 fn sigterm_with_a_stuck_store_exits_within_the_deadline_and_says_what_was_unfinished() {
