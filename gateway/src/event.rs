@@ -557,6 +557,9 @@ pub enum Flag {
     SerialMismatch,
     /// Master data: not on an expected shipment of this read point.
     NotExpected,
+    /// Master data: a pass at a read point that expects a shipment missed
+    /// some of its items (`shipment.missing`).
+    ShipmentIncomplete,
 }
 
 impl Flag {
@@ -573,6 +576,7 @@ impl Flag {
             Flag::WrongMarket => "wrong_market",
             Flag::SerialMismatch => "serial_mismatch",
             Flag::NotExpected => "not_expected",
+            Flag::ShipmentIncomplete => "shipment_incomplete",
         }
     }
 }
@@ -978,8 +982,27 @@ pub struct PassEvent {
     /// SGTINs): EPCIS renders it as an `AggregationEvent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// Master data: the pass against the read point's expected shipments
+    /// (present only where one is expected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipment: Option<ShipmentVerdict>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epcis: Option<EpcisContext>,
+}
+
+/// A pass against the expected shipments of its read point: `complete`, or
+/// what is `missing` and what is `unexpected` (labels `(01)GTIN(21)SERIAL`
+/// or `(00)SSCC`, sorted, at most 1,000 listed; the counts are exact).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipmentVerdict {
+    /// Every expected item was seen and nothing else.
+    pub complete: bool,
+    pub missing_count: u64,
+    pub missing: Vec<String>,
+    pub unexpected_count: u64,
+    pub unexpected: Vec<String>,
+    /// The shipments the read point expects.
+    pub shipments: Vec<String>,
 }
 
 /// One tag of a pass.

@@ -238,6 +238,11 @@ impl Pipeline {
                 epcis_context(rp),
             );
             metrics::counter!("tracegate_events_total", "type" => "pass").increment(1);
+            // Master data first: its verdicts drive the stack light too.
+            let mut event = event;
+            if let Some(md) = &self.masterdata {
+                md.judge(&mut event);
+            }
             if let EventBody::Pass(p) = &event.body {
                 self.notify(closed.read_point, Some(p), &p.flags);
             }

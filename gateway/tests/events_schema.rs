@@ -419,6 +419,7 @@ mod generated {
                         }),
                         flags: head.flags,
                         parent,
+                        shipment: None,
                         epcis: head.epcis,
                     }
                 },

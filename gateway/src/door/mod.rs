@@ -326,6 +326,7 @@ impl Doors {
             overflow: w.overflow,
             flags,
             parent,
+            shipment: None,
             epcis: Some(epcis),
         };
         Event::new(

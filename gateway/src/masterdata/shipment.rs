@@ -2,12 +2,10 @@
 //! (one read window at a door) saw and the read point's expected shipments,
 //! say `complete`, or what is `missing` and what is `unexpected`.
 //!
-//! Passes are not events yet; whoever builds them calls [`evaluate_pass`]
-//! with the identities of the pass and the current [`MasterIndex`].
+//! The pipeline calls [`evaluate_pass`] (through `verdict::Verdicts::judge`)
+//! for every `pass` event with the identities of its tags.
 
 use std::collections::BTreeSet;
-
-use serde::{Deserialize, Serialize};
 
 use super::index::{MasterIndex, Subject};
 use super::records::parse_gtin;
@@ -16,18 +14,8 @@ use super::records::parse_gtin;
 /// (the counts are always exact), so one pass event stays a bounded size.
 pub const MAX_LISTED: usize = 1_000;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PassVerdict {
-    /// Every expected item was seen and nothing else.
-    pub complete: bool,
-    pub missing_count: u64,
-    /// `(01)GTIN(21)SERIAL` or `(00)SSCC`, sorted, at most [`MAX_LISTED`].
-    pub missing: Vec<String>,
-    pub unexpected_count: u64,
-    pub unexpected: Vec<String>,
-    /// The shipments the read point expects.
-    pub shipments: Vec<String>,
-}
+/// The verdict type lives with the event that carries it.
+pub use crate::event::ShipmentVerdict as PassVerdict;
 
 fn label(s: &Subject) -> String {
     match (s.sscc, s.gtin, s.serial) {

@@ -318,6 +318,7 @@ mod tests {
                 overflow: None,
                 flags: vec![],
                 parent: parent.map(str::to_owned),
+                shipment: None,
                 epcis: Some(EpcisContext {
                     biz_step: None,
                     disposition: Some("in_progress".into()),
