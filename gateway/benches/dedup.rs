@@ -96,5 +96,50 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// The technician's page taps the raw reads: what that costs per batch of
+/// reads while nobody has the page open, next to the dedup work the same
+/// batches need (the baseline, in the same run).
+fn read_tap_idle(c: &mut Criterion) {
+    const BATCH: usize = 50;
+    let input = reads();
+    let batches: Vec<Vec<RawRead>> = input.chunks(BATCH).map(<[RawRead]>::to_vec).collect();
+    let mut group = c.benchmark_group("read_tap_idle");
+    group.throughput(Throughput::Elements(READS));
+    group.sample_size(20);
+    let tap = tracegate::read_tap::ReadTap::new();
+    for with_tap in [false, true] {
+        let name = if with_tap {
+            "dedup_then_idle_tap"
+        } else {
+            "dedup_only"
+        };
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let d = Dedup::new(config(), vec![PointSettings::default()]);
+                    (d, batches.clone())
+                },
+                |(mut d, batches)| {
+                    let mut out = Vec::with_capacity(1024);
+                    for batch in batches {
+                        for r in &batch {
+                            d.observe(0, r, &mut out);
+                        }
+                        out.clear();
+                        if with_tap {
+                            tap.offer(batch);
+                        } else {
+                            drop(batch);
+                        }
+                    }
+                    d
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, read_tap_idle);
 criterion_main!(benches);
