@@ -733,9 +733,9 @@ const MAX_MS: i64 = 86_400_000;
 /// longest one anybody needs at the edge).
 const MAX_SECS: i64 = 31_536_000;
 
-/// Bounds every `*_ms` and `*_secs` key of every table and table array
-/// (present and future settings alike), before any of them becomes a
-/// `Duration`.
+/// Bounds every `*_ms` and `*_secs` key of every table, table array and
+/// their subtables (present and future settings alike), before any of them
+/// becomes a `Duration`.
 fn check_durations(top: &toml::Table, p: &mut Problems) {
     fn check(
         p: &mut Problems,
@@ -760,20 +760,42 @@ fn check_durations(top: &toml::Table, p: &mut Problems) {
             }
         }
     }
-    for (section, v) in top {
-        match v {
-            toml::Value::Table(t) => {
-                for (k, v) in t {
-                    let at = p.at.in_section(section, k);
-                    check(p, at, &format!("[{section}] "), k, v);
+    /// `[section]` and its nested tables (`[gpio.inputs.eye]`), by dotted name.
+    fn table(p: &mut Problems, name: &str, t: &toml::Table) {
+        for (k, v) in t {
+            if let toml::Value::Table(sub) = v {
+                table(p, &format!("{name}.{k}"), sub);
+            } else {
+                let at = p.at.in_section(name, k);
+                check(p, at, &format!("[{name}] "), k, v);
+            }
+        }
+    }
+    /// The `i`-th `[[array]]` entry and its subtables (`[read_points.window]`;
+    /// deeper tables are located at their subtable).
+    fn entry(p: &mut Problems, array: &str, i: usize, sub: Option<&str>, t: &toml::Table) {
+        for (k, v) in t {
+            match (v, sub) {
+                (toml::Value::Table(inner), None) => entry(p, array, i, Some(k), inner),
+                (toml::Value::Table(inner), Some(_)) => entry(p, array, i, sub, inner),
+                (_, None) => {
+                    let at = p.at.in_entry(array, i, k);
+                    check(p, at, &format!("{array}[{i}]: "), k, v);
+                }
+                (_, Some(s)) => {
+                    let at = p.at.in_subtable(array, i, s, k);
+                    check(p, at, &format!("{array}[{i}].{s}: "), k, v);
                 }
             }
+        }
+    }
+    for (section, v) in top {
+        match v {
+            toml::Value::Table(t) => table(p, section, t),
             toml::Value::Array(entries) => {
                 for (i, e) in entries.iter().enumerate() {
-                    let toml::Value::Table(t) = e else { continue };
-                    for (k, v) in t {
-                        let at = p.at.in_entry(section, i, k);
-                        check(p, at, &format!("{section}[{i}]: "), k, v);
+                    if let toml::Value::Table(t) = e {
+                        entry(p, section, i, None, t);
                     }
                 }
             }
@@ -1426,6 +1448,18 @@ reader = "sim1"
             "{err}"
         );
         assert!(err.contains("readers[0]: dwell_ms = 86400001"), "{err}");
+        let nested = format!(
+            "{MINIMAL}\n[read_points.window]\nlinger_ms = 99999999999\n\n[gpio.inputs.eye]\nline = 1\ndebounce_ms = 99999999999\n"
+        );
+        let err = parse(&nested, "t.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("read_points[0].window: linger_ms = 99999999999"),
+            "{err}"
+        );
+        assert!(
+            err.contains("[gpio.inputs.eye] debounce_ms = 99999999999"),
+            "{err}"
+        );
         let day = MINIMAL.replace(
             "[[readers]]",
             "[dedup]\ndeparture_timeout_ms = 86400000\n\n[[readers]]",

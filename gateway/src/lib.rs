@@ -395,7 +395,6 @@ pub async fn run_with(
         tracing::info!(event = "gateway.stopped", "gateway stopped");
         result
     } else {
-        unfinished.dedup();
         tracing::error!(
             event = "gateway.stopped_incomplete",
             unfinished = ?unfinished,

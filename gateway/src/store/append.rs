@@ -257,16 +257,35 @@ fn report_sun_verdicts(decided: &[SunDecision]) {
 }
 
 fn insert_row(conn: &Connection, row: &Row) -> rusqlite::Result<()> {
+    insert_event(
+        conn,
+        row.seq,
+        &row.id,
+        row.event_type,
+        row.event_utc_ms,
+        &row.payload,
+    )
+}
+
+/// Inserts one event row; the commit path and salvage share it.
+pub(super) fn insert_event(
+    conn: &Connection,
+    seq: u64,
+    id: &str,
+    event_type: &str,
+    event_utc_ms: i64,
+    payload: &str,
+) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO events (seq, id, event_type, event_utc_ms, payload)
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
     stmt.execute(rusqlite::params![
-        to_i64(row.seq),
-        row.id,
-        row.event_type,
-        row.event_utc_ms,
-        row.payload
+        to_i64(seq),
+        id,
+        event_type,
+        event_utc_ms,
+        payload
     ])?;
     Ok(())
 }

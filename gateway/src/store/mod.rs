@@ -448,8 +448,7 @@ impl Store {
                          (the registry's own counters still catch them)"
                     ),
                 }
-                let level_lost = s.event.lost > 0;
-                if level_lost {
+                if s.event.lost > 0 {
                     tracing::error!(event = "store.salvaged", carried = s.event.carried, lost = s.event.lost, from = %moved_to.display(), "unpublished events carried from the corrupt store; some could not be read and are lost");
                 } else {
                     tracing::warn!(event = "store.salvaged", carried = s.event.carried, from = %moved_to.display(), "every unpublished event carried from the corrupt store");

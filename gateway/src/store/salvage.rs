@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use super::append::{keep_sun_counter, read_meta};
+use super::append::{insert_event, keep_sun_counter, read_meta};
 use crate::event::{EventKind, OverflowEvent, SalvageEvent};
 
 /// One unpublished event as the old store held it.
@@ -76,25 +76,17 @@ pub fn salvage(moved: &Path, fresh: &mut Connection, reason: &str) -> Result<Sal
     }
     let meta = read_meta(&tx).map_err(|e| e.to_string())?;
     let mut seq = meta.last_seq;
-    {
-        let mut insert = tx
-            .prepare(
-                "INSERT INTO events (seq, id, event_type, event_utc_ms, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .map_err(|e| e.to_string())?;
-        for row in &old.events {
-            seq += 1;
-            insert
-                .execute(rusqlite::params![
-                    i64::try_from(seq).unwrap_or(i64::MAX),
-                    row.id,
-                    row.event_type,
-                    row.event_utc_ms,
-                    row.payload
-                ])
-                .map_err(|e| e.to_string())?;
-        }
+    for row in &old.events {
+        seq += 1;
+        insert_event(
+            &tx,
+            seq,
+            &row.id,
+            &row.event_type,
+            row.event_utc_ms,
+            &row.payload,
+        )
+        .map_err(|e| e.to_string())?;
     }
     tx.execute(
         "UPDATE meta SET value = ?1 WHERE key = 'last_seq'",
