@@ -118,7 +118,8 @@ pub fn salvage(moved: &Path, fresh: &mut Connection, reason: &str) -> Result<Sal
 fn missing_seqs(old: &OldStore) -> (Vec<(u64, u64)>, u64) {
     let carried_max = old.events.last().map_or(0, |r| r.seq);
     let (from, to) = match old.bounds {
-        Some((published, last)) => (published + 1, last.max(carried_max)),
+        // Read from a damaged file: no arithmetic on them may overflow.
+        Some((published, last)) => (published.saturating_add(1), last.max(carried_max)),
         None => (old.events.first().map_or(1, |r| r.seq), carried_max),
     };
     let mut announced: Vec<(u64, u64)> = old
@@ -161,7 +162,7 @@ fn missing_seqs(old: &OldStore) -> (Vec<(u64, u64)>, u64) {
         if r.seq > expect {
             push(expect, r.seq - 1);
         }
-        expect = expect.max(r.seq + 1);
+        expect = expect.max(r.seq.saturating_add(1));
     }
     if expect <= to {
         push(expect, to);
