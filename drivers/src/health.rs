@@ -41,6 +41,11 @@ pub struct ReaderHealth {
     pub last_read_utc_ms: AtomicI64,
     /// Connection attempts that failed or connections that were lost.
     pub reconnects: AtomicU64,
+    /// Turns of the reader task (a frame, a wait slice that timed out, a
+    /// reconnect attempt): it moves while the task is alive, connected or
+    /// retrying, and stands still only when the task is wedged. The
+    /// gateway's watchdog watches it.
+    pub progress: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -105,7 +110,13 @@ impl ReaderHealth {
             reads: AtomicU64::new(0),
             last_read_utc_ms: AtomicI64::new(0),
             reconnects: AtomicU64::new(0),
+            progress: AtomicU64::new(0),
         })
+    }
+
+    /// One turn of the reader task: see [`ReaderHealth::progress`].
+    pub fn alive(&self) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Transitions) -> R) -> R {

@@ -332,6 +332,7 @@ pub async fn run(
             }
             _ = tick.tick() => {}
         }
+        health.alive();
         let host = clock.now();
         let reads = world.step(host.mono_ms.saturating_sub(origin));
         if reads.is_empty() {

@@ -137,6 +137,11 @@ pub async fn run_with(
     for reader in &config.readers {
         let health = ReaderHealth::new(reader.name(), reader.kind());
         healths.push(health.clone());
+        // The reader task counts its turns; the watchdog and health see it.
+        let turns = health.clone();
+        heartbeats.watch_progress(format!("reader {}", reader.name()), move || {
+            turns.progress.load(std::sync::atomic::Ordering::Relaxed)
+        });
         readers.spawn(supervisor::supervise(
             reader.clone(),
             sink.clone(),
@@ -241,7 +246,12 @@ pub async fn run_with(
             reader,
             watermark,
             committed: committed_rx,
-            health: status_source.clone(),
+            // Health messages carry the same conditions as /status.
+            health: {
+                let (source, hb) = (status_source.clone(), heartbeats.clone());
+                let max_age = u64::try_from(config.ops.stale_after.as_millis()).unwrap_or(u64::MAX);
+                Arc::new(move || ops::with_health(source(), &hb, max_age))
+            },
             heartbeat: heartbeats.register("publisher"),
             stats: publisher_stats,
             acks: options.acks,

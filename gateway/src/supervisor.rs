@@ -39,6 +39,8 @@ pub async fn supervise(
         if cancel.is_cancelled() {
             break;
         }
+        // Each attempt is a turn: a reader that is down and retried is alive.
+        health.alive();
         health.set_state(ReaderState::Starting);
         tracing::info!(event = "reader.starting", reader = %name, kind, "starting reader");
         let delivered_before = delivered(&health);
@@ -66,6 +68,7 @@ pub async fn supervise(
             backoff.reset();
         }
         let delay = backoff.next_delay();
+        health.alive();
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}

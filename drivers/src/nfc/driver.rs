@@ -273,7 +273,10 @@ impl Driver {
                     }
                 }
             }
-            match ctx.get_status_change(WAIT_SLICE, &mut states) {
+            let changed = ctx.get_status_change(WAIT_SLICE, &mut states);
+            // A turn at least every WAIT_SLICE: the thread is alive.
+            self.health.alive();
+            match changed {
                 Ok(()) => {}
                 Err(PErr::Timeout) => continue,
                 Err(PErr::Cancelled) => {

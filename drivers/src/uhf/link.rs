@@ -15,6 +15,11 @@ use crate::ReaderHealth;
 /// Longest silence inside a frame before the partial frame is dropped.
 pub(crate) const INTER_BYTE_GAP: Duration = Duration::from_millis(250);
 
+/// A wait for bytes is cut into slices of at most this, each counted as a
+/// turn of the task (`ReaderHealth::alive`): a quiet line with a long
+/// timeout is alive; a task blocked elsewhere stops counting.
+const ALIVE_SLICE: Duration = Duration::from_secs(1);
+
 /// One decoder event, in the terms the link needs.
 pub(crate) enum Decoded<F> {
     Frame(F),
@@ -121,16 +126,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin, D: FrameDecoder> FrameLink<T, D> {
     /// Waits for the next valid frame until `deadline`.
     pub(crate) async fn frame_until(&mut self, deadline: Instant) -> Result<D::Frame, LinkError> {
         loop {
+            self.health.alive();
             if let Some(f) = self.buffered_frame() {
                 return Ok(f);
             }
             // Bytes of a frame arrive back to back; a quiet line with a
             // partial frame buffered means a false header (garbage).
             let partial = self.dec.buffered() > 0;
+            let now = Instant::now();
             let wait = if partial {
-                deadline.min(Instant::now() + INTER_BYTE_GAP)
+                deadline.min(now + INTER_BYTE_GAP)
             } else {
-                deadline
+                deadline.min(now + ALIVE_SLICE)
             };
             let n = match tokio::time::timeout_at(wait, self.io.read(&mut self.buf)).await {
                 Err(_) if partial && Instant::now() < deadline => {
@@ -139,6 +146,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin, D: FrameDecoder> FrameLink<T, D> {
                     }
                     continue;
                 }
+                // Only a slice ran out: keep waiting (counted as a turn above).
+                Err(_) if Instant::now() < deadline => continue,
                 Err(_) => return Err(LinkError::Timeout),
                 Ok(Err(e)) => return Err(LinkError::Io(e)),
                 Ok(Ok(0)) => return Err(LinkError::Disconnected),

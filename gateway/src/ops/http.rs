@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::access::Credentials;
 use super::page::{self, PageSources, PageState};
-use super::status::{evaluate_health, record_metrics, HeartbeatAge, Status};
+use super::status::{record_metrics, with_health, Status};
 use super::{OpsConfig, OpsError};
 use crate::heartbeat::Heartbeats;
 
@@ -168,6 +168,14 @@ fn describe_metrics() {
         ),
         ("tracegate_build_info", "Build information; always 1."),
         ("tracegate_healthy", "1 when /healthz answers 200."),
+        (
+            "tracegate_health_state",
+            "1 while a health state (label state: disk_full, read_only, store_failing, stuck, reader_down, broker_unreachable, publish_stalled) is in force.",
+        ),
+        (
+            "tracegate_health_state_age_seconds",
+            "Seconds the health state has been in force (the oldest, if several); 0 when not.",
+        ),
         (
             "tracegate_heartbeat_age_seconds",
             "Seconds since each component last made progress.",
@@ -503,34 +511,39 @@ async fn not_found() -> Response {
 }
 
 /// Takes a snapshot of everything a response needs, off the async workers
-/// (the status callback may query SQLite). `None` when the callback panicked.
-async fn snapshot(ctx: &Ctx) -> (Option<Status>, Vec<(&'static str, u64)>, super::Health) {
+/// (the status callback may query SQLite), with its health and heartbeats
+/// filled in. `Err` with the health when the callback panicked.
+async fn snapshot(ctx: &Ctx) -> Result<Status, super::Health> {
     let source = ctx.status.clone();
-    let status = tokio::task::spawn_blocking(move || source()).await.ok();
-    let ages = ctx.heartbeats.ages();
-    let mut health = evaluate_health(
-        &ages,
-        ctx.stale_after_ms,
-        status.as_ref().map_or(&[], |s| s.readers.as_slice()),
-    );
-    if status.is_none() {
-        health.ok = false;
-        health
-            .reasons
-            .push("the status callback failed (a bug: see the log)".into());
-    }
-    (status, ages, health)
+    let (hb, max_age) = (ctx.heartbeats.clone(), ctx.stale_after_ms);
+    tokio::task::spawn_blocking(move || with_health(source(), &hb, max_age))
+        .await
+        .map_err(|_| super::Health {
+            ok: false,
+            conditions: Vec::new(),
+            reasons: vec!["the status callback failed (a bug: see the log)".into()],
+        })
+}
+
+/// Heartbeat ages as the status carries them.
+fn ages_of(status: &Status) -> Vec<(Arc<str>, u64)> {
+    status
+        .heartbeats
+        .iter()
+        .map(|h| (Arc::from(h.name.as_str()), h.age_ms))
+        .collect()
 }
 
 async fn metrics_route(State(ctx): State<Ctx>) -> Response {
-    let (status, ages, health) = snapshot(&ctx).await;
-    if let Some(status) = &status {
-        record_metrics(
-            status,
-            &ages,
-            &health,
-            tracegate_drivers::clock::utc_now_ms(),
-        );
+    if let Ok(status) = snapshot(&ctx).await {
+        if let Some(health) = &status.health {
+            record_metrics(
+                &status,
+                &ages_of(&status),
+                health,
+                tracegate_drivers::clock::utc_now_ms(),
+            );
+        }
     }
     (
         [(
@@ -543,9 +556,20 @@ async fn metrics_route(State(ctx): State<Ctx>) -> Response {
 }
 
 async fn healthz_route(State(ctx): State<Ctx>) -> Response {
-    let (_, _, health) = snapshot(&ctx).await;
-    if health.ok {
+    let health = match snapshot(&ctx).await {
+        Ok(s) => s.health.unwrap_or_else(|| super::Health {
+            ok: true,
+            conditions: Vec::new(),
+            reasons: Vec::new(),
+        }),
+        Err(h) => h,
+    };
+    if health.ok && health.conditions.is_empty() {
         text(StatusCode::OK, "ok\n")
+    } else if health.ok {
+        // Warnings only: still healthy, and they say what is going on.
+        let lines: Vec<String> = health.conditions.iter().map(|c| c.line()).collect();
+        text(StatusCode::OK, format!("ok; warn: {}\n", lines.join("; ")))
     } else {
         text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -556,24 +580,14 @@ async fn healthz_route(State(ctx): State<Ctx>) -> Response {
 
 async fn status_route(State(ctx): State<Ctx>) -> Response {
     match snapshot(&ctx).await {
-        (Some(mut status), ages, health) => {
-            status.health = Some(health);
-            status.heartbeats = ages
-                .iter()
-                .map(|(name, age_ms)| HeartbeatAge {
-                    name: (*name).to_owned(),
-                    age_ms: *age_ms,
-                })
-                .collect();
-            match serde_json::to_string(&status) {
-                Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-                Err(e) => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("status not serialisable: {e}\n"),
-                ),
-            }
-        }
-        (None, _, health) => text(
+        Ok(status) => match serde_json::to_string(&status) {
+            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("status not serialisable: {e}\n"),
+            ),
+        },
+        Err(health) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("{}\n", health.reasons.join("; ")),
         ),
@@ -760,7 +774,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let (code, body) = get(addr, "/healthz").await;
         assert_eq!(code, 503);
-        assert!(body.contains("store has made no progress"), "{body}");
+        assert!(body.contains("stuck store for"), "{body}");
         cancel.cancel();
         task.await.unwrap().unwrap();
     }
@@ -771,7 +785,65 @@ mod tests {
         let (addr, cancel, task) = start(status_with(ReaderState::Reconnecting), hb, 20).await;
         let (code, body) = get(addr, "/healthz").await;
         assert_eq!(code, 503);
-        assert!(body.contains("all 1 readers down"), "{body}");
+        assert!(body.contains("reader_down r1"), "{body}");
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_fails_healthz_by_name_and_a_stalled_uplink_only_warns() {
+        let hb = Heartbeats::new(Clock::new());
+        let store = hb.register("store");
+        let stalled: StatusSource = Arc::new(|| {
+            let mut s = status_with(ReaderState::Running)();
+            if let Some(p) = s.publisher.as_mut() {
+                p.stalled_since_utc_ms = Some(tracegate_drivers::clock::utc_now_ms() - 16_000);
+            }
+            s
+        });
+        let (addr, cancel, task) = start(stalled, hb.clone(), 20).await;
+        let (code, body) = get(addr, "/healthz").await;
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.starts_with("ok; warn: publish_stalled for 1"),
+            "{body}"
+        );
+        let (_, metrics) = get(addr, "/metrics").await;
+        assert!(
+            metrics.contains("tracegate_health_state{state=\"publish_stalled\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("tracegate_health_state{state=\"disk_full\"} 0"),
+            "{metrics}"
+        );
+
+        store.set_fault(Some(crate::heartbeat::Fault {
+            state: super::super::HealthState::DiskFull,
+            since_utc_ms: tracegate_drivers::clock::utc_now_ms() - 2_000,
+            detail: "database or disk is full".into(),
+        }));
+        let (code, body) = get(addr, "/healthz").await;
+        assert_eq!(code, 503);
+        assert!(
+            body.starts_with("unhealthy: disk_full store for 2."),
+            "{body}"
+        );
+        let v = fetch_status(addr).await.unwrap();
+        let states: Vec<_> = v
+            .health
+            .unwrap()
+            .conditions
+            .iter()
+            .map(|c| c.state)
+            .collect();
+        assert_eq!(
+            states,
+            [
+                super::super::HealthState::DiskFull,
+                super::super::HealthState::PublishStalled
+            ]
+        );
         cancel.cancel();
         task.await.unwrap().unwrap();
     }

@@ -24,8 +24,8 @@ pub use http::{
 };
 pub use page::PageSources;
 pub use status::{
-    evaluate_health, render_status_human, Health, HeartbeatAge, LatencyMs, PublisherStatus, Status,
-    StoreStatus,
+    evaluate_health, render_status_human, with_health, Condition, Health, HealthInputs,
+    HealthState, HeartbeatAge, LatencyMs, PublisherStatus, Severity, Status, StoreStatus,
 };
 
 use std::net::SocketAddr;

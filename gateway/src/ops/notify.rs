@@ -3,6 +3,7 @@
 //! Every function is a no-op outside systemd (no `NOTIFY_SOCKET`), so `run`
 //! calls them unconditionally. SIGHUP itself is handled in `reload.rs`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -55,19 +56,31 @@ pub fn notify_reloading() {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchdogDecision {
     Ping,
-    /// A component has made no progress for `age_ms` (> the allowed age).
+    /// A component (or a reader task, `reader NAME`) has made no progress
+    /// for `age_ms` (> the allowed age).
     Withhold {
-        component: &'static str,
+        component: Arc<str>,
         age_ms: u64,
     },
 }
 
+/// The decision over heartbeat ages, sans-IO: ping only while every age
+/// (the pipeline, store, publisher and each reader task) is at most
+/// `max_age_ms`. A reader that is disconnected and retrying keeps its
+/// progress counter moving, so it does not stop the pings.
+pub fn decide(ages: &[(Arc<str>, u64)], max_age_ms: u64) -> WatchdogDecision {
+    match ages.iter().find(|(_, age)| *age > max_age_ms) {
+        None => WatchdogDecision::Ping,
+        Some((component, age_ms)) => WatchdogDecision::Withhold {
+            component: component.clone(),
+            age_ms: *age_ms,
+        },
+    }
+}
+
 pub fn watchdog_decision(heartbeats: &Heartbeats, max_age: Duration) -> WatchdogDecision {
     let max_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
-    match heartbeats.stale(max_ms) {
-        None => WatchdogDecision::Ping,
-        Some((component, age_ms)) => WatchdogDecision::Withhold { component, age_ms },
-    }
+    decide(&heartbeats.ages(), max_ms)
 }
 
 /// Pings systemd's watchdog (WATCHDOG=1) at half of `WatchdogSec` while
@@ -89,7 +102,7 @@ pub async fn watchdog(heartbeats: Heartbeats, max_age: Duration, cancel: Cancell
     );
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut withholding: Option<&'static str> = None;
+    let mut withholding: Option<Arc<str>> = None;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -99,7 +112,7 @@ pub async fn watchdog(heartbeats: Heartbeats, max_age: Duration, cancel: Cancell
             WatchdogDecision::Ping => {
                 if let Some(component) = withholding.take() {
                     tracing::warn!(
-                        component,
+                        component = %component,
                         "component is making progress again, watchdog pings resume"
                     );
                     notify_status("running");
@@ -107,9 +120,9 @@ pub async fn watchdog(heartbeats: Heartbeats, max_age: Duration, cancel: Cancell
                 send(&[NotifyState::Watchdog]);
             }
             WatchdogDecision::Withhold { component, age_ms } => {
-                if withholding != Some(component) {
+                if withholding.as_ref() != Some(&component) {
                     tracing::error!(
-                        component,
+                        component = %component,
                         age_ms,
                         "component has made no progress: withholding watchdog pings, systemd will restart the service"
                     );
@@ -231,7 +244,7 @@ mod tests {
         store.beat();
         match watchdog_decision(&hb, Duration::from_millis(30)) {
             WatchdogDecision::Withhold { component, age_ms } => {
-                assert_eq!(component, "publisher");
+                assert_eq!(&*component, "publisher");
                 assert!(age_ms > 30);
             }
             WatchdogDecision::Ping => panic!("a stale publisher must stop the pings"),
@@ -241,6 +254,43 @@ mod tests {
             watchdog_decision(&hb, Duration::from_millis(30)),
             WatchdogDecision::Ping
         );
+    }
+
+    /// The reader side of the decision, sans-IO: a reader task's age is the
+    /// time since its progress counter last moved ([`crate::heartbeat::Progress`]).
+    #[test]
+    fn a_wedged_reader_stops_the_pings_and_a_retrying_one_does_not() {
+        use crate::heartbeat::Progress;
+        let max = 20_000;
+        let (mut retrying, mut wedged) = (Progress::new(0, 0), Progress::new(0, 0));
+        let mut turns = 0u64;
+        let ages_at = |now: u64, turns: u64, r: &mut Progress, w: &mut Progress| {
+            vec![
+                (Arc::<str>::from("store"), 100),
+                (Arc::<str>::from("reader dock"), r.observe(turns, now)),
+                (Arc::<str>::from("reader desk"), w.observe(7, now)),
+            ]
+        };
+        // Both readers worked until t = 0; then "desk" blocks in a call
+        // that never returns, while "dock" is unplugged and retried every
+        // 1.5 s by its supervisor (each attempt is a turn).
+        let mut now = 0;
+        while now <= max {
+            turns += 1;
+            let ages = ages_at(now, turns, &mut retrying, &mut wedged);
+            assert_eq!(decide(&ages, max), WatchdogDecision::Ping, "t = {now} ms");
+            now += 1_500;
+        }
+        let ages = ages_at(now, turns + 1, &mut retrying, &mut wedged);
+        assert_eq!(
+            decide(&ages, max),
+            WatchdogDecision::Withhold {
+                component: Arc::from("reader desk"),
+                age_ms: now
+            }
+        );
+        // Only the wedged one counts: without it the pings go on.
+        assert_eq!(decide(&ages[..2], max), WatchdogDecision::Ping);
     }
 
     #[test]

@@ -85,6 +85,14 @@ pub struct PublisherStatus {
     /// UTC ms of the last PUBACK; absent before the first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_puback_utc_ms: Option<i64>,
+    /// UTC ms since which no connection could be made or kept; absent while
+    /// connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable_since_utc_ms: Option<i64>,
+    /// UTC ms since which committed events have waited without any PUBACK
+    /// (set once that lasted `puback_timeout_secs`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled_since_utc_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -100,49 +108,241 @@ pub struct HeartbeatAge {
     pub age_ms: u64,
 }
 
-/// The `/healthz` verdict.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A cause of trouble, by name: what `/healthz`, `/status`, `tracegate
+/// status` and the MQTT health message report (docs/operations.md, "Health
+/// states").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// The store cannot commit: no space left on its filesystem.
+    DiskFull,
+    /// The store cannot commit: its file or filesystem is read-only.
+    ReadOnly,
+    /// The store cannot commit for another reason (see `detail`).
+    StoreFailing,
+    /// A component (or a reader task) has made no progress for longer than
+    /// `[ops] stale_after_secs`; the watchdog stops pinging systemd.
+    Stuck,
+    /// A reader is disconnected and being retried.
+    ReaderDown,
+    /// No connection to the MQTT broker could be made or kept.
+    BrokerUnreachable,
+    /// Committed events have waited `mqtt.puback_timeout_secs` or longer
+    /// and no PUBACK came, connected or not.
+    PublishStalled,
+}
+
+impl HealthState {
+    pub const ALL: [HealthState; 7] = [
+        HealthState::DiskFull,
+        HealthState::ReadOnly,
+        HealthState::StoreFailing,
+        HealthState::Stuck,
+        HealthState::ReaderDown,
+        HealthState::BrokerUnreachable,
+        HealthState::PublishStalled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::DiskFull => "disk_full",
+            HealthState::ReadOnly => "read_only",
+            HealthState::StoreFailing => "store_failing",
+            HealthState::Stuck => "stuck",
+            HealthState::ReaderDown => "reader_down",
+            HealthState::BrokerUnreachable => "broker_unreachable",
+            HealthState::PublishStalled => "publish_stalled",
+        }
+    }
+}
+
+/// Whether a condition makes `/healthz` fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Reported; `/healthz` still answers 200. The gateway carries on and
+    /// recovers by itself when the cause goes away (events wait in the store).
+    Warn,
+    /// `/healthz` answers 503: the gateway cannot do its one job (make
+    /// reads durable) or is stuck.
+    Fail,
+}
+
+/// One condition in force: its cause, since when, and for what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Condition {
+    pub state: HealthState,
+    pub severity: Severity,
+    /// The reader or component concerned, when the state has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// When it began.
+    pub since: UtcMs,
+    /// Seconds since `since`, at the snapshot.
+    pub age_secs: f64,
+    /// For people: the error or figures behind it (never parse it).
+    pub detail: String,
+}
+
+impl Condition {
+    /// `publish_stalled for 12 s: ...`, the line of `/healthz` and `tracegate status`.
+    pub fn line(&self) -> String {
+        let subject = self
+            .subject
+            .as_ref()
+            .map(|s| format!(" {s}"))
+            .unwrap_or_default();
+        format!(
+            "{}{subject} for {}: {}",
+            self.state.as_str(),
+            fmt_age(self.age_secs),
+            self.detail
+        )
+    }
+}
+
+/// The health verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Health {
+    /// `/healthz` answers 200: no condition of severity `fail`.
     pub ok: bool,
-    /// Why not healthy; empty when `ok`.
+    /// Every condition in force, failing ones first.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The lines of the failing conditions; empty when `ok`.
     pub reasons: Vec<String>,
 }
 
-/// Healthy when every heartbeat is at most `max_age_ms` old and, when
-/// readers are configured, at least one of them is running.
-pub fn evaluate_health(
-    heartbeat_ages: &[(&str, u64)],
-    max_age_ms: u64,
-    readers: &[HealthSnapshot],
-) -> Health {
-    let mut reasons = Vec::new();
-    for (name, age) in heartbeat_ages {
-        if *age > max_age_ms {
-            reasons.push(format!(
-                "{name} has made no progress for {:.1} s (limit {:.0} s)",
-                *age as f64 / 1000.0,
-                max_age_ms as f64 / 1000.0
+impl Health {
+    fn from_conditions(mut conditions: Vec<Condition>) -> Health {
+        conditions.sort_by_key(|c| std::cmp::Reverse(c.severity));
+        let reasons: Vec<String> = conditions
+            .iter()
+            .filter(|c| c.severity == Severity::Fail)
+            .map(Condition::line)
+            .collect();
+        Health {
+            ok: reasons.is_empty(),
+            conditions,
+            reasons,
+        }
+    }
+
+    /// A failure that is not one of the gateway's states (the status
+    /// callback itself failed).
+    pub fn fail_with(&mut self, reason: String) {
+        self.ok = false;
+        self.reasons.push(reason);
+    }
+}
+
+/// What health is decided from besides the [`Status`]: heartbeat ages
+/// (ms), the faults components report, the age limit and the time.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthInputs<'a> {
+    pub heartbeats: &'a [(std::sync::Arc<str>, u64)],
+    pub faults: &'a [(&'static str, crate::heartbeat::Fault)],
+    pub max_age_ms: u64,
+    pub now_utc_ms: i64,
+}
+
+/// Decides the conditions in force and the `/healthz` verdict.
+///
+/// Fail: `disk_full`, `read_only`, `store_failing` (nothing new can be
+/// made durable), `stuck` (a heartbeat older than `max_age_ms`), and
+/// `reader_down` when no configured reader runs. Warn: `reader_down` while
+/// another reader runs, `broker_unreachable`, `publish_stalled` (the store
+/// keeps the events; delivery resumes by itself).
+pub fn evaluate_health(status: &Status, inputs: HealthInputs<'_>) -> Health {
+    let now = inputs.now_utc_ms;
+    let cond = |state, severity, subject: Option<String>, since: i64, detail: String| Condition {
+        state,
+        severity,
+        subject,
+        since: UtcMs(since),
+        age_secs: now.saturating_sub(since).max(0) as f64 / 1000.0,
+        detail,
+    };
+    let mut out = Vec::new();
+    for (component, f) in inputs.faults {
+        out.push(cond(
+            f.state,
+            Severity::Fail,
+            Some((*component).to_owned()),
+            f.since_utc_ms,
+            f.detail.clone(),
+        ));
+    }
+    for (name, age) in inputs.heartbeats {
+        if *age > inputs.max_age_ms {
+            out.push(cond(
+                HealthState::Stuck,
+                Severity::Fail,
+                Some(name.to_string()),
+                now.saturating_sub(i64::try_from(*age).unwrap_or(i64::MAX)),
+                format!(
+                    "no progress for {:.1} s (limit {:.0} s)",
+                    *age as f64 / 1000.0,
+                    inputs.max_age_ms as f64 / 1000.0
+                ),
             ));
         }
     }
-    if !readers.is_empty() && !readers.iter().any(|r| r.state == ReaderState::Running) {
-        let detail: Vec<String> = readers
-            .iter()
-            .map(|r| match &r.last_error {
-                Some(e) => format!("{} {}: {e}", r.name, state_name(r.state)),
-                None => format!("{} {}", r.name, state_name(r.state)),
-            })
-            .collect();
-        reasons.push(format!(
-            "all {} readers down ({})",
-            readers.len(),
-            detail.join("; ")
-        ));
+    let readers = &status.readers;
+    let none_running =
+        !readers.is_empty() && !readers.iter().any(|r| r.state == ReaderState::Running);
+    for r in readers {
+        let outage = r.outages.iter().find(|o| o.end_utc_ms.is_none());
+        let down = match r.state {
+            ReaderState::Reconnecting => true,
+            ReaderState::Starting => outage.is_some() || none_running,
+            ReaderState::Running | ReaderState::Stopped => false,
+        };
+        if down {
+            let since = outage.map_or(r.since_utc_ms, |o| o.start_utc_ms);
+            let detail = match &r.last_error {
+                Some(e) => format!("{}: {e}", state_name(r.state)),
+                None => state_name(r.state).to_owned(),
+            };
+            let severity = if none_running {
+                Severity::Fail
+            } else {
+                Severity::Warn
+            };
+            out.push(cond(
+                HealthState::ReaderDown,
+                severity,
+                Some(r.name.clone()),
+                since,
+                detail,
+            ));
+        }
     }
-    Health {
-        ok: reasons.is_empty(),
-        reasons,
+    if let Some(p) = &status.publisher {
+        if let Some(since) = p.unreachable_since_utc_ms.filter(|_| !p.connected) {
+            out.push(cond(
+                HealthState::BrokerUnreachable,
+                Severity::Warn,
+                None,
+                since,
+                format!("{} failed or lost connections so far", p.connection_errors),
+            ));
+        }
+        if let Some(since) = p.stalled_since_utc_ms {
+            let pending = status.store.as_ref().map_or(0, |s| s.stats.pending);
+            out.push(cond(
+                HealthState::PublishStalled,
+                Severity::Warn,
+                None,
+                since,
+                format!(
+                    "{pending} events waiting, no PUBACK (connected: {})",
+                    p.connected
+                ),
+            ));
+        }
     }
+    Health::from_conditions(out)
 }
 
 const STATES: [ReaderState; 4] = [
@@ -167,13 +367,26 @@ fn state_name(s: ReaderState) -> &'static str {
 /// they happen. Called right before `/metrics` renders.
 pub(crate) fn record_metrics(
     status: &Status,
-    heartbeat_ages: &[(&str, u64)],
+    heartbeat_ages: &[(std::sync::Arc<str>, u64)],
     health: &Health,
     now_utc_ms: i64,
 ) {
     use metrics::{counter, gauge};
     gauge!("tracegate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!("tracegate_healthy").set(if health.ok { 1.0 } else { 0.0 });
+    // Every state always has both series (0 when not in force), so an
+    // alert rule never meets a series that vanished.
+    for state in HealthState::ALL {
+        let mut on = health.conditions.iter().filter(|c| c.state == state);
+        let age = on.clone().map(|c| c.age_secs).fold(0.0, f64::max);
+        let active = on.next().is_some();
+        gauge!("tracegate_health_state", "state" => state.as_str()).set(if active {
+            1.0
+        } else {
+            0.0
+        });
+        gauge!("tracegate_health_state_age_seconds", "state" => state.as_str()).set(age);
+    }
     for (name, age) in heartbeat_ages {
         gauge!("tracegate_heartbeat_age_seconds", "component" => name.to_string())
             .set(*age as f64 / 1000.0);
@@ -228,6 +441,35 @@ pub(crate) fn record_metrics(
     }
 }
 
+/// Fills `status.health` and `status.heartbeats` from the heartbeats, now:
+/// what `/status` serves and every MQTT health message carries.
+pub fn with_health(
+    mut status: Status,
+    heartbeats: &crate::heartbeat::Heartbeats,
+    max_age_ms: u64,
+) -> Status {
+    let ages = heartbeats.ages();
+    let faults = heartbeats.faults();
+    let health = evaluate_health(
+        &status,
+        HealthInputs {
+            heartbeats: &ages,
+            faults: &faults,
+            max_age_ms,
+            now_utc_ms: tracegate_drivers::clock::utc_now_ms(),
+        },
+    );
+    status.health = Some(health);
+    status.heartbeats = ages
+        .iter()
+        .map(|(name, age_ms)| HeartbeatAge {
+            name: name.to_string(),
+            age_ms: *age_ms,
+        })
+        .collect();
+    status
+}
+
 fn fmt_age(secs: f64) -> String {
     if secs < 0.0 {
         return "in the future".into();
@@ -267,13 +509,23 @@ pub(crate) fn render_status_at(status: &Status, now_utc_ms: i64) -> String {
         status.site,
         fmt_age(status.uptime_secs as f64),
         match &status.health {
-            Some(h) if h.ok => "OK",
+            Some(h) if h.ok && h.conditions.is_empty() => "OK",
+            Some(h) if h.ok => "OK (warnings)",
             Some(_) => "UNHEALTHY",
             None => "unknown",
         }
     );
     if let Some(h) = &status.health {
-        for r in &h.reasons {
+        for c in &h.conditions {
+            let mark = match c.severity {
+                Severity::Fail => '!',
+                Severity::Warn => '~',
+            };
+            let _ = writeln!(out, "  {mark} {}", c.line());
+        }
+        // Failures that are not a state (the status source itself failed).
+        let lines: Vec<String> = h.conditions.iter().map(Condition::line).collect();
+        for r in h.reasons.iter().filter(|r| !lines.contains(r)) {
             let _ = writeln!(out, "  ! {r}");
         }
     }
@@ -431,46 +683,165 @@ mod tests {
         }
     }
 
+    use std::sync::Arc;
+
+    use crate::heartbeat::Fault;
+
+    const NOW: i64 = 1_000_000;
+
+    fn health(s: &Status, hb: &[(&str, u64)], faults: &[(&'static str, Fault)]) -> Health {
+        let hb: Vec<(Arc<str>, u64)> = hb.iter().map(|(n, a)| (Arc::from(*n), *a)).collect();
+        evaluate_health(
+            s,
+            HealthInputs {
+                heartbeats: &hb,
+                faults,
+                max_age_ms: 20_000,
+                now_utc_ms: NOW,
+            },
+        )
+    }
+
+    fn states(h: &Health) -> Vec<(HealthState, Severity)> {
+        h.conditions.iter().map(|c| (c.state, c.severity)).collect()
+    }
+
+    fn connected(mut s: Status) -> Status {
+        if let Some(p) = s.publisher.as_mut() {
+            p.connected = true;
+        }
+        s
+    }
+
     #[test]
     fn healthy_when_fresh_and_one_reader_runs() {
-        let h = evaluate_health(
-            &[("store", 100), ("publisher", 200)],
-            20_000,
-            &sample().readers,
-        );
+        let h = health(&sample(), &[("store", 100), ("publisher", 200)], &[]);
         assert!(h.ok, "{h:?}");
         assert!(h.reasons.is_empty());
+        assert_eq!(
+            states(&h),
+            [(HealthState::ReaderDown, Severity::Warn)],
+            "the other reader reconnects: a warning"
+        );
+        assert_eq!(h.conditions[0].subject.as_deref(), Some("nfc \"desk\""));
     }
 
     #[test]
-    fn a_stale_heartbeat_is_named_in_the_reason() {
-        let h = evaluate_health(
-            &[("store", 100), ("publisher", 25_000)],
-            20_000,
-            &sample().readers,
+    fn a_stale_heartbeat_is_stuck_and_fails() {
+        let h = health(
+            &connected(sample()),
+            &[("store", 100), ("reader door-1", 25_000)],
+            &[],
         );
         assert!(!h.ok);
-        assert_eq!(h.reasons.len(), 1);
-        assert!(
-            h.reasons[0].starts_with("publisher has made no progress for 25.0 s"),
-            "{:?}",
-            h.reasons
+        let stuck = &h.conditions[0];
+        assert_eq!(
+            (stuck.state, stuck.severity),
+            (HealthState::Stuck, Severity::Fail)
+        );
+        assert_eq!(stuck.subject.as_deref(), Some("reader door-1"));
+        assert_eq!(stuck.since, UtcMs(NOW - 25_000));
+        assert_eq!(stuck.age_secs, 25.0);
+        assert_eq!(
+            h.reasons,
+            ["stuck reader door-1 for 25 s: no progress for 25.0 s (limit 20 s)"]
         );
     }
 
     #[test]
-    fn all_readers_down_is_unhealthy_but_no_readers_is_not() {
-        let mut s = sample();
+    fn all_readers_down_fails_but_no_readers_is_fine() {
+        let mut s = connected(sample());
         s.readers[0].state = ReaderState::Reconnecting;
-        let h = evaluate_health(&[], 20_000, &s.readers);
+        s.readers[0].outages = vec![tracegate_drivers::health::Outage {
+            start_utc_ms: NOW - 7_000,
+            end_utc_ms: None,
+        }];
+        let h = health(&s, &[], &[]);
         assert!(!h.ok);
-        assert!(
-            h.reasons[0].contains("all 2 readers down"),
-            "{:?}",
-            h.reasons
+        assert_eq!(
+            states(&h),
+            [
+                (HealthState::ReaderDown, Severity::Fail),
+                (HealthState::ReaderDown, Severity::Fail)
+            ]
         );
-        assert!(h.reasons[0].contains("no reader"), "{:?}", h.reasons);
-        assert!(evaluate_health(&[], 20_000, &[]).ok);
+        assert_eq!(
+            h.conditions[0].since,
+            UtcMs(NOW - 7_000),
+            "since the outage began"
+        );
+        assert!(h.reasons[1].contains("no reader"), "{:?}", h.reasons);
+        s.readers.clear();
+        assert!(health(&s, &[], &[]).ok);
+    }
+
+    #[test]
+    fn store_faults_fail_with_their_own_name_and_age() {
+        for state in [
+            HealthState::DiskFull,
+            HealthState::ReadOnly,
+            HealthState::StoreFailing,
+        ] {
+            let f = Fault {
+                state,
+                since_utc_ms: NOW - 3_000,
+                detail: "database or disk is full".into(),
+            };
+            let h = health(&connected(sample()), &[], &[("store", f)]);
+            assert!(!h.ok);
+            assert_eq!(h.conditions[0].state, state);
+            assert_eq!(h.conditions[0].age_secs, 3.0);
+            assert!(
+                h.reasons[0].starts_with(&format!("{} store for 3.0 s", state.as_str())),
+                "{:?}",
+                h.reasons
+            );
+        }
+    }
+
+    #[test]
+    fn an_unreachable_broker_and_a_stalled_uplink_warn_with_their_ages() {
+        let mut s = sample();
+        s.readers.truncate(1);
+        let p = s.publisher.as_mut().unwrap();
+        p.connected = false;
+        p.unreachable_since_utc_ms = Some(NOW - 40_000);
+        p.stalled_since_utc_ms = Some(NOW - 52_000);
+        let h = health(&s, &[], &[]);
+        assert!(h.ok, "uplink trouble only warns: {h:?}");
+        assert_eq!(
+            states(&h),
+            [
+                (HealthState::BrokerUnreachable, Severity::Warn),
+                (HealthState::PublishStalled, Severity::Warn)
+            ]
+        );
+        assert_eq!(h.conditions[0].age_secs, 40.0);
+        assert_eq!(h.conditions[1].age_secs, 52.0);
+        assert!(h.conditions[1].detail.starts_with("7 events waiting"));
+        // Connected again: unreachable is over even if the field lingers.
+        s.publisher.as_mut().unwrap().connected = true;
+        assert_eq!(
+            states(&health(&s, &[], &[])),
+            [(HealthState::PublishStalled, Severity::Warn)]
+        );
+    }
+
+    #[test]
+    fn conditions_serialise_as_snake_case_states_with_iso_since() {
+        let mut s = sample();
+        s.publisher.as_mut().unwrap().unreachable_since_utc_ms = Some(NOW - 1_500);
+        let h = health(&s, &[], &[]);
+        let v = serde_json::to_value(&h).unwrap();
+        let c = &v["conditions"][0];
+        assert_eq!(c["state"], "reader_down");
+        assert_eq!(c["severity"], "warn");
+        assert_eq!(v["conditions"][1]["state"], "broker_unreachable");
+        assert_eq!(v["conditions"][1]["since"], "1970-01-01T00:16:38.500Z");
+        assert_eq!(v["conditions"][1]["age_secs"], 1.5);
+        assert!(v["conditions"][1].get("subject").is_none());
+        let back: Health = serde_json::from_value(v).unwrap();
+        assert_eq!(back, h);
     }
 
     #[test]
@@ -478,6 +849,7 @@ mod tests {
         let mut s = sample();
         s.health = Some(Health {
             ok: true,
+            conditions: vec![],
             reasons: vec![],
         });
         s.heartbeats = vec![HeartbeatAge {
@@ -499,10 +871,7 @@ mod tests {
     #[test]
     fn human_status_shows_readers_store_publisher_and_health() {
         let mut s = sample();
-        s.health = Some(Health {
-            ok: false,
-            reasons: vec!["publisher has made no progress for 25.0 s".into()],
-        });
+        s.health = Some(health(&s, &[("publisher", 25_000)], &[]));
         s.heartbeats = vec![HeartbeatAge {
             name: "store".into(),
             age_ms: 200,
@@ -514,7 +883,11 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("! publisher has made no progress"), "{text}");
+        assert!(
+            text.contains("! stuck publisher for 25 s: no progress for 25.0 s"),
+            "{text}"
+        );
+        assert!(text.contains("~ reader_down nfc \"desk\""), "{text}");
         assert!(
             text.contains("door-1") && text.contains("running") && text.contains("2.0 s ago"),
             "{text}"

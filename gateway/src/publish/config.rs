@@ -66,6 +66,12 @@ pub struct RawMqtt {
     pub keep_alive_secs: u64,
     #[serde(default = "default_connect_timeout_secs")]
     pub connect_timeout_secs: u64,
+    /// The PUBACK deadline: connected, messages out and no PUBACK for this
+    /// long, the connection is dropped and made again (a silent partition
+    /// is noticed here, not at the keep-alive); events waiting this long
+    /// with no PUBACK at all report `publish_stalled`.
+    #[serde(default = "default_puback_timeout_secs")]
+    pub puback_timeout_secs: u64,
     /// N: at most this many events in one MQTT message.
     #[serde(default = "default_batch_max_events")]
     pub batch_max_events: usize,
@@ -117,6 +123,8 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
     /// At least 1 s.
     pub connect_timeout: Duration,
+    /// 1 s to 600 s (default 10 s).
+    pub puback_timeout: Duration,
     /// At most this many events in one message (up to 10000).
     pub batch_max_events: NonZeroUsize,
     /// At most this many bytes of event JSON in one message (1 KiB to 16 MiB).
@@ -168,6 +176,13 @@ fn default_keep_alive_secs() -> u64 {
 fn default_connect_timeout_secs() -> u64 {
     10
 }
+/// Well below the keep-alive (a silent partition is noticed at 1.5 of it):
+/// a broker that answers at all answers a PUBACK in milliseconds, and a
+/// slow SD card at the broker end in a second or two.
+pub const DEFAULT_PUBACK_TIMEOUT_SECS: u64 = 10;
+fn default_puback_timeout_secs() -> u64 {
+    DEFAULT_PUBACK_TIMEOUT_SECS
+}
 fn default_batch_max_events() -> usize {
     100
 }
@@ -211,6 +226,7 @@ impl RawMqtt {
             password_file: None,
             keep_alive_secs: default_keep_alive_secs(),
             connect_timeout_secs: default_connect_timeout_secs(),
+            puback_timeout_secs: default_puback_timeout_secs(),
             batch_max_events: default_batch_max_events(),
             batch_max_bytes: default_batch_max_bytes(),
             linger_ms: default_linger_ms(),
@@ -287,6 +303,12 @@ impl RawMqtt {
                 "mqtt.connect_timeout_secs must be at least 1".into(),
             );
         }
+        if !(1..=600).contains(&self.puback_timeout_secs) {
+            bad(
+                "puback_timeout_secs",
+                "mqtt.puback_timeout_secs must be between 1 and 600".into(),
+            );
+        }
         if self.health_interval_secs == 0 {
             bad(
                 "health_interval_secs",
@@ -360,6 +382,7 @@ impl RawMqtt {
                     credentials,
                     keep_alive: Duration::from_secs(self.keep_alive_secs),
                     connect_timeout: Duration::from_secs(self.connect_timeout_secs),
+                    puback_timeout: Duration::from_secs(self.puback_timeout_secs),
                     batch_max_events,
                     batch_max_bytes,
                     linger: Duration::from_millis(self.linger_ms),

@@ -133,6 +133,12 @@ pub struct PublisherStats {
     pub max_latency_us: AtomicU64,
     /// UTC ms of the last PUBACK for a batch; 0 before the first.
     pub last_ack_utc_ms: AtomicI64,
+    /// UTC ms since which no connection could be made or kept; 0 while
+    /// connected (and before the first attempt ended).
+    pub unreachable_since_utc_ms: AtomicI64,
+    /// UTC ms since which committed events have waited without any PUBACK,
+    /// once that lasted `puback_timeout`; 0 otherwise.
+    pub stalled_since_utc_ms: AtomicI64,
     latency_sum_us: AtomicU64,
     latency_count: AtomicU64,
 }
@@ -174,6 +180,14 @@ impl PublisherStats {
             in_flight: None,
             acked_ranges_above_watermark: None,
             last_puback_utc_ms: match self.last_ack_utc_ms.load(Ordering::Relaxed) {
+                0 => None,
+                t => Some(t),
+            },
+            unreachable_since_utc_ms: match self.unreachable_since_utc_ms.load(Ordering::Relaxed) {
+                0 => None,
+                t => Some(t),
+            },
+            stalled_since_utc_ms: match self.stalled_since_utc_ms.load(Ordering::Relaxed) {
                 0 => None,
                 t => Some(t),
             },
@@ -354,12 +368,17 @@ fn describe(e: &ConnectionError) -> String {
 enum Outcome {
     Cancelled,
     Polled(Result<Event, ConnectionError>),
+    PubackOverdue,
 }
 
 /// How one connection's session ended.
 enum SessionEnd {
     Cancelled,
     Lost(ConnectionError),
+    /// No PUBACK within `puback_timeout` with messages out: dropped here.
+    PubackOverdue {
+        in_flight: usize,
+    },
 }
 
 /// The I/O around the [`Outbox`]: the store, the renderer, the client.
@@ -442,6 +461,8 @@ pub async fn run(
         // twice, which the registry deduplicates by event id.
         let (client, mut el) = new_client(config, opts.clone());
         let mut conn: Option<ConnId> = None;
+        // A connect that fails made the broker unreachable from its start.
+        let attempt_utc_ms = tracegate_drivers::clock::utc_now_ms();
         // One clock read per wake-up, shared by everything that wake does.
         let mut now = Instant::now();
         let end = loop {
@@ -457,6 +478,9 @@ pub async fn run(
                         up.outbox.on_committed(*committed_rx.borrow_and_update());
                     }
                     up.drive(&client, now).await?;
+                    if up.outbox.puback_overdue(now) {
+                        break Outcome::PubackOverdue;
+                    }
                     let wake = up.wake(now);
                     let outcome = tokio::select! {
                         biased;
@@ -476,6 +500,11 @@ pub async fn run(
             };
             match outcome {
                 Outcome::Cancelled => break SessionEnd::Cancelled,
+                Outcome::PubackOverdue => {
+                    break SessionEnd::PubackOverdue {
+                        in_flight: up.outbox.in_flight(),
+                    }
+                }
                 Outcome::Polled(Ok(Event::Incoming(Incoming::ConnAck(_)))) => {
                     backoff.reset();
                     conn = Some(up.on_connack(&client, now));
@@ -492,29 +521,54 @@ pub async fn run(
                 Outcome::Polled(Err(e)) => break SessionEnd::Lost(e),
             }
         };
-        let e = match end {
+        let error = match end {
             SessionEnd::Cancelled => {
                 if let Some(c) = conn {
                     up.say_goodbye(&client, &mut el, c).await;
                 }
                 break;
             }
-            SessionEnd::Lost(e) => e,
+            SessionEnd::Lost(e) => describe(&e),
+            SessionEnd::PubackOverdue { in_flight } => {
+                // The socket looks open but nothing comes back (a silent
+                // partition drops packets without RST or FIN). Dropping the
+                // client closes it; the next connection resends from SQLite.
+                format!(
+                    "no PUBACK for {} s with {in_flight} message(s) in flight (mqtt.puback_timeout_secs): connection dropped",
+                    config.puback_timeout.as_secs()
+                )
+            }
         };
+        drop(client);
+        drop(el);
         up.outbox.on_connection_lost();
         ctx.stats.connected.store(false, Ordering::Relaxed);
         ctx.stats.connection_errors.fetch_add(1, Ordering::Relaxed);
+        let _ = ctx.stats.unreachable_since_utc_ms.compare_exchange(
+            0,
+            if conn.is_some() {
+                tracegate_drivers::clock::utc_now_ms()
+            } else {
+                attempt_utc_ms
+            },
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         let delay = backoff.next_delay();
         let what = if conn.is_some() {
             "MQTT connection lost"
         } else {
             "MQTT connect failed"
         };
-        tracing::warn!(error = %describe(&e), retry_in_ms = delay.as_millis() as u64, "{what}");
+        tracing::warn!(event = "mqtt.connection_lost", error = %error, retry_in_ms = delay.as_millis() as u64, "{what}");
         // Backing off from an unreachable broker is not a hang: keep beating.
         let until = Instant::now() + delay;
         loop {
             ctx.heartbeat.beat();
+            if committed_open {
+                up.outbox.on_committed(*committed_rx.borrow());
+            }
+            up.note_stall(Instant::now());
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -567,10 +621,23 @@ impl Uplink<'_> {
     fn on_connack(&mut self, client: &AsyncClient, now: Instant) -> ConnId {
         let conn = self.outbox.on_connected(now);
         self.ctx.stats.connected.store(true, Ordering::Relaxed);
+        let down_since = self
+            .ctx
+            .stats
+            .unreachable_since_utc_ms
+            .swap(0, Ordering::Relaxed);
+        if down_since != 0 {
+            let secs = (tracegate_drivers::clock::utc_now_ms() - down_since).max(0) as f64 / 1000.0;
+            tracing::info!(
+                event = "mqtt.reachable",
+                unreachable_secs = secs,
+                "broker reachable again"
+            );
+        }
         let n = self.ctx.stats.connects.fetch_add(1, Ordering::Relaxed);
         let birth = status_payload(&self.ctx.identity, true, &self.started_at, "connected");
         match client.try_publish(self.topics.status.clone(), QoS::AtLeastOnce, true, birth) {
-            Ok(()) => self.outbox.on_control_handed(conn),
+            Ok(()) => self.outbox.on_control_handed(conn, now),
             Err(e) => tracing::warn!(error = %e, "cannot queue the MQTT birth message"),
         }
         self.next_health = now;
@@ -664,12 +731,47 @@ impl Uplink<'_> {
                 tracing::debug!(error = %e, "health message not queued");
             }
         }
-        // Stalled = connected with messages out and no PUBACK for a long
-        // time; then stop beating and let the watchdog act.
-        if !self.outbox.is_stalled(now) {
-            self.ctx.heartbeat.beat();
-        }
+        self.note_stall(now);
+        // The loop turns: a silent broker is handled by the PUBACK deadline
+        // (reconnect), not by the watchdog (restart).
+        self.ctx.heartbeat.beat();
         Ok(())
+    }
+
+    /// Updates the stall clock and `stalled_since_utc_ms`, logging when the
+    /// uplink stalls and when it moves again.
+    fn note_stall(&mut self, now: Instant) {
+        self.outbox.observe(now);
+        let stats = &self.ctx.stats;
+        let was = stats.stalled_since_utc_ms.load(Ordering::Relaxed);
+        match self.outbox.stalled_since(now) {
+            Some(since) if was == 0 => {
+                let waited = now.saturating_duration_since(since);
+                let utc = tracegate_drivers::clock::utc_now_ms()
+                    - i64::try_from(waited.as_millis()).unwrap_or(0);
+                stats
+                    .stalled_since_utc_ms
+                    .store(utc.max(1), Ordering::Relaxed);
+                tracing::warn!(
+                    event = "mqtt.publish_stalled",
+                    waited_secs = waited.as_secs_f64(),
+                    connected = self.outbox.is_connected(),
+                    in_flight = self.outbox.in_flight(),
+                    "events are waiting and no PUBACK came: publishing stalled"
+                );
+            }
+            Some(_) => {}
+            None if was != 0 => {
+                stats.stalled_since_utc_ms.store(0, Ordering::Relaxed);
+                let secs = (tracegate_drivers::clock::utc_now_ms() - was).max(0) as f64 / 1000.0;
+                tracing::info!(
+                    event = "mqtt.publish_resumed",
+                    stalled_secs = secs,
+                    "publishing moves again"
+                );
+            }
+            None => {}
+        }
     }
 
     /// Renders and hands one batch to the client; false if the client refused it.
@@ -755,7 +857,7 @@ impl Uplink<'_> {
                     .map_err(|e| e.to_string())
             });
         match sent {
-            Ok(()) => self.outbox.on_control_handed(batch.conn()),
+            Ok(()) => self.outbox.on_control_handed(batch.conn(), Instant::now()),
             Err(e) => {
                 metrics::counter!("tracegate_alerts_not_sent_total").increment(1);
                 tracing::warn!(events = flagged.len(), error = %e, "alert not sent (its events are delivered on the events topic)");
@@ -784,7 +886,7 @@ impl Uplink<'_> {
             .try_publish(self.topics.status.clone(), QoS::AtLeastOnce, true, payload)
             .is_ok()
         {
-            self.outbox.on_control_handed(conn);
+            self.outbox.on_control_handed(conn, Instant::now());
         }
         // Up to 2 s for outstanding PUBACKs, then DISCONNECT regardless (a
         // clean disconnect keeps the broker from publishing the last will

@@ -57,8 +57,12 @@ pub struct OutboxConfig {
     pub window: usize,
     /// The watermark is persisted at most this often.
     pub mark_interval: Duration,
-    /// Connected, messages out, and no PUBACK for this long: stalled.
-    pub stall_after: Duration,
+    /// The PUBACK deadline: connected with messages out and no PUBACK for
+    /// this long, the connection is wedged (a silent partition: no RST, no
+    /// FIN, the keep-alive would take up to 1.5 keep-alives to notice) and
+    /// the loop drops it. Also how long committed events may wait without
+    /// any PUBACK before the uplink counts as stalled (health).
+    pub puback_timeout: Duration,
 }
 
 impl OutboxConfig {
@@ -70,9 +74,7 @@ impl OutboxConfig {
             backlog_rate: cfg.backlog_rate_limit,
             window: usize::from(cfg.inflight.get()),
             mark_interval: cfg.mark_interval,
-            // Three keep-alives without a PUBACK while rumqttc still thinks
-            // the connection is up means something is wedged.
-            stall_after: cfg.keep_alive.saturating_mul(3),
+            puback_timeout: cfg.puback_timeout,
         }
     }
 }
@@ -318,7 +320,16 @@ pub struct Outbox {
     need_last_seq: bool,
     persisted: u64,
     last_persist: Instant,
-    last_progress: Instant,
+    /// The PUBACK clock of the current connection: since when the oldest
+    /// outstanding message has waited (its hand-over, or the last PUBACK
+    /// if one came since). `None` while nothing is in flight.
+    outstanding_since: Option<Instant>,
+    /// Connection time: the clock for control messages handed without one.
+    connected_at: Instant,
+    /// Since when committed events have waited without any PUBACK, across
+    /// connections (`None`: nothing unacknowledged). Updated by
+    /// [`Outbox::observe`] and by PUBACKs.
+    waiting_since: Option<Instant>,
 }
 
 impl Outbox {
@@ -356,7 +367,9 @@ impl Outbox {
             need_last_seq: false,
             persisted: published_upto,
             last_persist: now,
-            last_progress: now,
+            outstanding_since: None,
+            connected_at: now,
+            waiting_since: None,
         }
     }
 
@@ -371,7 +384,8 @@ impl Outbox {
         self.conn = ConnId(self.conn.0 + 1);
         self.connected = true;
         self.tracker.reset();
-        self.last_progress = now;
+        self.outstanding_since = None;
+        self.connected_at = now;
         self.backlog_end = self.committed.max(self.live.at);
         let start = self.acked.skip_from(self.acked.watermark());
         self.backlog.reset(start);
@@ -388,6 +402,7 @@ impl Outbox {
     pub fn on_connection_lost(&mut self) {
         self.connected = false;
         self.tracker.reset();
+        self.outstanding_since = None;
         self.reading = None;
         self.need_last_seq = false;
     }
@@ -592,6 +607,7 @@ impl Outbox {
             live: batch.is_live(),
             sent_at: now,
         }));
+        self.outstanding_since.get_or_insert(now);
         if batch.lane == Lane::Backlog {
             if let Some(b) = &mut self.bucket {
                 b.take(batch.events.len());
@@ -646,9 +662,10 @@ impl Outbox {
 
     /// A QoS 1 message outside the outbox (birth or shutdown status) was
     /// handed to the client; it takes a window slot and a packet id.
-    pub fn on_control_handed(&mut self, conn: ConnId) {
+    pub fn on_control_handed(&mut self, conn: ConnId, now: Instant) {
         if self.is_current(conn) {
             self.tracker.handed(Item::Control);
+            self.outstanding_since.get_or_insert(now);
         }
     }
 
@@ -667,14 +684,19 @@ impl Outbox {
             return None;
         }
         let item = self.tracker.on_puback(pkid)?;
-        self.last_progress = now;
-        match item {
-            Item::Control => Some(Acked::Control),
+        // The broker answers: the deadline restarts for what is still out.
+        self.outstanding_since = (self.tracker.in_flight() > 0).then_some(now);
+        let acked = match item {
+            Item::Control => Acked::Control,
             Item::Batch(b) => {
                 self.acked.insert(b.after, b.last);
-                Some(Acked::Batch(b))
+                Acked::Batch(b)
             }
+        };
+        if self.waiting_since.is_some() {
+            self.waiting_since = self.has_unacknowledged().then_some(now);
         }
+        Some(acked)
     }
 
     /// Highest seq such that every seq at or below it is acknowledged (or gone).
@@ -729,14 +751,50 @@ impl Outbox {
         if self.acked.watermark() > self.persisted {
             at(self.last_persist + self.cfg.mark_interval);
         }
+        if let Some(d) = self.puback_deadline() {
+            at(d);
+        }
         wake.map(|w| w.max(now))
     }
 
-    /// Connected with messages out and no PUBACK for `stall_after`.
-    pub fn is_stalled(&self, now: Instant) -> bool {
-        self.connected
-            && self.tracker.in_flight() > 0
-            && now.saturating_duration_since(self.last_progress) > self.cfg.stall_after
+    /// When the PUBACK deadline of the current connection runs out: the
+    /// oldest outstanding message (or the last PUBACK, if later) plus
+    /// `puback_timeout`. `None` when disconnected or nothing is in flight.
+    pub fn puback_deadline(&self) -> Option<Instant> {
+        if !self.connected || self.tracker.in_flight() == 0 {
+            return None;
+        }
+        let since = self.outstanding_since.unwrap_or(self.connected_at);
+        Some(since + self.cfg.puback_timeout)
+    }
+
+    /// The PUBACK deadline has passed: the caller drops the connection
+    /// (and reports [`Outbox::on_connection_lost`]); everything in flight
+    /// is sent again on the next one.
+    pub fn puback_overdue(&self, now: Instant) -> bool {
+        self.puback_deadline().is_some_and(|d| now >= d)
+    }
+
+    fn has_unacknowledged(&self) -> bool {
+        self.acked.watermark() < self.committed
+    }
+
+    /// Notes the time for the stall clock: call once per wake-up, connected
+    /// or not (the committed seq may have moved without a `now`).
+    pub fn observe(&mut self, now: Instant) {
+        if !self.has_unacknowledged() {
+            self.waiting_since = None;
+        } else if self.waiting_since.is_none() {
+            self.waiting_since = Some(now);
+        }
+    }
+
+    /// Since when committed events have waited with no PUBACK at all, if
+    /// that is at least `puback_timeout` (the uplink is stalled, connected
+    /// or not); `None` while events flow or nothing waits.
+    pub fn stalled_since(&self, now: Instant) -> Option<Instant> {
+        self.waiting_since
+            .filter(|&t| now.saturating_duration_since(t) >= self.cfg.puback_timeout)
     }
 
     /// QoS 1 messages handed and not yet acknowledged.
@@ -769,7 +827,7 @@ mod tests {
             backlog_rate: None,
             window: 8,
             mark_interval: Duration::from_millis(200),
-            stall_after: Duration::from_secs(90),
+            puback_timeout: Duration::from_secs(90),
         }
     }
 
@@ -906,7 +964,7 @@ mod tests {
             self.conn = Some(conn);
             self.client = Client::new(self.window);
             self.client.queue.push_back(Msg::Control);
-            self.ob.on_control_handed(conn);
+            self.ob.on_control_handed(conn, self.now);
         }
 
         fn disconnect(&mut self) {
@@ -1463,16 +1521,140 @@ mod tests {
         assert_eq!((b.after, b.last, b.events.len()), (0, 10, 10));
     }
 
+    fn stall_cfg() -> OutboxConfig {
+        OutboxConfig {
+            puback_timeout: Duration::from_secs(10),
+            linger: Duration::ZERO,
+            ..cfg()
+        }
+    }
+
     #[test]
-    fn no_puback_for_stall_after_while_in_flight_is_a_stall() {
-        let mut h = Harness::new(cfg());
+    fn no_puback_within_the_deadline_while_in_flight_makes_the_connection_overdue() {
+        let mut h = Harness::new(stall_cfg());
         h.connect();
         h.flush();
-        assert!(!h.ob.is_stalled(h.now));
-        h.advance(91_000);
-        assert!(h.ob.is_stalled(h.now), "birth unacknowledged for 91 s");
+        h.ack(1); // the birth message
+        h.commit(5, 10);
+        assert_eq!(h.drive().len(), 1);
+        h.flush();
+        let handed = h.now;
+        assert_eq!(
+            h.ob.puback_deadline(),
+            Some(handed + Duration::from_secs(10))
+        );
+        assert_eq!(
+            h.ob.next_wake(h.now),
+            Some(handed + Duration::from_secs(10)),
+            "the loop wakes for the deadline even if nothing arrives"
+        );
+        h.advance(9_999);
+        assert!(!h.ob.puback_overdue(h.now));
+        h.advance(1);
+        assert!(h.ob.puback_overdue(h.now), "10 s without a PUBACK");
+        h.disconnect();
+        assert!(
+            !h.ob.puback_overdue(h.now),
+            "no deadline while disconnected"
+        );
+        assert_eq!(h.ob.puback_deadline(), None);
+    }
+
+    #[test]
+    fn a_long_idle_connection_gives_a_new_message_its_full_deadline() {
+        let mut h = Harness::new(stall_cfg());
+        h.connect();
+        h.flush();
         h.ack(1);
-        assert!(!h.ob.is_stalled(h.now), "idle is not stalled");
+        assert_eq!(h.ob.puback_deadline(), None, "idle: no deadline");
+        h.advance(3_600_000);
+        h.commit(1, 10);
+        h.drive();
+        h.flush();
+        assert!(!h.ob.puback_overdue(h.now), "an hour idle is not a stall");
+        h.advance(10_000);
+        assert!(h.ob.puback_overdue(h.now));
+    }
+
+    #[test]
+    fn each_puback_restarts_the_deadline_for_what_is_still_out() {
+        let mut h = Harness::new(stall_cfg());
+        h.connect();
+        h.commit(30, 10);
+        h.drive();
+        h.flush(); // birth 1, batches 2, 3, 4
+        h.advance(8_000);
+        h.ack(1);
+        h.ack(2);
+        h.advance(8_000);
+        assert!(!h.ob.puback_overdue(h.now), "a PUBACK 8 s ago");
+        h.ack(3);
+        h.advance(9_000);
+        assert!(!h.ob.puback_overdue(h.now));
+        h.advance(1_000);
+        assert!(
+            h.ob.puback_overdue(h.now),
+            "batch 4 unanswered 10 s after the last PUBACK"
+        );
+    }
+
+    #[test]
+    fn a_fresh_connection_gets_a_fresh_deadline() {
+        let mut h = Harness::new(stall_cfg());
+        h.connect();
+        h.commit(5, 10);
+        h.drive();
+        h.flush();
+        h.advance(10_000);
+        assert!(h.ob.puback_overdue(h.now));
+        h.disconnect();
+        h.advance(2_000);
+        h.connect();
+        h.drive();
+        h.flush();
+        assert!(!h.ob.puback_overdue(h.now));
+        h.advance(9_000);
+        assert!(!h.ob.puback_overdue(h.now));
+        h.advance(1_000);
+        assert!(h.ob.puback_overdue(h.now));
+    }
+
+    #[test]
+    fn events_waiting_without_any_puback_are_a_stall_connected_or_not() {
+        let mut h = Harness::new(stall_cfg());
+        h.ob.observe(h.now);
+        assert_eq!(h.ob.stalled_since(h.now), None, "nothing waits");
+        // Committed while the broker is unreachable: waiting starts now.
+        h.commit(3, 10);
+        h.ob.observe(h.now);
+        let waiting = h.now;
+        h.advance(9_000);
+        h.ob.observe(h.now);
+        assert_eq!(h.ob.stalled_since(h.now), None, "9 s is within the timeout");
+        h.advance(1_000);
+        h.ob.observe(h.now);
+        assert_eq!(
+            h.ob.stalled_since(h.now),
+            Some(waiting),
+            "since the first wait"
+        );
+        // Connected, but the PUBACKs do not come: still stalled, same since.
+        h.connect();
+        h.drive();
+        h.flush();
+        h.advance(5_000);
+        h.ob.observe(h.now);
+        assert_eq!(h.ob.stalled_since(h.now), Some(waiting));
+        // A PUBACK: the uplink moves again; once everything is acknowledged
+        // nothing waits.
+        h.ack(1);
+        h.ob.observe(h.now);
+        assert_eq!(h.ob.stalled_since(h.now), None);
+        h.ack_all();
+        h.ob.observe(h.now);
+        h.advance(60_000);
+        h.ob.observe(h.now);
+        assert_eq!(h.ob.stalled_since(h.now), None, "idle is not stalled");
     }
 
     #[test]

@@ -474,6 +474,10 @@ fn commit_batch(
         match store.commit_groups(&groups) {
             Ok(o) => break o,
             Err(e) => {
+                // Health names the cause (disk_full, read_only) while it lasts.
+                if let Some(h) = &out.heartbeat {
+                    crate::heartbeat::report_store_error(h, &e, &store.config.path);
+                }
                 tracing::error!(
                     error = %e,
                     attempt,
@@ -488,6 +492,11 @@ fn commit_batch(
         }
     };
     drop(groups);
+    if attempt > 1 {
+        if let Some(h) = &out.heartbeat {
+            h.set_fault(None);
+        }
+    }
     // The publisher's live lane reads these from memory; they must be there
     // before the new seq is announced.
     let dropped = outcome.dropped > 0;
