@@ -480,3 +480,68 @@ mod generated {
     static SCHEMA: std::sync::LazyLock<jsonschema::Validator> =
         std::sync::LazyLock::new(support::events_schema);
 }
+
+/// A health message as the daemon sends it, with conditions of every kind
+/// of subject (a store fault, a reader, the uplink), matches the schema.
+#[test]
+fn a_health_message_with_conditions_matches_the_schema() {
+    use tracegate::heartbeat::{Fault, Heartbeats};
+    use tracegate::ops::{HealthState, PublisherStatus, Status};
+    let now = tracegate_drivers::clock::utc_now_ms();
+    let hb = Heartbeats::new(tracegate_drivers::Clock::new());
+    hb.register("store").set_fault(Some(Fault {
+        state: HealthState::DiskFull,
+        since_utc_ms: now - 2_000,
+        detail: "database or disk is full".into(),
+    }));
+    hb.watch_progress("reader door-1", || 0);
+    let door = tracegate_drivers::ReaderHealth::new("door-1", "mercury");
+    door.record_failure(&"serial port gone");
+    let status = Status {
+        gateway: support::GATEWAY.into(),
+        site: support::SITE.into(),
+        version: "0.1.0".into(),
+        config_hash: "sha256:00".into(),
+        started_at: tracegate::event::UtcMs(now - 60_000),
+        uptime_secs: 60,
+        readers: vec![door.snapshot()],
+        store: None,
+        publisher: Some(PublisherStatus {
+            backlog: Some(12),
+            in_flight: Some(3),
+            unreachable_since_utc_ms: Some(now - 5_000),
+            stalled_since_utc_ms: Some(now - 13_000),
+            ..PublisherStatus::default()
+        }),
+        health: None,
+        heartbeats: Vec::new(),
+        masterdata: None,
+    };
+    let status = tracegate::ops::with_health(status, &hb, 20_000);
+    let states: Vec<_> = status
+        .health
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .map(|c| c.state)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            HealthState::DiskFull,
+            HealthState::ReaderDown,
+            HealthState::BrokerUnreachable,
+            HealthState::PublishStalled
+        ]
+    );
+    let msg = tracegate::publish::HealthMessage {
+        schema: tracegate::publish::HEALTH_SCHEMA.into(),
+        time: tracegate::event::UtcMs(now),
+        status,
+    };
+    let v = serde_json::to_value(&msg).unwrap();
+    support::assert_valid(&support::events_schema(), &v);
+    assert_eq!(v["health"]["conditions"][0]["state"], "disk_full");
+    assert_eq!(v["health"]["ok"], false);
+}

@@ -790,6 +790,39 @@ mod tests {
         task.await.unwrap().unwrap();
     }
 
+    /// Every tracegate metric the alert rules in docs/operations.md use is
+    /// one this endpoint emits.
+    #[tokio::test]
+    async fn the_documented_alert_rules_use_only_metrics_that_are_emitted() {
+        let doc = include_str!("../../../docs/operations.md");
+        let from = doc
+            .find("Alert rules (Prometheus)")
+            .expect("alert rules section");
+        let rules = &doc[from..];
+        let rules = &rules[..rules.find("```\n\n").expect("end of the rules block")];
+        let mut names: Vec<&str> = rules
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("tracegate_"))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert!(names.len() >= 5, "{names:?}");
+        let hb = Heartbeats::new(Clock::new());
+        hb.register("store").beat();
+        let (addr, cancel, task) = start(status_with(ReaderState::Running), hb, 20).await;
+        let (_, body) = get(addr, "/metrics").await;
+        for name in names {
+            assert!(
+                body.lines().any(|l| !l.starts_with('#')
+                    && l.starts_with(name)
+                    && l[name.len()..].starts_with([' ', '{'])),
+                "{name} is in the alert rules but not in /metrics:\n{body}"
+            );
+        }
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+    }
+
     #[tokio::test]
     async fn a_full_disk_fails_healthz_by_name_and_a_stalled_uplink_only_warns() {
         let hb = Heartbeats::new(Clock::new());
