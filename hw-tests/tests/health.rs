@@ -5,7 +5,10 @@
 //!   deadline, logged, and after the partition heals every stored event
 //!   reaches a subscriber at a real mosquitto;
 //! - an unplugged reader (a Mercury simulator on a pty) is `reader_down`
-//!   with its age, the daemon stays up, and the state clears on replug.
+//!   with its age, the daemon stays up, and the state clears on replug;
+//! - a full filesystem under the store (a 4 MiB tmpfs, filled) is
+//!   `disk_full`, fails `/healthz`, and clears when space comes back (needs
+//!   root for the mount; prints `skipped: <reason>` otherwise).
 //!
 //! The uplink test needs mosquitto and prints `skipped: <reason>` without it
 //! (fails instead with TRACEGATE_REQUIRE_MOSQUITTO=1).
@@ -425,4 +428,101 @@ fn an_unplugged_reader_is_reader_down_with_its_age_and_the_daemon_stays_up() {
     signal(&child, Signal::SIGTERM).unwrap();
     wait_exit(&mut child, Duration::from_secs(10)).expect("gateway did not stop");
     rt.block_on(port.unplug()).unwrap();
+}
+
+/// Unmounts on drop, so a failing assertion does not leave the mount.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_named_disk_full_and_fails_healthz() {
+    let metrics_port = free_port();
+    let gw = TempGateway::new(
+        "gw-full",
+        &format!("{SIM_PORTAL}\n[ops]\nmetrics_addr = \"127.0.0.1:{metrics_port}\"\nstale_after_secs = 120\n"),
+    )
+    .unwrap();
+    let data = gw.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs"])
+        .arg(&data)
+        .output()
+        .map_err(|e| e.to_string())
+        .and_then(|o| {
+            if o.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&o.stderr).trim().to_owned())
+            }
+        });
+    if let Err(why) = mounted {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: cannot mount a small tmpfs here ({why}); needs root"
+        );
+        return;
+    }
+    let _mounted = Mounted(data.clone());
+    let mut child = gw.spawn().unwrap();
+    wait_for(Duration::from_secs(30), || {
+        let s = status(&gw)?;
+        (s["store"]["last_seq"].as_u64()? > 20 && states(&s).is_empty()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("never stored events; log:\n{}", gw.log()));
+
+    // Take every byte left.
+    let filler = data.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 16 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let full = Instant::now();
+    let s = wait_for(Duration::from_secs(20), || {
+        let s = status(&gw)?;
+        condition(&s, "disk_full").is_some().then_some(s)
+    })
+    .unwrap_or_else(|| panic!("disk_full never reported; log:\n{}", gw.log()));
+    println!(
+        "disk_full reported {:.1} s after the filesystem filled",
+        full.elapsed().as_secs_f64()
+    );
+    let c = condition(&s, "disk_full").unwrap();
+    assert_eq!(c["severity"], "fail");
+    assert_eq!(c["subject"], "store");
+    assert_eq!(s["health"]["ok"], false, "{s}");
+    assert!(
+        s["health"]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("disk_full store for"),
+        "{s}"
+    );
+
+    // Space again: the state clears once a commit goes through.
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    let cleared = wait_for(Duration::from_secs(30), || {
+        let s = status(&gw)?;
+        condition(&s, "disk_full").is_none().then_some(())
+    });
+    assert!(
+        cleared.is_some(),
+        "disk_full did not clear after space came back; log:\n{}",
+        gw.log()
+    );
+    println!(
+        "disk_full cleared {:.1} s after space came back",
+        freed.elapsed().as_secs_f64()
+    );
+    signal(&child, Signal::SIGTERM).unwrap();
+    wait_exit(&mut child, Duration::from_secs(15)).expect("gateway did not stop");
 }
