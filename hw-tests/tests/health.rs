@@ -218,11 +218,26 @@ fn condition<'a>(status: &'a serde_json::Value, state: &str) -> Option<&'a serde
         .find(|c| c["state"] == state)
 }
 
-const PUBACK_TIMEOUT_SECS: u64 = 3;
+/// `mqtt.puback_timeout_secs`'s default (publish/config.rs).
+const DEFAULT_PUBACK_TIMEOUT_SECS: u64 = 10;
 
 #[test]
 fn a_silent_partition_is_named_within_the_puback_deadline_and_loses_nothing() {
+    silent_partition(Some(3));
+}
+
+#[test]
+fn with_the_default_deadline_a_silent_partition_is_named_within_15_s() {
+    silent_partition(None);
+}
+
+/// `puback_timeout`: `None` leaves the key out (the default).
+fn silent_partition(puback_timeout: Option<u64>) {
     let Some(bin) = mosquitto() else { return };
+    let secs = puback_timeout.unwrap_or(DEFAULT_PUBACK_TIMEOUT_SECS);
+    let key = puback_timeout
+        .map(|s| format!("puback_timeout_secs = {s}\n"))
+        .unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
     let (_broker, broker_port) = start_broker(bin, dir.path());
     let proxy = Proxy::start(broker_port);
@@ -232,7 +247,7 @@ fn a_silent_partition_is_named_within_the_puback_deadline_and_loses_nothing() {
         "gw-health",
         &format!(
             "{SIM_PORTAL}\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nkeep_alive_secs = 60\n\
-             connect_timeout_secs = 2\npuback_timeout_secs = {PUBACK_TIMEOUT_SECS}\n\
+             connect_timeout_secs = 2\n{key}\
              reconnect_min_ms = 200\nreconnect_max_ms = 1000\nhealth_interval_secs = 1\n\n\
              [ops]\nmetrics_addr = \"127.0.0.1:{metrics_port}\"\n",
             proxy.port
@@ -257,7 +272,7 @@ fn a_silent_partition_is_named_within_the_puback_deadline_and_loses_nothing() {
     let mut unreachable_after = None;
     let mut healthz_ok_meanwhile = true;
     let mut last = serde_json::Value::Null;
-    while cut.elapsed() < Duration::from_secs(PUBACK_TIMEOUT_SECS + 12)
+    while cut.elapsed() < Duration::from_secs(secs + 12)
         && (stalled_after.is_none() || unreachable_after.is_none())
     {
         if let Some(s) = status(&gw) {
@@ -286,14 +301,11 @@ fn a_silent_partition_is_named_within_the_puback_deadline_and_loses_nothing() {
     );
     let c = condition(&last, "publish_stalled").unwrap();
     assert_eq!(c["severity"], "warn");
-    assert!(
-        c["age_secs"].as_f64().unwrap() >= PUBACK_TIMEOUT_SECS as f64,
-        "{c}"
-    );
+    assert!(c["age_secs"].as_f64().unwrap() >= secs as f64, "{c}");
     assert!(c["since"].is_string(), "{c}");
     // Within the configured deadline (plus the status poll and a turn of
     // the publisher's loop), not at the 60 s keep-alive.
-    let bound = Duration::from_secs(PUBACK_TIMEOUT_SECS + 3);
+    let bound = Duration::from_secs(secs + 3);
     assert!(stalled <= bound, "publish_stalled after {stalled:?}");
     assert!(
         unreachable <= bound,
@@ -301,9 +313,9 @@ fn a_silent_partition_is_named_within_the_puback_deadline_and_loses_nothing() {
     );
     let log = gw.log();
     assert!(log.contains("publishing stalled"), "{log}");
-    assert!(log.contains("no PUBACK for 3 s"), "{log}");
+    assert!(log.contains(&format!("no PUBACK for {secs} s")), "{log}");
     println!(
-        "silent partition: publish_stalled after {:.1} s, broker_unreachable after {:.1} s (puback_timeout_secs = {PUBACK_TIMEOUT_SECS})",
+        "silent partition: publish_stalled after {:.1} s, broker_unreachable after {:.1} s (puback_timeout_secs = {secs})",
         stalled.as_secs_f64(),
         unreachable.as_secs_f64()
     );
