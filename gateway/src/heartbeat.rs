@@ -120,10 +120,21 @@ pub fn store_fault_state(e: &StoreError, fs: Option<FsState>) -> HealthState {
 /// The store writer's report of a failed write: the fault named from the
 /// error and from `statvfs` of the store's directory (called on the
 /// writer's thread, never on a tokio worker).
+///
+/// A writer retrying a full or read-only disk is alive, like a reader
+/// retrying an unplugged port: the attempt counts as a beat, so the
+/// watchdog does not restart the daemon into the same disk (a restart
+/// cannot free space, and systemd's start limit would end in a stopped
+/// service). Any other failure does not beat: a restart reopens and checks
+/// the database.
 pub fn report_store_error(hb: &Heartbeat, e: &StoreError, store_path: &std::path::Path) {
     let fs = store_path.parent().and_then(FsState::of);
+    let state = store_fault_state(e, fs);
+    if matches!(state, HealthState::DiskFull | HealthState::ReadOnly) {
+        hb.beat();
+    }
     hb.set_fault(Some(Fault {
-        state: store_fault_state(e, fs),
+        state,
         since_utc_ms: tracegate_drivers::clock::utc_now_ms(),
         detail: e.to_string(),
     }));
@@ -382,6 +393,22 @@ mod tests {
             HealthState::DiskFull,
             "SQLite's own code wins"
         );
+    }
+
+    #[test]
+    fn retrying_a_full_disk_is_alive_but_another_store_error_is_not() {
+        let hb = Heartbeats::new(Clock::new());
+        let store = hb.register("store");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        report_store_error(&store, &sqlite(rusqlite::ffi::SQLITE_FULL), &path);
+        assert!(store.age_ms() < 30, "an attempt on a full disk is a beat");
+        assert_eq!(store.fault().unwrap().state, HealthState::DiskFull);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        report_store_error(&store, &sqlite(rusqlite::ffi::SQLITE_CORRUPT), &path);
+        assert!(store.age_ms() >= 30, "a failing store is not kept alive");
+        assert_eq!(store.fault().unwrap().state, HealthState::StoreFailing);
     }
 
     #[test]

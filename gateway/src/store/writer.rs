@@ -146,7 +146,9 @@ impl WriterHandle {
 /// on `on_commit` (if given, for the demo), fires the acks, persists the
 /// watermark, prunes, and beats `heartbeat` after every commit and at least
 /// once a second while idle (it stops beating while a commit keeps failing,
-/// so systemd restarts the daemon, whose next open checks the database). It
+/// so systemd restarts the daemon, whose next open checks the database;
+/// except on a full or read-only disk, named in the heartbeat's fault,
+/// where each retry beats: `heartbeat::report_store_error`). It
 /// exits after `rx` is closed and drained AND the [`Watermark`] is dropped,
 /// applying the watermark's last value first.
 pub fn spawn_writer(
