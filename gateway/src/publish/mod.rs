@@ -478,6 +478,9 @@ pub async fn run(
                         up.outbox.on_committed(*committed_rx.borrow_and_update());
                     }
                     up.drive(&client, now).await?;
+                    // Leaving drops `poll` half-way, which is safe only
+                    // because the whole client goes with it: the outbox
+                    // resends everything unacknowledged on the next one.
                     if up.outbox.puback_overdue(now) {
                         break Outcome::PubackOverdue;
                     }
