@@ -198,6 +198,29 @@ mod tests {
         }
     }
 
+    /// A reader waiting on a quiet line is alive: the watchdog sees a turn
+    /// each second, even with a response timeout far above its limit.
+    #[tokio::test]
+    async fn a_quiet_line_counts_a_turn_every_second_until_the_deadline() {
+        let health = ReaderHealth::new("r", "r2000");
+        let mut link = FrameLink::new(
+            WedgedDrain(Vec::new()),
+            Decoder::new(),
+            health.clone(),
+            Arc::from("r"),
+            "r2000",
+        );
+        let start = Instant::now();
+        let r = link.frame_until(start + Duration::from_millis(2500)).await;
+        assert!(matches!(r, Err(LinkError::Timeout)));
+        assert!(
+            start.elapsed() >= Duration::from_millis(2500),
+            "the deadline holds"
+        );
+        let turns = health.progress.load(Ordering::Relaxed);
+        assert!((3..=4).contains(&turns), "{turns} turns in 2.5 s");
+    }
+
     #[tokio::test]
     async fn sending_a_frame_never_waits_for_the_port_to_drain() {
         let health = ReaderHealth::new("r", "r2000");
