@@ -5,7 +5,9 @@
 //!   deadline, logged, and after the partition heals every stored event
 //!   reaches a subscriber at a real mosquitto;
 //! - an unplugged reader (a Mercury simulator on a pty) is `reader_down`
-//!   with its age, the daemon stays up, and the state clears on replug;
+//!   with its age, the daemon stays up, its task keeps counting turns and
+//!   the systemd watchdog pings go on (a fake notify socket) while the
+//!   outage outlasts `stale_after_secs`, and the state clears on replug;
 //! - a full filesystem under the store (a 4 MiB tmpfs, filled) is
 //!   `disk_full`, fails `/healthz`, and clears when space comes back (needs
 //!   root for the mount; prints `skipped: <reason>` otherwise).
@@ -396,7 +398,21 @@ fn an_unplugged_reader_is_reader_down_with_its_age_and_the_daemon_stays_up() {
         ),
     )
     .unwrap();
-    let mut child = gw.spawn().unwrap();
+    // A fake systemd: the notify socket, with the watchdog on (2 s).
+    let sock_path = dir.path().join("notify.sock");
+    let notify = Notify::bind(&sock_path);
+    let log = std::fs::File::create(gw.dir.path().join("tracegate.log")).unwrap();
+    let mut child = Command::new(tracegate_hw_tests::bin().unwrap())
+        .args(["run", "--config"])
+        .arg(&gw.config)
+        .env("RUST_LOG", "info")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
     wait_for(Duration::from_secs(30), || {
         let s = status(&gw)?;
         (s["readers"][0]["state"] == "running" && states(&s).is_empty()).then_some(())
@@ -430,6 +446,22 @@ fn an_unplugged_reader_is_reader_down_with_its_age_and_the_daemon_stays_up() {
         child.try_wait().unwrap().is_none(),
         "the daemon must stay up"
     );
+    // The reader task counts its retries: young, and the watchdog pings on.
+    let hb = s["heartbeats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "reader uhf1")
+        .unwrap_or_else(|| panic!("no reader heartbeat: {s}"));
+    assert!(hb["age_ms"].as_u64().unwrap() < 5_000, "{hb}");
+    // Pings every second all through the outage, also after it outlasted
+    // stale_after_secs (5 s).
+    let during = notify.pings_since(unplugged);
+    let late = notify.pings_since(unplugged + Duration::from_millis(5_500));
+    assert!(
+        during >= 5 && late >= 1,
+        "WATCHDOG=1 during a 7 s outage (period 1 s): {during}, after 5.5 s: {late}"
+    );
 
     port.plug().unwrap();
     wait_for(Duration::from_secs(10), || {
@@ -440,6 +472,37 @@ fn an_unplugged_reader_is_reader_down_with_its_age_and_the_daemon_stays_up() {
     signal(&child, Signal::SIGTERM).unwrap();
     wait_exit(&mut child, Duration::from_secs(10)).expect("gateway did not stop");
     rt.block_on(port.unplug()).unwrap();
+}
+
+/// systemd's notify socket, as far as the test needs it: every datagram
+/// received, with the time it came.
+struct Notify {
+    got: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Notify {
+    fn bind(path: &Path) -> Notify {
+        let sock = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().unwrap().push((Instant::now(), text));
+            }
+        });
+        Notify { got }
+    }
+
+    fn pings_since(&self, t: Instant) -> usize {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, m)| *at >= t && m.lines().any(|l| l == "WATCHDOG=1"))
+            .count()
+    }
 }
 
 /// Unmounts on drop, so a failing assertion does not leave the mount.
