@@ -304,6 +304,25 @@ metrics_addr = "127.0.0.1:0"
     )
     .expect("the arrival shows in recent events");
 
+    // The gateway card: version, config hash and clock as /status and
+    // /api/page say.
+    let about = eval(
+        &tab,
+        r#"(async () => {
+            const s = await (await fetch('status')).json();
+            const p = await (await fetch('api/page')).json();
+            const f = (k) => document.querySelector(`#about dd[data-field="${k}"]`).textContent;
+            return JSON.stringify([f('Version') === s.version, f('Config') === s.config_hash,
+                f('Clock') === (p.clock_synced ? 'synchronised' : 'NOT synchronised (timestamps flagged)'),
+                f('Version'), f('Config'), f('Clock')]); })()"#,
+    );
+    let about: Value = serde_json::from_str(about.as_str().unwrap()).unwrap();
+    assert_eq!(
+        (&about[0], &about[1], &about[2]),
+        (&Value::Bool(true), &Value::Bool(true), &Value::Bool(true)),
+        "{about}"
+    );
+
     // The uplink to a real broker, as the page shows it.
     if broker.is_some() {
         wait_js(
