@@ -5,12 +5,12 @@
 //!
 //! cargo bench -p tracegate --bench dedup
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use tracegate::dedup::{Dedup, PointSettings};
 use tracegate::dedup::{DedupConfig, DedupKey};
 use tracegate_drivers::{HostTime, RawRead};
@@ -141,5 +141,57 @@ fn read_tap_idle(c: &mut Criterion) {
     group.finish();
 }
 
+/// The same work as [`read_tap_idle`], once, for an instruction counter
+/// (wall time on a shared machine is too noisy to see an atomic load):
+///
+/// ```text
+/// TRACEGATE_BENCH_ONCE=dedup_only valgrind --tool=callgrind \
+///     --toggle-collect='*read_tap_work*' target/release/deps/dedup-<hash>
+/// ```
+///
+/// and again with `dedup_then_idle_tap`; only `read_tap_work` is counted,
+/// so building the input is not.
+fn read_tap_once(mode: &str) {
+    const BATCH: usize = 50;
+    let with_tap = match mode {
+        "dedup_only" => false,
+        "dedup_then_idle_tap" => true,
+        other => panic!("TRACEGATE_BENCH_ONCE={other}: dedup_only or dedup_then_idle_tap"),
+    };
+    let batches: Vec<Vec<RawRead>> = reads().chunks(BATCH).map(<[RawRead]>::to_vec).collect();
+    let tap = tracegate::read_tap::ReadTap::new();
+    let d = Dedup::new(config(), vec![PointSettings::default()]);
+    let d = read_tap_work(d, batches, with_tap.then_some(&tap));
+    std::hint::black_box(d);
+}
+
+#[inline(never)]
+fn read_tap_work(
+    mut d: Dedup,
+    batches: Vec<Vec<RawRead>>,
+    tap: Option<&tracegate::read_tap::ReadTap>,
+) -> Dedup {
+    let mut out = Vec::with_capacity(1024);
+    for batch in batches {
+        for r in &batch {
+            d.observe(0, r, &mut out);
+        }
+        out.clear();
+        match tap {
+            Some(tap) => tap.offer(batch),
+            None => drop(batch),
+        }
+    }
+    d
+}
+
 criterion_group!(benches, bench, read_tap_idle);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(mode) = std::env::var("TRACEGATE_BENCH_ONCE") {
+        read_tap_once(&mode);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

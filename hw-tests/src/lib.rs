@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod broker;
+
 /// Path of the `tracegate` binary under test.
 pub fn bin() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("TRACEGATE_BIN") {

@@ -1174,6 +1174,7 @@ mod tests {
             info: PageInfo::default(),
             reads: Some(tap.clone()),
             events: None,
+            lights: None,
         };
         let cfg = OpsConfig {
             max_viewers: 1,

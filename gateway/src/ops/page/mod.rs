@@ -32,6 +32,8 @@ use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::door::signals::{Happening, Signals};
+use crate::event::Flag;
 use crate::read_tap::{ReadBatch, ReadTap, Watch};
 use crate::store::{StoreReader, StoreStats};
 use live::{LiveAggregator, Routes};
@@ -86,6 +88,66 @@ pub struct PageSources {
     pub reads: Option<ReadTap>,
     /// The store's read connection and the writer's stats (for `last_seq`).
     pub events: Option<(StoreReader, watch::Receiver<StoreStats>)>,
+    /// Read points with a stack light, and the light's rules.
+    pub lights: Option<Arc<StackLights>>,
+}
+
+/// Which read points have a stack light, and the rule that colours it
+/// ([`Signals::wanted`]: the one rule the GPIO task drives the light by).
+/// The page adds `stack_light` to the events shown there: the colour the
+/// event asked of the light. The committed event does not carry it.
+#[derive(Debug)]
+pub struct StackLights {
+    read_points: Vec<String>,
+    rule: Signals,
+}
+
+impl StackLights {
+    /// `None` when no read point has a light.
+    pub fn new(config: &Config) -> Option<Self> {
+        let read_points: Vec<String> = config
+            .read_points
+            .iter()
+            .filter(|rp| rp.door.as_ref().is_some_and(|d| d.signal.is_some()))
+            .map(|rp| rp.name.clone())
+            .collect();
+        let ignore = config
+            .gpio
+            .as_ref()
+            .map(|g| g.ignore_flags.clone())
+            .unwrap_or_default();
+        (!read_points.is_empty()).then(|| Self {
+            read_points,
+            rule: Signals::new(Vec::new(), 0, ignore),
+        })
+    }
+
+    /// `payload` (an event's committed JSON) with `stack_light` added when
+    /// the event is at a read point with a light and asks it for a colour;
+    /// otherwise unchanged.
+    fn decorate(&self, payload: &str) -> Option<String> {
+        let mut ev: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(payload).ok()?;
+        let rp = ev.get("read_point")?.as_str()?;
+        if !self.read_points.iter().any(|n| n == rp) {
+            return None;
+        }
+        let flags: Vec<Flag> = ev
+            .get("flags")
+            .and_then(|f| serde_json::from_value(f.clone()).ok())
+            .unwrap_or_default();
+        let level = self.rule.wanted(&Happening {
+            light: 0,
+            pass: ev.get("type").and_then(|t| t.as_str()) == Some("pass"),
+            tag_count: ev
+                .get("tag_count")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+            flags: &flags,
+        })?;
+        ev.insert("stack_light".into(), level.as_str().into());
+        serde_json::to_string(&ev).ok()
+    }
 }
 
 impl PageSources {
@@ -130,6 +192,7 @@ impl PageSources {
             },
             reads: Some(reads),
             events,
+            lights: StackLights::new(config).map(Arc::new),
         }
     }
 
@@ -309,8 +372,17 @@ async fn viewer(
                         match reader.read_after(after, RECENT_EVENTS).await {
                             Ok(events) if !events.is_empty() => {
                                 sent_upto = events.last().map_or(last, |e| e.seq);
-                                // Payloads are the committed JSON: joined, not re-parsed.
-                                let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
+                                // Payloads are the committed JSON: joined, not re-parsed,
+                                // except where a stack light adds its colour.
+                                let decorated: Vec<Option<String>> = events
+                                    .iter()
+                                    .map(|e| src.lights.as_ref().and_then(|l| l.decorate(&e.payload)))
+                                    .collect();
+                                let payloads: Vec<&str> = events
+                                    .iter()
+                                    .zip(&decorated)
+                                    .map(|(e, d)| d.as_deref().unwrap_or(&e.payload))
+                                    .collect();
                                 if !push(&tx, "events", format!("[{}]", payloads.join(","))) {
                                     break "it fell behind";
                                 }
@@ -329,6 +401,45 @@ async fn viewer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_at_a_lit_read_point_show_the_colour_they_asked_of_the_light() {
+        let lights = StackLights {
+            read_points: vec!["dock-1".into()],
+            rule: Signals::new(Vec::new(), 0, vec![Flag::OverScanned]),
+        };
+        let colour = |json: &str| {
+            lights.decorate(json).map(|d| {
+                let v: serde_json::Value = serde_json::from_str(&d).unwrap();
+                v["stack_light"].as_str().unwrap().to_owned()
+            })
+        };
+        let pass = r#"{"seq":1,"type":"pass","read_point":"dock-1","tag_count":8"#;
+        assert_eq!(colour(&format!("{pass}}}")).as_deref(), Some("green"));
+        assert_eq!(
+            colour(&format!(r#"{pass},"flags":["unexpected"]}}"#)).as_deref(),
+            Some("red")
+        );
+        // An ignored flag does not turn it red; a pass with no tags does.
+        assert_eq!(
+            colour(&format!(r#"{pass},"flags":["over_scanned"]}}"#)).as_deref(),
+            Some("green")
+        );
+        assert_eq!(
+            colour(r#"{"type":"pass","read_point":"dock-1","tag_count":0}"#).as_deref(),
+            Some("red")
+        );
+        assert_eq!(
+            colour(r#"{"type":"arrived","read_point":"dock-1","flags":["unknown"]}"#).as_deref(),
+            Some("red")
+        );
+        // Unflagged tag events ask nothing; other read points have no light.
+        assert_eq!(colour(r#"{"type":"arrived","read_point":"dock-1"}"#), None);
+        assert_eq!(
+            colour(r#"{"type":"pass","read_point":"dock-2","tag_count":3}"#),
+            None
+        );
+    }
 
     // Real time: about VIEWER_QUEUE flushes (8 s).
     #[tokio::test]

@@ -205,6 +205,12 @@
   const colourClass = (v) => 'swatch c-' + String(v).toLowerCase().replace(/[^a-z]/g, '');
   const verdictBadge = (v) => el('span', 'badge ' + (/^genuine/.test(v) ? 'good' : 'bad'), v);
 
+  const identityOf = (id) => id.pure_identity || id.digital_link || id.epc || id.uid;
+  const itemLabel = (v) => {
+    const who = v && v.identity && identityOf(v.identity);
+    return who ? String(who).split('?')[0] : JSON.stringify(v);
+  };
+
   function field(li, key, value, depth) {
     if (value === null || value === undefined) return;
     if (key === 'verdict' || key.endsWith('_verdict')) { li.append(verdictBadge(String(value))); return; }
@@ -215,7 +221,16 @@
       return;
     }
     if (Array.isArray(value)) {
-      if (value.length) li.append(el('span', 'badge', key + ': ' + value.map((v) => typeof v === 'object' ? JSON.stringify(v) : v).join(', ')));
+      if (!value.length) return;
+      if (value.some((v) => v !== null && typeof v === 'object')) {
+        // A pass's tags (there may be hundreds): the count, the list on demand.
+        const d = el('details', 'badge');
+        d.append(el('summary', null, key + ': ' + value.length));
+        d.append(el('span', null, value.slice(0, 1000).map(itemLabel).join(', ')));
+        li.append(d);
+        return;
+      }
+      li.append(el('span', 'badge', key + ': ' + value.join(', ')));
       return;
     }
     if (typeof value === 'object') {
@@ -235,7 +250,7 @@
     const id = ev.identity || {};
     // A tap's URL carries its SUN values: shown without the query, as the
     // log does, so the page never hands out a replayable URL.
-    const who = id.pure_identity || id.digital_link || id.epc || id.uid;
+    const who = identityOf(id);
     if (who) li.append(el('span', null, String(who).split('?')[0] + ' '));
     if (ev.read_count) li.append(el('span', 'muted', ev.read_count + ' reads '));
     for (const f of ev.flags || []) li.append(el('span', 'badge flag', f));
@@ -261,6 +276,7 @@
     for (const [k, v, cls] of pairs) {
       frag.append(el('dt', null, k));
       const d = el('dd', cls || null);
+      d.dataset.field = k;
       if (v instanceof Node) d.append(v); else d.textContent = v;
       frag.append(d);
     }
