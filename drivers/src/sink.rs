@@ -1,11 +1,21 @@
 //! The channel from a driver into the gateway's pipeline.
 //!
+//! Bounded twice: in messages, and in reads (a batch weighs its number of
+//! reads), so the memory it holds is bounded whatever the batch sizes.
 //! Policy when full: drivers wait (backpressure). A UHF reader's own buffer
 //! (or the serial line) then absorbs the burst; reads are never dropped here.
 //! Drivers that can lose nothing across a crash (Mercury tag-buffer mode)
 //! attach a [`CommitAck`] and clear the reader's buffer only once it fires.
+//!
+//! The channel also counts the batches *in flight*: handed to a send (even
+//! one still waiting for room) and not yet taken by the pipeline. While any
+//! are, the pipeline's clock may not move the dedup engine's time: those
+//! reads may be older than the clock says (see the gateway's `dedup.rs`).
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::read::{RawRead, Tap};
 
@@ -36,10 +46,104 @@ pub enum ReaderMsg {
     Tap(Tap),
 }
 
+/// Reads the channel holds at most (queued, not yet taken by the
+/// pipeline), unless [`ReadSink::bounded`] says otherwise: about 5 MiB of
+/// reads, half a minute of a busy portal at 1,000 reads/s.
+pub const MAX_QUEUED_READS: usize = 32_768;
+
+/// What the sending and receiving halves share.
+#[derive(Debug)]
+struct Shared {
+    /// Room for reads: a batch holds as many permits as it has reads
+    /// (at most all of them, so an oversized batch still passes alone).
+    room: Arc<Semaphore>,
+    capacity: usize,
+    /// Batches of reads handed to a send and not yet received.
+    in_flight: AtomicUsize,
+    /// Sends of reads that found the channel full and had to wait.
+    waits: AtomicU64,
+}
+
+/// A message with the room it takes; the room is given back when the
+/// pipeline receives it.
+#[derive(Debug)]
+pub struct Queued {
+    msg: ReaderMsg,
+    _room: Option<OwnedSemaphorePermit>,
+}
+
 /// Sending half handed to a driver.
 #[derive(Debug, Clone)]
 pub struct ReadSink {
-    tx: mpsc::Sender<ReaderMsg>,
+    tx: mpsc::Sender<Queued>,
+    shared: Arc<Shared>,
+}
+
+/// The pipeline's receiving half.
+#[derive(Debug)]
+pub struct ReadReceiver {
+    rx: mpsc::Receiver<Queued>,
+    shared: Arc<Shared>,
+}
+
+impl ReadReceiver {
+    /// The next message; `None` once every sink is dropped and the queue
+    /// is empty.
+    pub async fn recv(&mut self) -> Option<ReaderMsg> {
+        let q = self.rx.recv().await?;
+        Some(self.taken(q))
+    }
+
+    /// The next message if one is queued.
+    pub fn try_recv(&mut self) -> Result<ReaderMsg, mpsc::error::TryRecvError> {
+        let q = self.rx.try_recv()?;
+        Ok(self.taken(q))
+    }
+
+    fn taken(&self, q: Queued) -> ReaderMsg {
+        if matches!(q.msg, ReaderMsg::Reads { .. }) {
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        q.msg
+    }
+
+    /// Whether any batch of reads is queued or being sent (a reader waiting
+    /// for room counts too).
+    pub fn reads_in_flight(&self) -> bool {
+        self.shared.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// Reads queued now (room taken).
+    pub fn queued_reads(&self) -> usize {
+        self.shared
+            .capacity
+            .saturating_sub(self.shared.room.available_permits())
+    }
+
+    /// The most reads the channel holds.
+    pub fn capacity_reads(&self) -> usize {
+        self.shared.capacity
+    }
+
+    /// Sends of reads so far that found the channel full and waited.
+    pub fn waits(&self) -> u64 {
+        self.shared.waits.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a batch in flight until the receiver takes it; a send that is
+/// abandoned (its future dropped at shutdown) uncounts it.
+struct InFlight<'a> {
+    shared: &'a Shared,
+    armed: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// The pipeline has shut down; the driver should return.
@@ -48,14 +152,30 @@ pub struct ReadSink {
 pub struct SinkClosed;
 
 impl ReadSink {
-    pub fn new(tx: mpsc::Sender<ReaderMsg>) -> Self {
-        Self { tx }
+    /// A sink and its receiving end, with room for `capacity` messages
+    /// and [`MAX_QUEUED_READS`] reads.
+    pub fn channel(capacity: usize) -> (Self, ReadReceiver) {
+        Self::bounded(capacity, MAX_QUEUED_READS)
     }
 
-    /// A sink and its receiving end, with room for `capacity` messages.
-    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<ReaderMsg>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (Self { tx }, rx)
+    /// A sink and its receiving end, with room for `messages` messages and
+    /// `reads` reads.
+    pub fn bounded(messages: usize, reads: usize) -> (Self, ReadReceiver) {
+        let (tx, rx) = mpsc::channel(messages.max(1));
+        let capacity = reads.clamp(1, Semaphore::MAX_PERMITS);
+        let shared = Arc::new(Shared {
+            room: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            in_flight: AtomicUsize::new(0),
+            waits: AtomicU64::new(0),
+        });
+        (
+            Self {
+                tx,
+                shared: shared.clone(),
+            },
+            ReadReceiver { rx, shared },
+        )
     }
 
     pub async fn reads(&self, reads: Vec<RawRead>) -> Result<(), SinkClosed> {
@@ -86,11 +206,55 @@ impl ReadSink {
     /// Blocking send for drivers on their own thread (PC/SC).
     pub fn blocking_tap(&self, tap: Tap) -> Result<(), SinkClosed> {
         self.tx
-            .blocking_send(ReaderMsg::Tap(tap))
+            .blocking_send(Queued {
+                msg: ReaderMsg::Tap(tap),
+                _room: None,
+            })
             .map_err(|_| SinkClosed)
     }
 
+    /// Sends a message, waiting while the channel is full (in messages or,
+    /// for reads, in reads).
     pub async fn send(&self, msg: ReaderMsg) -> Result<(), SinkClosed> {
-        self.tx.send(msg).await.map_err(|_| SinkClosed)
+        let weight = match &msg {
+            ReaderMsg::Reads { reads, .. } => reads.len().clamp(1, self.shared.capacity),
+            ReaderMsg::Tap(_) => 0,
+        };
+        if weight == 0 {
+            return self
+                .tx
+                .send(Queued { msg, _room: None })
+                .await
+                .map_err(|_| SinkClosed);
+        }
+        // In flight from before the wait for room: the reads are stamped.
+        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        let mut guard = InFlight {
+            shared: &self.shared,
+            armed: true,
+        };
+        let n = u32::try_from(weight).unwrap_or(u32::MAX);
+        let room = match self.shared.room.clone().try_acquire_many_owned(n) {
+            Ok(p) => p,
+            Err(_) => {
+                self.shared.waits.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .room
+                    .clone()
+                    .acquire_many_owned(n)
+                    .await
+                    .map_err(|_| SinkClosed)?
+            }
+        };
+        self.tx
+            .send(Queued {
+                msg,
+                _room: Some(room),
+            })
+            .await
+            .map_err(|_| SinkClosed)?;
+        // Queued: the receiver uncounts it when it takes it.
+        guard.armed = false;
+        Ok(())
     }
 }
