@@ -47,9 +47,11 @@ pub enum ReaderMsg {
 }
 
 /// Reads the channel holds at most (queued, not yet taken by the
-/// pipeline), unless [`ReadSink::bounded`] says otherwise: about 5 MiB of
-/// reads, half a minute of a busy portal at 1,000 reads/s.
-pub const MAX_QUEUED_READS: usize = 32_768;
+/// pipeline), unless [`ReadSink::bounded`] says otherwise: about 1.5 MiB
+/// of reads, 8 s of a busy portal at 1,000 reads/s (a stalled store holds
+/// more as drafts on the way to it), and little enough that a slow
+/// pipeline still drains it well within the shutdown deadline.
+pub const MAX_QUEUED_READS: usize = 8_192;
 
 /// What the sending and receiving halves share.
 #[derive(Debug)]

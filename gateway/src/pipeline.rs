@@ -520,9 +520,9 @@ fn epcis_context(point: &ReadPoint) -> EpcisContext {
 }
 
 /// Drafts handed to the store writer and not yet committed, at most: the
-/// pipeline waits (backpressure) before it hands over more. About 8 MiB of
-/// events, eight full groups of the writer's default `commit_max_events`.
-pub const DRAFTS_IN_STORE: usize = 8_192;
+/// pipeline waits (backpressure) before it hands over more. Two full groups
+/// of the writer's default `commit_max_events`: one committing, one filling.
+pub const DRAFTS_IN_STORE: usize = 2_048;
 
 /// Requests handed to the writer and not yet committed, oldest first: the
 /// bound of [`DRAFTS_IN_STORE`]. Each request carries the pipeline's own
