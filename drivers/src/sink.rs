@@ -7,13 +7,16 @@
 //! Drivers that can lose nothing across a crash (Mercury tag-buffer mode)
 //! attach a [`CommitAck`] and clear the reader's buffer only once it fires.
 //!
-//! The channel also counts the batches *in flight*: handed to a send (even
-//! one still waiting for room) and not yet taken by the pipeline. While any
-//! are, the pipeline's clock may not move the dedup engine's time: those
-//! reads may be older than the clock says (see the gateway's `dedup.rs`).
+//! The channel also knows the batches *in flight*: handed to a send (even
+//! one still waiting for room) and not yet taken by the pipeline, and the
+//! oldest read time among them. The dedup engine's time never moves past
+//! it, by the clock or by newer reads of another reader that got through
+//! first: those reads are judged on their own time when they come (see the
+//! gateway's `dedup.rs`).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -60,8 +63,10 @@ struct Shared {
     /// (at most all of them, so an oversized batch still passes alone).
     room: Arc<Semaphore>,
     capacity: usize,
-    /// Batches of reads handed to a send and not yet received.
-    in_flight: AtomicUsize,
+    /// Batches of reads handed to a send and not yet received: oldest read
+    /// time (host monotonic ms) → number of batches. A lock per batch, on
+    /// both sides: a few hundred a second at most.
+    in_flight: Mutex<BTreeMap<u64, usize>>,
     /// Sends of reads that found the channel full and had to wait.
     waits: AtomicU64,
 }
@@ -72,6 +77,30 @@ struct Shared {
 pub struct Queued {
     msg: ReaderMsg,
     _room: Option<OwnedSemaphorePermit>,
+    /// The batch's oldest read time, while it counts as in flight.
+    oldest: Option<u64>,
+}
+
+impl Shared {
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, usize>> {
+        // A panic while holding this lock cannot leave the map torn (each
+        // change is one insert or remove); carry on with it.
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, oldest: u64) {
+        *self.in_flight().entry(oldest).or_insert(0) += 1;
+    }
+
+    fn remove(&self, oldest: u64) {
+        let mut m = self.in_flight();
+        if let Some(n) = m.get_mut(&oldest) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&oldest);
+            }
+        }
+    }
 }
 
 /// Sending half handed to a driver.
@@ -103,16 +132,16 @@ impl ReadReceiver {
     }
 
     fn taken(&self, q: Queued) -> ReaderMsg {
-        if matches!(q.msg, ReaderMsg::Reads { .. }) {
-            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(oldest) = q.oldest {
+            self.shared.remove(oldest);
         }
         q.msg
     }
 
-    /// Whether any batch of reads is queued or being sent (a reader waiting
-    /// for room counts too).
-    pub fn reads_in_flight(&self) -> bool {
-        self.shared.in_flight.load(Ordering::Acquire) > 0
+    /// The oldest read time (host monotonic ms) of the batches queued or
+    /// being sent (a reader waiting for room counts too); `None`: none.
+    pub fn oldest_in_flight(&self) -> Option<u64> {
+        self.shared.in_flight().keys().next().copied()
     }
 
     /// Reads queued now (room taken).
@@ -137,13 +166,14 @@ impl ReadReceiver {
 /// abandoned (its future dropped at shutdown) uncounts it.
 struct InFlight<'a> {
     shared: &'a Shared,
+    oldest: u64,
     armed: bool,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.shared.remove(self.oldest);
         }
     }
 }
@@ -168,7 +198,7 @@ impl ReadSink {
         let shared = Arc::new(Shared {
             room: Arc::new(Semaphore::new(capacity)),
             capacity,
-            in_flight: AtomicUsize::new(0),
+            in_flight: Mutex::new(BTreeMap::new()),
             waits: AtomicU64::new(0),
         });
         (
@@ -211,6 +241,7 @@ impl ReadSink {
             .blocking_send(Queued {
                 msg: ReaderMsg::Tap(tap),
                 _room: None,
+                oldest: None,
             })
             .map_err(|_| SinkClosed)
     }
@@ -218,21 +249,29 @@ impl ReadSink {
     /// Sends a message, waiting while the channel is full (in messages or,
     /// for reads, in reads).
     pub async fn send(&self, msg: ReaderMsg) -> Result<(), SinkClosed> {
-        let weight = match &msg {
-            ReaderMsg::Reads { reads, .. } => reads.len().clamp(1, self.shared.capacity),
-            ReaderMsg::Tap(_) => 0,
+        let (weight, oldest) = match &msg {
+            ReaderMsg::Reads { reads, .. } => (
+                reads.len().clamp(1, self.shared.capacity),
+                reads.iter().map(|r| r.host.mono_ms).min(),
+            ),
+            ReaderMsg::Tap(_) => (0, None),
         };
-        if weight == 0 {
+        let Some(oldest) = oldest else {
             return self
                 .tx
-                .send(Queued { msg, _room: None })
+                .send(Queued {
+                    msg,
+                    _room: None,
+                    oldest: None,
+                })
                 .await
                 .map_err(|_| SinkClosed);
-        }
+        };
         // In flight from before the wait for room: the reads are stamped.
-        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.shared.add(oldest);
         let mut guard = InFlight {
             shared: &self.shared,
+            oldest,
             armed: true,
         };
         let n = u32::try_from(weight).unwrap_or(u32::MAX);
@@ -252,6 +291,7 @@ impl ReadSink {
             .send(Queued {
                 msg,
                 _room: Some(room),
+                oldest: Some(oldest),
             })
             .await
             .map_err(|_| SinkClosed)?;

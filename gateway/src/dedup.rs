@@ -169,9 +169,9 @@ pub struct DedupStats {
 /// read this much older than the newest one is still judged on its time.
 pub const READ_LATENESS_MS: u64 = 250;
 
-/// How far behind the clock a tick moves the watermark when no reads are in
-/// flight: a reader stamps a read a moment before it counts as in flight
-/// (the reader's own synchronous code between the stamp and the send).
+/// How far behind the clock a tick moves the watermark: a reader stamps a
+/// read a moment before it counts as in flight (the reader's own
+/// synchronous code between the stamp and the send).
 pub const CLOCK_GRACE_MS: u64 = 10;
 
 type Key = (usize, Box<[u8]>);
@@ -195,9 +195,10 @@ struct Tracked {
 /// re-reported at fixed intervals after its arrival. When a decision is
 /// *made* depends on the watermark (the time up to which the engine knows
 /// every read): it advances with the reads themselves (the newest read
-/// minus [`READ_LATENESS_MS`]), and with the clock only when no read is on
-/// its way ([`Dedup::clock_tick`]). So a backlog of queued reads or a
-/// stalled store delays events but never changes them.
+/// minus [`READ_LATENESS_MS`]) and with the clock ([`Dedup::clock_tick`]),
+/// and never past the oldest read still on its way ([`Dedup::hold_back`]).
+/// So a backlog of queued reads or a stalled store delays events but never
+/// changes them.
 #[derive(Debug)]
 pub struct Dedup {
     config: DedupConfig,
@@ -214,6 +215,9 @@ pub struct Dedup {
     /// Silence up to here has been judged; no read older than this is
     /// expected (one that comes anyway is counted in `late_reads`).
     watermark: u64,
+    /// The oldest read time of reads handed over and not yet observed: the
+    /// watermark stays at or before it.
+    held_at: Option<u64>,
     stats: DedupStats,
 }
 
@@ -238,6 +242,7 @@ impl Dedup {
             by_report: BTreeSet::new(),
             next_id: 0,
             watermark: 0,
+            held_at: None,
             stats: DedupStats::default(),
         }
     }
@@ -413,26 +418,34 @@ impl Dedup {
     /// Advances time to `now`: departures of silent tags, forgetting silent
     /// pending tags, and `present` reports, each stamped with the moment it
     /// fell due. The caller promises that no read older than `now` is still
-    /// to come; [`Dedup::clock_tick`] is the clamped form for a clock.
+    /// to come (beyond those [`Dedup::hold_back`] announced);
+    /// [`Dedup::clock_tick`] is the form for a clock.
     pub fn tick(&mut self, now: HostTime, out: &mut Vec<TagEvent>) {
         self.advance(now.mono_ms, out);
     }
 
-    /// A tick from the clock, clamped so it can never fake a departure:
-    /// while any read is in flight (queued towards the engine, or a reader
-    /// waiting to queue it) the clock moves nothing, since those reads may
-    /// be older than `now` and they advance the watermark themselves; with
-    /// nothing in flight it moves the watermark to `now` less
-    /// [`CLOCK_GRACE_MS`].
-    pub fn clock_tick(&mut self, now: HostTime, reads_in_flight: bool, out: &mut Vec<TagEvent>) {
-        if !reads_in_flight {
-            self.advance(now.mono_ms.saturating_sub(CLOCK_GRACE_MS), out);
-        }
+    /// Says which reads are still on their way to the engine: `Some(t)`,
+    /// reads as old as `t` are queued (or a reader waits to queue them);
+    /// `None`, nothing is. Until told otherwise, neither reads nor the
+    /// clock move the watermark past `t`: those reads are judged on their
+    /// own time when they come, however long the queue.
+    pub fn hold_back(&mut self, oldest_in_flight: Option<u64>) {
+        self.held_at = oldest_in_flight;
     }
 
-    /// Moves the watermark to `to` (never back) and makes every decision
-    /// that falls due up to it, in time order.
+    /// A tick from the clock, clamped so it can never fake a departure: it
+    /// moves the watermark to `now` less [`CLOCK_GRACE_MS`], but not past
+    /// the oldest read in flight ([`Dedup::hold_back`]): a backlog of
+    /// queued older reads moves time by itself.
+    pub fn clock_tick(&mut self, now: HostTime, out: &mut Vec<TagEvent>) {
+        self.advance(now.mono_ms.saturating_sub(CLOCK_GRACE_MS), out);
+    }
+
+    /// Moves the watermark to `to` (never back, never past the oldest read
+    /// in flight) and makes every decision that falls due up to it, in time
+    /// order.
     fn advance(&mut self, to: u64, out: &mut Vec<TagEvent>) {
+        let to = self.held_at.map_or(to, |held| to.min(held));
         if to <= self.watermark {
             return;
         }
@@ -838,11 +851,15 @@ mod tests {
         let mut d = Dedup::new(cfg(1, 1000, 500, None, 100), vec![PointSettings::default()]);
         let mut out = Vec::new();
         for t in (0..=5_000).step_by(100) {
-            d.clock_tick(at(10_000), true, &mut out);
+            // The rest of the backlog, from this read on, is queued.
+            d.hold_back(Some(t));
+            d.clock_tick(at(10_000), &mut out);
+            d.hold_back(Some(t + 100));
             d.observe(0, &read(1, 1, t), &mut out);
         }
         assert_eq!(out.len(), 1, "only the arrival: {out:?}");
-        d.clock_tick(at(10_000), false, &mut out);
+        d.hold_back(None);
+        d.clock_tick(at(10_000), &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!((out[1].kind, out[1].at.mono_ms), (Kind::Departed, 5_500));
         assert_eq!(out[1].tag.read_count, 51);
@@ -873,9 +890,9 @@ mod tests {
         let mut d = Dedup::new(cfg(1, 1000, 500, None, 100), vec![PointSettings::default()]);
         let mut out = Vec::new();
         d.observe(0, &read(1, 1, 0), &mut out);
-        d.clock_tick(at(500), false, &mut out);
+        d.clock_tick(at(500), &mut out);
         assert_eq!(out.len(), 1, "500 - grace is before the timeout ran out");
-        d.clock_tick(at(500 + CLOCK_GRACE_MS), false, &mut out);
+        d.clock_tick(at(500 + CLOCK_GRACE_MS), &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(d.next_deadline_ms(600), None);
     }
@@ -905,9 +922,11 @@ mod tests {
 
     /// Feeds time-ordered reads the way the pipeline might under any load:
     /// in batches of `batches[i]` reads, and before each batch a clock tick
-    /// at a time given by `ticks[i]` (`None`: none; `Some((c, true))`: reads
-    /// in flight, any clock value; `Some((c, false))`: nothing in flight,
-    /// so the clock is at most the next read's time plus the grace).
+    /// at a time given by `ticks[i]` (`None`: none; `Some((c, true))`: the
+    /// rest of the reads are in flight, any clock value; `Some((c, false))`:
+    /// nothing in flight, so the clock is at most the next read's time plus
+    /// the grace). While a batch is observed, the reads after it are in
+    /// flight when `ticks[i]` says so.
     /// Returns the events in a canonical order.
     fn run_batched(
         config: DedupConfig,
@@ -940,18 +959,30 @@ mod tests {
         let mut b = 0;
         while i < sorted.len() {
             let next_t = sorted[i].2;
-            match ticks.get(b % ticks.len().max(1)).copied().flatten() {
-                Some((c, true)) => d.clock_tick(at(c), true, &mut out),
-                Some((c, false)) => {
-                    d.clock_tick(at(c.min(next_t + CLOCK_GRACE_MS)), false, &mut out)
-                }
-                None => {}
-            }
+            let tick = ticks.get(b % ticks.len().max(1)).copied().flatten();
             let n = batches
                 .get(b % batches.len().max(1))
                 .copied()
                 .unwrap_or(1)
                 .max(1);
+            match tick {
+                Some((c, true)) => {
+                    d.hold_back(Some(next_t));
+                    d.clock_tick(at(c), &mut out);
+                }
+                Some((c, false)) => {
+                    d.hold_back(None);
+                    d.clock_tick(at(c.min(next_t + CLOCK_GRACE_MS)), &mut out);
+                }
+                None => {}
+            }
+            // The batch is taken; what follows it may still be queued.
+            let queued_after = sorted.get(i + n).map(|r| r.2);
+            d.hold_back(if matches!(tick, Some((_, true))) {
+                queued_after
+            } else {
+                None
+            });
             for &(epc, rp, t) in sorted.iter().skip(i).take(n) {
                 d.observe(usize::from(rp % 2), &read(epc, 1 + rp / 2, t), &mut out);
             }

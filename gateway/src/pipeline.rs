@@ -362,11 +362,13 @@ impl Pipeline {
     }
 
     /// Advances time; returns departures and re-reports. While reads are in
-    /// flight towards the pipeline the clock does not move dedup time.
-    pub fn on_tick(&mut self, reads_in_flight: bool) -> Vec<EventDraft> {
+    /// flight towards the pipeline (`oldest_in_flight`: the oldest read time
+    /// among them) the clock moves dedup time no further than them.
+    pub fn on_tick(&mut self, oldest_in_flight: Option<u64>) -> Vec<EventDraft> {
         let mut events = Vec::new();
         let now = self.clock.now();
-        self.dedup.clock_tick(now, reads_in_flight, &mut events);
+        self.dedup.hold_back(oldest_in_flight);
+        self.dedup.clock_tick(now, &mut events);
         self.door.poll(now);
         let stats = self.dedup.stats();
         metrics::gauge!("tracegate_dedup_tracked_tags").set(stats.tracked as f64);
@@ -630,6 +632,8 @@ pub async fn run(
             msg = rx.recv() => match msg {
                 Some(ReaderMsg::Reads { reads, ack }) => {
                     reads_taken += reads.len() as u64;
+                    // Reads still queued behind this batch hold dedup time back.
+                    pipeline.dedup.hold_back(rx.oldest_in_flight());
                     let drafts = pipeline.on_reads(&reads);
                     // The technician's page: moves the batch (no copy) and only while watched.
                     if let Some(tap) = &read_tap { tap.offer(reads); }
@@ -653,7 +657,7 @@ pub async fn run(
                 None
             }
             _ = tokio::time::sleep_until(next_tick) => {
-                let drafts = pipeline.on_tick(rx.reads_in_flight());
+                let drafts = pipeline.on_tick(rx.oldest_in_flight());
                 next_tick = tokio::time::Instant::now() + pipeline.next_tick_in();
                 let now = tokio::time::Instant::now();
                 let waits = rx.waits();
@@ -695,7 +699,7 @@ pub async fn run(
     // Every reader has stopped and every read it handed over has been
     // processed: nothing is in flight, so the clock decides the departures
     // that fell due meanwhile; then open read windows close.
-    let mut drafts = pipeline.on_tick(false);
+    let mut drafts = pipeline.on_tick(None);
     drafts.extend(pipeline.on_shutdown());
     drafts_made += drafts.len() as u64;
     if !drafts.is_empty()

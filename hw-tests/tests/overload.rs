@@ -151,11 +151,7 @@ commit_interval_ms = 20
     // Every tag the simulator introduced was read, and so none was lost:
     // the stall was absorbed by the bounded queues, the readers never waited.
     assert_eq!(tags.len(), 400);
-    assert!(
-        !gw.log().contains("pipeline.backpressure"),
-        "{}",
-        gw.log()
-    );
+    assert!(!gw.log().contains("pipeline.backpressure"), "{}", gw.log());
 }
 
 /// A gateway with two simulated portals offering `tags_per_s` tags in
