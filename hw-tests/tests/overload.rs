@@ -240,3 +240,77 @@ fn overload_at_twice_the_sustainable_rate_keeps_every_tag_to_one_arrival_and_one
     assert!(tags.len() > 100, "{line}; log:\n{}", gw.log());
     assert!(peak < RSS_BOUND_MIB, "{line}");
 }
+
+#[test]
+fn sigterm_under_a_backlog_commits_every_event_made_from_the_reads_already_accepted() {
+    let gw = TempGateway::new(
+        "gw-drain",
+        r#"
+[[readers]]
+name = "sim1"
+kind = "sim"
+antennas = [1, 2]
+read_rate = 1000
+arrival_interval_ms = 20
+dwell_ms = 300
+seed = 13
+
+[[read_points]]
+name = "door"
+reader = "sim1"
+
+[dedup]
+min_reads = 1
+departure_timeout_ms = 500
+
+[store]
+commit_interval_ms = 20
+"#,
+    )
+    .unwrap();
+    let mut child = gw.spawn().unwrap();
+    wait_ready(&gw);
+    wait_for(Duration::from_secs(10), || {
+        gw.events(&[]).ok().filter(|e| e.len() >= 10)
+    })
+    .unwrap_or_else(|| panic!("no events; log:\n{}", gw.log()));
+
+    // A stalled store for 3 s builds a backlog of reads and events; SIGTERM
+    // arrives during the stall, which ends 1 s later, inside the deadline.
+    let db = gw.dir.path().join("data/events.db");
+    let locker = rusqlite::Connection::open(&db).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    signal(&child, Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    locker.execute_batch("ROLLBACK").unwrap();
+    drop(locker);
+    let status = wait_exit(&mut child, Duration::from_secs(15)).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("still running 15 s after SIGTERM; log:\n{}", gw.log())
+    });
+    let log = gw.log();
+    assert!(status.success(), "exit {status}; log:\n{log}");
+
+    // What the pipeline made from every read it accepted is what the store
+    // holds: nothing in memory was dropped by the stop.
+    let made: u64 = log
+        .lines()
+        .find(|l| l.contains("pipeline.stopped"))
+        .and_then(|l| l.split("events=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no pipeline.stopped line with events=; log:\n{log}"));
+    let events = gw.events(&[]).unwrap();
+    assert_eq!(events.len() as u64, made, "log:\n{log}");
+    let tags = per_tag(&events);
+    assert!(
+        tags.values().all(|&(a, d)| a == 1 && d <= 1),
+        "{:?}",
+        wrong_tags(&tags)
+            .into_iter()
+            .filter(|(_, c)| c.0 != 1 || c.1 > 1)
+            .take(10)
+            .collect::<Vec<_>>()
+    );
+}
