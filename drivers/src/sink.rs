@@ -74,7 +74,7 @@ struct Shared {
 /// A message with the room it takes; the room is given back when the
 /// pipeline receives it.
 #[derive(Debug)]
-pub struct Queued {
+struct Queued {
     msg: ReaderMsg,
     _room: Option<OwnedSemaphorePermit>,
     /// The batch's oldest read time, while it counts as in flight.
@@ -298,5 +298,71 @@ impl ReadSink {
         // Queued: the receiver uncounts it when it takes it.
         guard.armed = false;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::HostTime;
+
+    fn batch(n: usize, at_ms: u64) -> Vec<RawRead> {
+        (0..n)
+            .map(|i| RawRead {
+                reader: Arc::from("r"),
+                antenna: 1,
+                epc: vec![0x30, i as u8],
+                tid: None,
+                pc: None,
+                rssi_dbm: None,
+                frequency_khz: None,
+                phase_deg: None,
+                reader_timestamp_ms: None,
+                host: HostTime {
+                    mono_ms: at_ms + i as u64,
+                    utc_ms: 0,
+                    clock_synced: true,
+                },
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_waiting_for_room_holds_back_time_until_the_pipeline_takes_it() {
+        let (sink, mut rx) = ReadSink::bounded(16, 10);
+        sink.reads(batch(8, 100)).await.unwrap();
+        assert_eq!((rx.queued_reads(), rx.oldest_in_flight()), (8, Some(100)));
+        // Room for 2 more reads only: this one waits, yet counts.
+        let waiting = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.reads(batch(5, 50)).await }
+        });
+        tokio::task::yield_now().await;
+        while rx.waits() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(rx.oldest_in_flight(), Some(50));
+        let ReaderMsg::Reads { reads, .. } = rx.recv().await.unwrap() else {
+            panic!("not reads")
+        };
+        assert_eq!(reads.len(), 8);
+        waiting.await.unwrap().unwrap();
+        assert_eq!((rx.queued_reads(), rx.oldest_in_flight()), (5, Some(50)));
+        rx.recv().await.unwrap();
+        assert_eq!((rx.queued_reads(), rx.oldest_in_flight()), (0, None));
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_send_no_longer_counts_as_in_flight() {
+        let (sink, rx) = ReadSink::bounded(16, 4);
+        sink.reads(batch(4, 10)).await.unwrap();
+        let send = sink.reads(batch(2, 5));
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(20), send)
+                .await
+                .is_err(),
+            "no room: the send waits"
+        );
+        assert_eq!(rx.oldest_in_flight(), Some(10));
     }
 }

@@ -920,6 +920,18 @@ mod tests {
         out
     }
 
+    /// An event reduced to what must not depend on processing: time, kind,
+    /// read point, EPC, read count, direction, reason.
+    type Canonical = (
+        u64,
+        u8,
+        usize,
+        Vec<u8>,
+        u64,
+        Option<u8>,
+        Option<&'static str>,
+    );
+
     /// Feeds time-ordered reads the way the pipeline might under any load:
     /// in batches of `batches[i]` reads, and before each batch a clock tick
     /// at a time given by `ticks[i]` (`None`: none; `Some((c, true))`: the
@@ -933,15 +945,7 @@ mod tests {
         reads: &[(u8, u8, u64)],
         batches: &[usize],
         ticks: &[Option<(u64, bool)>],
-    ) -> Vec<(
-        u64,
-        u8,
-        usize,
-        Vec<u8>,
-        u64,
-        Option<u8>,
-        Option<&'static str>,
-    )> {
+    ) -> Vec<Canonical> {
         let points = vec![
             PointSettings {
                 direction: Some(Portal {
