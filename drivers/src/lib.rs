@@ -35,4 +35,4 @@ pub mod uhf;
 pub use clock::{Clock, HostTime};
 pub use health::{ReaderHealth, ReaderState};
 pub use read::{RawRead, Tap};
-pub use sink::{CommitAck, ReadSink, ReaderMsg};
+pub use sink::{CommitAck, ReadReceiver, ReadSink, ReaderMsg};

@@ -175,6 +175,9 @@ pub struct SimRead {
     pub at_ms: u64,
 }
 
+/// The longest stretch of reads one step reports (see `step_reads`).
+pub const MAX_CATCH_UP_MS: u64 = 100;
+
 /// The simulated field. Deterministic: the same config and the same sequence
 /// of `step` times give the same reads.
 #[derive(Debug)]
@@ -267,7 +270,10 @@ impl SimWorld {
             self.read_budget = 0.0;
             return Vec::new();
         }
-        let elapsed = now_ms.saturating_sub(since) as f64 / 1000.0;
+        // A reader whose host stops taking reads (backpressure) stops
+        // reading, as a module does when it is not polled: after a pause
+        // it reports one round's worth, not the whole pause's.
+        let elapsed = now_ms.saturating_sub(since).min(MAX_CATCH_UP_MS) as f64 / 1000.0;
         self.read_budget += elapsed * f64::from(self.config.read_rate);
         let n = self.read_budget.floor();
         self.read_budget -= n;

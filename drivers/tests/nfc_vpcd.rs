@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracegate_drivers::nfc::emu::{EmulatedCard, Ntag21x, Ntag424, SunBehaviour};
 use tracegate_drivers::nfc::sun::{self, AesKey, KeyFile, MacInput, SunKeys, SunOutcome};
@@ -54,7 +53,7 @@ fn pcscd_available() -> bool {
 }
 
 struct Harness {
-    rx: mpsc::Receiver<ReaderMsg>,
+    rx: tracegate_drivers::ReadReceiver,
     health: Arc<ReaderHealth>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), PcscError>>,

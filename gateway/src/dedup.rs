@@ -155,7 +155,24 @@ pub struct DedupStats {
     pub events: u64,
     pub evictions: u64,
     pub tracked: usize,
+    /// Reads older than the watermark when they reached the engine (a
+    /// decision about their tag may already have been made without them).
+    /// Zero while readers deliver in time order, as they do.
+    pub late_reads: u64,
+    /// The engine's time: silence up to here has been judged (mono ms).
+    pub watermark_ms: u64,
 }
+
+/// How far behind the newest read the watermark stays while reads drive
+/// it: a read of one reader may reach the engine after a slightly newer one
+/// of another reader (each reader stamps, then queues its batch), and a
+/// read this much older than the newest one is still judged on its time.
+pub const READ_LATENESS_MS: u64 = 250;
+
+/// How far behind the clock a tick moves the watermark: a reader stamps a
+/// read a moment before it counts as in flight (the reader's own
+/// synchronous code between the stamp and the send).
+pub const CLOCK_GRACE_MS: u64 = 10;
 
 type Key = (usize, Box<[u8]>);
 
@@ -166,11 +183,22 @@ struct Tracked {
     arrived: bool,
     window_start_ms: u64,
     window_reads: u32,
-    last_report_ms: u64,
+    /// When the last `present` report fell due (or the arrival).
+    last_report: HostTime,
     first_antenna: u8,
     last_antenna: u8,
 }
 
+/// The dedup engine. Every decision is made on the reads' own time:
+/// a tag arrives at the read that completes its window, departs at the
+/// moment `departure_timeout` ran out after its last read, and is
+/// re-reported at fixed intervals after its arrival. When a decision is
+/// *made* depends on the watermark (the time up to which the engine knows
+/// every read): it advances with the reads themselves (the newest read
+/// minus [`READ_LATENESS_MS`]) and with the clock ([`Dedup::clock_tick`]),
+/// and never past the oldest read still on its way ([`Dedup::hold_back`]).
+/// So a backlog of queued reads or a stalled store delays events but never
+/// changes them.
 #[derive(Debug)]
 pub struct Dedup {
     config: DedupConfig,
@@ -181,13 +209,27 @@ pub struct Dedup {
     tags: HashMap<u64, Tracked>,
     /// (last_seen mono ms, id): oldest first, for departures and eviction.
     by_last_seen: BTreeSet<(u64, u64)>,
+    /// (next report due mono ms, id) of arrived tags, with `report_interval`.
+    by_report: BTreeSet<(u64, u64)>,
     next_id: u64,
+    /// Silence up to here has been judged; no read older than this is
+    /// expected (one that comes anyway is counted in `late_reads`).
+    watermark: u64,
+    /// The oldest read time of reads handed over and not yet observed: the
+    /// watermark stays at or before it.
+    held_at: Option<u64>,
     stats: DedupStats,
 }
 
 fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
+
+/// At most this many `present` reports per tag fall due between two of its
+/// reads (a report interval far shorter than the departure timeout would
+/// otherwise make one read produce millions); beyond it the rest of the
+/// silence is not re-reported.
+const MAX_REPORTS_PER_GAP: u32 = 1_000;
 
 impl Dedup {
     pub fn new(config: DedupConfig, points: Vec<PointSettings>) -> Self {
@@ -197,7 +239,10 @@ impl Dedup {
             ids: Vec::new(),
             tags: HashMap::new(),
             by_last_seen: BTreeSet::new(),
+            by_report: BTreeSet::new(),
             next_id: 0,
+            watermark: 0,
+            held_at: None,
             stats: DedupStats::default(),
         }
     }
@@ -205,6 +250,7 @@ impl Dedup {
     pub fn stats(&self) -> DedupStats {
         DedupStats {
             tracked: self.tags.len(),
+            watermark_ms: self.watermark,
             ..self.stats
         }
     }
@@ -214,10 +260,29 @@ impl Dedup {
         tag_key(self.config.key, read)
     }
 
-    fn forget(&mut self, key: &Key) {
-        if let Some(ids) = self.ids.get_mut(key.0) {
-            ids.remove(&key.1);
+    fn timeout_ms(&self) -> u64 {
+        ms(self.config.departure_timeout)
+    }
+
+    /// Removes a tag from every index.
+    fn untrack(&mut self, id: u64) -> Option<Tracked> {
+        let t = self.tags.remove(&id)?;
+        self.by_last_seen.remove(&(t.summary.last_seen.mono_ms, id));
+        if let Some(due) = self.report_due(&t) {
+            self.by_report.remove(&(due, id));
         }
+        if let Some(ids) = self.ids.get_mut(t.key.0) {
+            ids.remove(&t.key.1);
+        }
+        Some(t)
+    }
+
+    /// When the tag's next `present` report falls due (arrived tags with a
+    /// report interval only).
+    fn report_due(&self, t: &Tracked) -> Option<u64> {
+        let interval = self.config.report_interval.map(ms)?;
+        t.arrived
+            .then(|| t.last_report.mono_ms.saturating_add(interval))
     }
 
     /// Feeds one read seen at `read_point`. Reads without the configured key
@@ -227,18 +292,37 @@ impl Dedup {
         let Some(tag_key) = self.key_of(read) else {
             return;
         };
-        let now = read.host.mono_ms;
+        let t_read = read.host.mono_ms;
+        // Reads drive time: decisions up to a little before this read are
+        // now safe to make (later reads of other readers may be a little
+        // older than this one, never much).
+        self.advance(t_read.saturating_sub(READ_LATENESS_MS), out);
+        if t_read < self.watermark {
+            self.stats.late_reads += 1;
+        }
         let window = ms(self.config.arrival_window);
-        let known = self
+        let timeout = self.timeout_ms();
+        let mut known = self
             .ids
             .get(read_point)
             .and_then(|ids| ids.get(tag_key.as_ref()))
             .copied();
+        if let Some(id) = known {
+            // Reports that fell due up to this read, then (if the tag was
+            // silent for the whole timeout) its departure: on the read's
+            // time, whether or not the watermark got there first.
+            self.reports_until(id, t_read.saturating_add(1), out);
+            let silent_since = self.tags.get(&id).map(|t| t.summary.last_seen.mono_ms);
+            if silent_since.is_some_and(|last| t_read.saturating_sub(last) >= timeout) {
+                self.depart_timed_out(id, out);
+                known = None;
+            }
+        }
         let id = match known {
             Some(id) => id,
             None => {
                 if self.tags.len() >= self.config.max_tags.get() {
-                    self.evict_oldest(read.host, out);
+                    self.make_room(read.host, out);
                 }
                 let id = self.next_id;
                 self.next_id += 1;
@@ -265,24 +349,25 @@ impl Dedup {
                             clock_synced: true,
                         },
                         arrived: false,
-                        window_start_ms: now,
+                        window_start_ms: t_read,
                         window_reads: 0,
-                        last_report_ms: now,
+                        last_report: read.host,
                         first_antenna: read.antenna,
                         last_antenna: read.antenna,
                     },
                 );
-                self.by_last_seen.insert((now, id));
+                self.by_last_seen.insert((t_read, id));
                 id
             }
         };
+        let interval = self.config.report_interval.map(ms);
         let Some(t) = self.tags.get_mut(&id) else {
             return;
         };
         let previous = t.summary.last_seen.mono_ms;
         // Reads may arrive slightly out of order across readers; time never
         // runs backwards inside the engine.
-        let now = now.max(previous);
+        let now = t_read.max(previous);
         if previous != now {
             self.by_last_seen.remove(&(previous, id));
             self.by_last_seen.insert((now, id));
@@ -313,7 +398,10 @@ impl Dedup {
             t.window_reads += 1;
             if t.window_reads >= self.config.min_reads.get() {
                 t.arrived = true;
-                t.last_report_ms = now;
+                t.last_report = t.summary.last_seen;
+                if let Some(interval) = interval {
+                    self.by_report.insert((now.saturating_add(interval), id));
+                }
                 self.stats.events += 1;
                 out.push(TagEvent {
                     kind: Kind::Arrived,
@@ -327,65 +415,181 @@ impl Dedup {
         }
     }
 
-    /// Advances time: departures of silent tags, forgetting silent pending
-    /// tags, and periodic `present` reports. Call regularly (every 100 ms).
+    /// Advances time to `now`: departures of silent tags, forgetting silent
+    /// pending tags, and `present` reports, each stamped with the moment it
+    /// fell due. The caller promises that no read older than `now` is still
+    /// to come (beyond those [`Dedup::hold_back`] announced);
+    /// [`Dedup::clock_tick`] is the form for a clock.
     pub fn tick(&mut self, now: HostTime, out: &mut Vec<TagEvent>) {
-        let timeout = ms(self.config.departure_timeout);
-        while let Some(&(last, id)) = self.by_last_seen.first() {
-            if now.mono_ms.saturating_sub(last) < timeout {
+        self.advance(now.mono_ms, out);
+    }
+
+    /// Says which reads are still on their way to the engine: `Some(t)`,
+    /// reads as old as `t` are queued (or a reader waits to queue them);
+    /// `None`, nothing is. Until told otherwise, neither reads nor the
+    /// clock move the watermark past `t`: those reads are judged on their
+    /// own time when they come, however long the queue.
+    pub fn hold_back(&mut self, oldest_in_flight: Option<u64>) {
+        self.held_at = oldest_in_flight;
+    }
+
+    /// A tick from the clock, clamped so it can never fake a departure: it
+    /// moves the watermark to `now` less [`CLOCK_GRACE_MS`], but not past
+    /// the oldest read in flight ([`Dedup::hold_back`]): a backlog of
+    /// queued older reads moves time by itself.
+    pub fn clock_tick(&mut self, now: HostTime, out: &mut Vec<TagEvent>) {
+        self.advance(now.mono_ms.saturating_sub(CLOCK_GRACE_MS), out);
+    }
+
+    /// Moves the watermark to `to` (never back, never past the oldest read
+    /// in flight) and makes every decision that falls due up to it, in time
+    /// order.
+    fn advance(&mut self, to: u64, out: &mut Vec<TagEvent>) {
+        let to = self.held_at.map_or(to, |held| to.min(held));
+        if to <= self.watermark {
+            return;
+        }
+        self.watermark = to;
+        let timeout = self.timeout_ms();
+        loop {
+            let departure = self
+                .by_last_seen
+                .first()
+                .map(|&(last, id)| (last.saturating_add(timeout), id))
+                .filter(|&(due, _)| due <= to);
+            let report = self
+                .by_report
+                .first()
+                .copied()
+                .filter(|&(due, _)| due <= to);
+            match (departure, report) {
+                // A report due before a departure is made first; a report
+                // due with or after its own tag's departure never is.
+                (Some((d, _)), Some((r, id))) if r < d => self.report_at(r, id, out),
+                (Some((_, id)), _) => {
+                    self.depart_timed_out(id, out);
+                    // An index entry without its tag must not stop time.
+                    if let Some(&first) = self.by_last_seen.first() {
+                        if first.1 == id && !self.tags.contains_key(&id) {
+                            self.by_last_seen.pop_first();
+                        }
+                    }
+                }
+                (None, Some((r, id))) => self.report_at(r, id, out),
+                (None, None) => break,
+            }
+        }
+    }
+
+    /// Makes the report of tag `id` due at `due` (and any before it).
+    fn report_at(&mut self, due: u64, id: u64, out: &mut Vec<TagEvent>) {
+        self.reports_until(id, due.saturating_add(1), out);
+        // An entry that did not move (no such tag any more) is dropped, so
+        // the loop in `advance` always makes progress.
+        if self.by_report.first() == Some(&(due, id)) {
+            self.by_report.pop_first();
+        }
+    }
+
+    /// Emits the `present` reports of tag `id` that fall due before `until`
+    /// (and before its departure).
+    fn reports_until(&mut self, id: u64, until: u64, out: &mut Vec<TagEvent>) {
+        let Some(interval) = self.config.report_interval.map(ms) else {
+            return;
+        };
+        let timeout = self.timeout_ms();
+        let Some(t) = self.tags.get_mut(&id) else {
+            return;
+        };
+        if !t.arrived {
+            return;
+        }
+        let departs = t.summary.last_seen.mono_ms.saturating_add(timeout);
+        let before = t.last_report.mono_ms.saturating_add(interval);
+        let mut made = 0u32;
+        loop {
+            let due = t.last_report.mono_ms.saturating_add(interval);
+            if due >= until || due >= departs || made >= MAX_REPORTS_PER_GAP {
                 break;
             }
-            self.by_last_seen.pop_first();
-            if let Some(t) = self.tags.remove(&id) {
-                self.forget(&t.key);
-                if t.arrived {
-                    // The departure happened when the timeout ran out, which
-                    // may be before this tick noticed it.
-                    let at = shift(t.summary.last_seen, timeout);
-                    self.emit_departure(t, at, None, out);
-                }
-            }
+            t.last_report = shift(t.last_report, interval);
+            made += 1;
+            self.stats.events += 1;
+            out.push(TagEvent {
+                kind: Kind::Present,
+                read_point: t.key.0,
+                at: t.last_report,
+                tag: t.summary.clone(),
+                direction: None,
+                reason: None,
+            });
         }
-        if let Some(interval) = self.config.report_interval.map(ms) {
-            let mut due: Vec<u64> = self
-                .tags
-                .iter()
-                .filter(|(_, t)| {
-                    t.arrived && now.mono_ms.saturating_sub(t.last_report_ms) >= interval
-                })
-                .map(|(&id, _)| id)
-                .collect();
-            due.sort_unstable();
-            for id in due {
-                if let Some(t) = self.tags.get_mut(&id) {
-                    t.last_report_ms = now.mono_ms;
-                    self.stats.events += 1;
-                    out.push(TagEvent {
-                        kind: Kind::Present,
-                        read_point: t.key.0,
-                        at: now,
-                        tag: t.summary.clone(),
-                        direction: None,
-                        reason: None,
-                    });
-                }
+        if made >= MAX_REPORTS_PER_GAP {
+            // Skip the rest of this silence: the next report is due after
+            // the read (or departure) that ends it.
+            let skip = until.max(departs).saturating_sub(t.last_report.mono_ms);
+            let n = skip / interval.max(1);
+            t.last_report = shift(t.last_report, n.saturating_mul(interval));
+        }
+        let after = t.last_report.mono_ms.saturating_add(interval);
+        if after != before {
+            self.by_report.remove(&(before, id));
+            self.by_report.insert((after, id));
+        }
+    }
+
+    /// Tag `id` has been silent for the whole timeout: an arrived tag
+    /// departs, stamped with the moment the timeout ran out; a pending one
+    /// is forgotten.
+    fn depart_timed_out(&mut self, id: u64, out: &mut Vec<TagEvent>) {
+        let timeout = self.timeout_ms();
+        if let Some(t) = self.untrack(id) {
+            if t.arrived {
+                let at = shift(t.summary.last_seen, timeout);
+                self.emit_departure(t, at, None, out);
             }
         }
     }
 
-    /// Milliseconds until the next departure could fall due (0: already
-    /// due), so the pipeline can sleep exactly that long.
+    /// Milliseconds until the next decision could fall due (a departure or
+    /// a `present` report; 0: already due), so the pipeline can sleep
+    /// exactly that long. A clock tick then needs [`CLOCK_GRACE_MS`] more.
     pub fn next_deadline_ms(&self, now_mono_ms: u64) -> Option<u64> {
-        let timeout = ms(self.config.departure_timeout);
-        self.by_last_seen
+        let timeout = self.timeout_ms();
+        let departure = self
+            .by_last_seen
             .first()
-            .map(|&(last, _)| (last + timeout).saturating_sub(now_mono_ms))
+            .map(|&(last, _)| last.saturating_add(timeout));
+        let report = self.by_report.first().map(|&(due, _)| due);
+        let due = match (departure, report) {
+            (Some(d), Some(r)) => d.min(r),
+            (d, r) => d.or(r)?,
+        };
+        Some(due.saturating_sub(now_mono_ms))
     }
 
-    fn evict_oldest(&mut self, now: HostTime, out: &mut Vec<TagEvent>) {
-        if let Some((_, id)) = self.by_last_seen.pop_first() {
-            if let Some(t) = self.tags.remove(&id) {
-                self.forget(&t.key);
+    /// Makes room for one more tag at a read taken at `now`: tags whose
+    /// timeout ran out by the read's time depart as they would have on
+    /// time; only when none has is the least recently read tag evicted.
+    fn make_room(&mut self, now: HostTime, out: &mut Vec<TagEvent>) {
+        let timeout = self.timeout_ms();
+        let mut freed = false;
+        while let Some(&(last, id)) = self.by_last_seen.first() {
+            if last.saturating_add(timeout) > now.mono_ms {
+                break;
+            }
+            self.reports_until(id, u64::MAX, out);
+            self.depart_timed_out(id, out);
+            freed = true;
+        }
+        if freed {
+            return;
+        }
+        if let Some(&(_, id)) = self.by_last_seen.first() {
+            // Reports due up to the eviction come first, as a tick would
+            // have made them.
+            self.reports_until(id, now.mono_ms.saturating_add(1), out);
+            if let Some(t) = self.untrack(id) {
                 self.stats.evictions += 1;
                 if t.arrived {
                     self.emit_departure(t, now, Some("evicted"), out);
@@ -620,6 +824,79 @@ mod tests {
         assert_ne!(out[0].read_point, out[1].read_point);
     }
 
+    #[test]
+    fn a_gap_in_a_tags_reads_is_a_departure_even_without_a_tick() {
+        let mut d = Dedup::new(cfg(1, 1000, 500, None, 100), vec![PointSettings::default()]);
+        let mut out = Vec::new();
+        d.observe(0, &read(1, 1, 0), &mut out);
+        d.observe(0, &read(1, 1, 100), &mut out);
+        // Nothing ticked (a backlog): the next read shows 900 ms of silence.
+        d.observe(0, &read(1, 1, 1000), &mut out);
+        let kinds: Vec<_> = out.iter().map(|e| (e.kind, e.at.mono_ms)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (Kind::Arrived, 0),
+                (Kind::Departed, 600),
+                (Kind::Arrived, 1000)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_backlog_of_older_reads_never_fakes_a_departure() {
+        // A tag read every 100 ms for 5 s, with a 500 ms timeout, processed
+        // while the wall clock is already 10 s on: the clock may not move
+        // time while those reads are in flight.
+        let mut d = Dedup::new(cfg(1, 1000, 500, None, 100), vec![PointSettings::default()]);
+        let mut out = Vec::new();
+        for t in (0..=5_000).step_by(100) {
+            // The rest of the backlog, from this read on, is queued.
+            d.hold_back(Some(t));
+            d.clock_tick(at(10_000), &mut out);
+            d.hold_back(Some(t + 100));
+            d.observe(0, &read(1, 1, t), &mut out);
+        }
+        assert_eq!(out.len(), 1, "only the arrival: {out:?}");
+        d.hold_back(None);
+        d.clock_tick(at(10_000), &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[1].kind, out[1].at.mono_ms), (Kind::Departed, 5_500));
+        assert_eq!(out[1].tag.read_count, 51);
+        assert_eq!(d.stats().late_reads, 0);
+    }
+
+    #[test]
+    fn reads_alone_move_time_during_a_backlog() {
+        // Two tags; one stops being read at 1000. With no tick at all (the
+        // clock is held back by the backlog), the other tag's reads move the
+        // watermark and the silent tag departs on its own time.
+        let mut d = Dedup::new(cfg(1, 1000, 500, None, 100), vec![PointSettings::default()]);
+        let mut out = Vec::new();
+        for t in (0..=3_000).step_by(100) {
+            if t <= 1_000 {
+                d.observe(0, &read(1, 1, t), &mut out);
+            }
+            d.observe(0, &read(2, 1, t), &mut out);
+        }
+        let dep: Vec<_> = out.iter().filter(|e| e.kind == Kind::Departed).collect();
+        assert_eq!(dep.len(), 1);
+        assert_eq!((dep[0].tag.epc[1], dep[0].at.mono_ms), (1, 1_500));
+        assert!(d.stats().watermark_ms >= 1_500);
+    }
+
+    #[test]
+    fn a_clock_tick_stays_behind_the_clock_by_the_grace() {
+        let mut d = Dedup::new(cfg(1, 1000, 500, None, 100), vec![PointSettings::default()]);
+        let mut out = Vec::new();
+        d.observe(0, &read(1, 1, 0), &mut out);
+        d.clock_tick(at(500), &mut out);
+        assert_eq!(out.len(), 1, "500 - grace is before the timeout ran out");
+        d.clock_tick(at(500 + CLOCK_GRACE_MS), &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(d.next_deadline_ms(600), None);
+    }
+
     fn run(config: DedupConfig, reads: &[(u8, u8, u64)], end_ms: u64) -> Vec<TagEvent> {
         let mut d = Dedup::new(config, vec![PointSettings::default(); 2]);
         let mut out = Vec::new();
@@ -643,7 +920,119 @@ mod tests {
         out
     }
 
+    /// An event reduced to what must not depend on processing: time, kind,
+    /// read point, EPC, read count, direction, reason.
+    type Canonical = (
+        u64,
+        u8,
+        usize,
+        Vec<u8>,
+        u64,
+        Option<u8>,
+        Option<&'static str>,
+    );
+
+    /// Feeds time-ordered reads the way the pipeline might under any load:
+    /// in batches of `batches[i]` reads, and before each batch a clock tick
+    /// at a time given by `ticks[i]` (`None`: none; `Some((c, true))`: the
+    /// rest of the reads are in flight, any clock value; `Some((c, false))`:
+    /// nothing in flight, so the clock is at most the next read's time plus
+    /// the grace). While a batch is observed, the reads after it are in
+    /// flight when `ticks[i]` says so.
+    /// Returns the events in a canonical order.
+    fn run_batched(
+        config: DedupConfig,
+        reads: &[(u8, u8, u64)],
+        batches: &[usize],
+        ticks: &[Option<(u64, bool)>],
+    ) -> Vec<Canonical> {
+        let points = vec![
+            PointSettings {
+                direction: Some(Portal {
+                    outside: 1,
+                    inside: 2,
+                }),
+            };
+            2
+        ];
+        let mut d = Dedup::new(config, points);
+        let mut out = Vec::new();
+        let mut sorted = reads.to_vec();
+        sorted.sort_by_key(|r| r.2);
+        let mut i = 0;
+        let mut b = 0;
+        while i < sorted.len() {
+            let next_t = sorted[i].2;
+            let tick = ticks.get(b % ticks.len().max(1)).copied().flatten();
+            let n = batches
+                .get(b % batches.len().max(1))
+                .copied()
+                .unwrap_or(1)
+                .max(1);
+            match tick {
+                Some((c, true)) => {
+                    d.hold_back(Some(next_t));
+                    d.clock_tick(at(c), &mut out);
+                }
+                Some((c, false)) => {
+                    d.hold_back(None);
+                    d.clock_tick(at(c.min(next_t + CLOCK_GRACE_MS)), &mut out);
+                }
+                None => {}
+            }
+            // The batch is taken; what follows it may still be queued.
+            let queued_after = sorted.get(i + n).map(|r| r.2);
+            d.hold_back(if matches!(tick, Some((_, true))) {
+                queued_after
+            } else {
+                None
+            });
+            for &(epc, rp, t) in sorted.iter().skip(i).take(n) {
+                d.observe(usize::from(rp % 2), &read(epc, 1 + rp / 2, t), &mut out);
+            }
+            i += n;
+            b += 1;
+        }
+        let end = sorted.last().map_or(0, |r| r.2) + ms(config.departure_timeout) * 2 + 10_000;
+        d.tick(at(end), &mut out);
+        assert_eq!(d.stats().tracked, 0);
+        let mut events: Vec<_> = out
+            .into_iter()
+            .map(|e| {
+                (
+                    e.at.mono_ms,
+                    e.kind as u8,
+                    e.read_point,
+                    e.tag.epc,
+                    e.tag.read_count,
+                    e.direction.map(|d| d as u8),
+                    e.reason,
+                )
+            })
+            .collect();
+        events.sort();
+        events
+    }
+
     proptest! {
+        #[test]
+        fn processing_delays_and_batching_never_change_the_events(
+            reads in proptest::collection::vec((0u8..6, 0u8..4, 0u64..10_000), 0..300),
+            batches in proptest::collection::vec(1usize..40, 1..10),
+            ticks in proptest::collection::vec(
+                proptest::option::of((0u64..40_000, any::<bool>())), 1..10),
+            min_reads in 1u32..4,
+            window in 1u64..2_000,
+            timeout in 1u64..3_000,
+            report in proptest::option::of(50u64..2_000),
+            max_tags in 1usize..8,
+        ) {
+            let config = cfg(min_reads, window, timeout, report, max_tags);
+            // The reference: one read at a time, and no clock at all.
+            let reference = run_batched(config, &reads, &[1], &[None]);
+            prop_assert_eq!(run_batched(config, &reads, &batches, &ticks), reference);
+        }
+
         #[test]
         fn arrivals_and_departures_alternate_and_all_arrivals_depart(
             reads in proptest::collection::vec((0u8..6, 0u8..2, 0u64..20_000), 0..300),

@@ -36,7 +36,8 @@ use crate::heartbeat::Heartbeats;
 pub use crate::observer::Observer;
 use crate::store::{Store, StoreReader, StoreStats, StoredEvent};
 
-/// Room in the reader → pipeline channel; readers wait when it is full.
+/// Room in the reader → pipeline channel, in messages; readers wait when
+/// it is full. It is bounded in reads too (`sink::MAX_QUEUED_READS`).
 const READ_CHANNEL: usize = 1_024;
 /// Room in the pipeline → writer channel; the pipeline waits when it is full.
 const WRITE_CHANNEL: usize = 256;

@@ -143,6 +143,12 @@ enum MasterdataCommand {
 }
 
 fn main() -> ExitCode {
+    // Transparent huge pages (`always` on many kernels) made every 2 MiB
+    // region the allocator touched resident as a whole: under overload RSS
+    // was about 20 MiB higher with them (BENCHMARKS.md, overload section).
+    // Best effort: an older kernel without the knob keeps them.
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_thp_disable(true);
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => code,

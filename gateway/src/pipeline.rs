@@ -5,14 +5,20 @@
 //! patterns), feeds the engine, renders events and hands them to the store
 //! writer. Both channels are bounded and block when full: backpressure runs
 //! from a stuck store back to the readers (whose own buffers then hold the
-//! reads) rather than dropping anything here.
+//! reads) rather than dropping anything here. The reader channel is bounded
+//! in reads ([`tracegate_drivers::sink`]), the way to the store in drafts
+//! ([`DRAFTS_IN_STORE`]), so memory stays bounded whatever the batch sizes.
+//!
+//! Time: the dedup engine decides on the reads' own time. The pipeline's
+//! clock only moves it while no read is in flight (see
+//! [`Dedup::clock_tick`]), so a backlog delays events but never changes them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tracegate_drivers::{Clock, RawRead, ReaderMsg, Tap};
+use tokio::sync::{mpsc, oneshot};
+use tracegate_drivers::{Clock, CommitAck, RawRead, ReadReceiver, ReaderMsg, Tap};
 
 use crate::config::{Config, EpcisAction, ReadPoint};
 use crate::dedup::{Dedup, Direction, Kind, PointSettings, TagEvent};
@@ -355,15 +361,19 @@ impl Pipeline {
         drafts
     }
 
-    /// Advances time; returns departures and re-reports.
-    pub fn on_tick(&mut self) -> Vec<EventDraft> {
+    /// Advances time; returns departures and re-reports. While reads are in
+    /// flight towards the pipeline (`oldest_in_flight`: the oldest read time
+    /// among them) the clock moves dedup time no further than them.
+    pub fn on_tick(&mut self, oldest_in_flight: Option<u64>) -> Vec<EventDraft> {
         let mut events = Vec::new();
         let now = self.clock.now();
-        self.dedup.tick(now, &mut events);
+        self.dedup.hold_back(oldest_in_flight);
+        self.dedup.clock_tick(now, &mut events);
         self.door.poll(now);
         let stats = self.dedup.stats();
         metrics::gauge!("tracegate_dedup_tracked_tags").set(stats.tracked as f64);
         metrics::gauge!("tracegate_dedup_evictions").set(stats.evictions as f64);
+        metrics::gauge!("tracegate_dedup_late_reads").set(stats.late_reads as f64);
         let mut drafts = Vec::with_capacity(events.len());
         self.drafts(&events, &mut drafts);
         self.passes(&mut drafts);
@@ -433,7 +443,10 @@ impl Pipeline {
         let due = self
             .dedup
             .next_deadline_ms(now)
-            .map_or(MAX_TICK, Duration::from_millis);
+            // A clock tick moves dedup time to the clock less the grace.
+            .map_or(MAX_TICK, |ms| {
+                Duration::from_millis(ms.saturating_add(crate::dedup::CLOCK_GRACE_MS))
+            });
         // Read windows close on time, without the slack: the stack light
         // waits for the close.
         let wake = due.min(MAX_TICK) + TICK_SLACK;
@@ -508,11 +521,94 @@ fn epcis_context(point: &ReadPoint) -> EpcisContext {
     }
 }
 
+/// Drafts handed to the store writer and not yet committed, at most: the
+/// pipeline waits (backpressure) before it hands over more. Two full groups
+/// of the writer's default `commit_max_events`: one committing, one filling.
+pub const DRAFTS_IN_STORE: usize = 2_048;
+
+/// Requests handed to the writer and not yet committed, oldest first: the
+/// bound of [`DRAFTS_IN_STORE`]. Each request carries the pipeline's own
+/// commit ack; a reader's ack (Mercury tag-buffer mode) fires when it does.
+#[derive(Debug, Default)]
+struct InStore {
+    drafts: usize,
+    pending: VecDeque<Pending>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    committed: oneshot::Receiver<()>,
+    drafts: usize,
+    reader_ack: Option<CommitAck>,
+}
+
+impl InStore {
+    /// Waits for the oldest request's commit (or refusal) and releases it.
+    async fn settle_oldest(&mut self) {
+        if let Some(mut p) = self.pending.pop_front() {
+            let result = (&mut p.committed).await;
+            self.release(p, result.is_ok());
+        }
+    }
+
+    /// Releases every request already settled, without waiting.
+    fn settle_ready(&mut self) {
+        while let Some(p) = self.pending.front_mut() {
+            let ok = match p.committed.try_recv() {
+                Ok(()) => true,
+                Err(oneshot::error::TryRecvError::Closed) => false,
+                Err(oneshot::error::TryRecvError::Empty) => break,
+            };
+            if let Some(p) = self.pending.pop_front() {
+                self.release(p, ok);
+            }
+        }
+    }
+
+    fn release(&mut self, p: Pending, committed: bool) {
+        self.drafts = self.drafts.saturating_sub(p.drafts);
+        // An unfired reader ack (refused, or the writer gone) means "not
+        // committed", exactly as if the writer had dropped it itself.
+        if let (true, Some(ack)) = (committed, p.reader_ack) {
+            ack.fire();
+        }
+    }
+
+    /// Hands `req` to the writer, first waiting while the drafts not yet
+    /// committed would exceed [`DRAFTS_IN_STORE`]. `false`: the writer is gone.
+    async fn submit(&mut self, writer: &mpsc::Sender<WriteRequest>, mut req: WriteRequest) -> bool {
+        let n = req.drafts.len();
+        if n == 0 {
+            return writer.send(req).await.is_ok();
+        }
+        self.settle_ready();
+        while self.drafts + n > DRAFTS_IN_STORE && !self.pending.is_empty() {
+            self.settle_oldest().await;
+        }
+        let (ours, committed) = CommitAck::pair();
+        let reader_ack = req.ack.replace(ours);
+        if writer.send(req).await.is_err() {
+            return false;
+        }
+        self.drafts += n;
+        self.pending.push_back(Pending {
+            committed,
+            drafts: n,
+            reader_ack,
+        });
+        true
+    }
+}
+
+/// How long readers must have gone without waiting before the pipeline
+/// says the backpressure is over.
+const BACKPRESSURE_CLEARS: Duration = Duration::from_secs(5);
+
 /// Runs until every reader's sink is dropped (readers stopped), then returns,
 /// dropping the writer's channel so it commits the rest and stops.
 pub async fn run(
     mut pipeline: Pipeline,
-    mut rx: mpsc::Receiver<ReaderMsg>,
+    mut rx: ReadReceiver,
     writer: mpsc::Sender<WriteRequest>,
     heartbeat: Arc<Heartbeat>,
     read_tap: Option<crate::read_tap::ReadTap>,
@@ -525,11 +621,19 @@ pub async fn run(
     // that never yields.
     let (_never_tx, never_rx) = mpsc::channel(1);
     let mut door_rx = pipeline.door_inputs.take().unwrap_or(never_rx);
+    let mut in_store = InStore::default();
+    let (mut reads_taken, mut drafts_made) = (0u64, 0u64);
+    // Readers waiting for room: said once when it starts, once when it ends.
+    let mut waits_seen = rx.waits();
+    let mut last_wait: Option<tokio::time::Instant> = None;
     loop {
         heartbeat.beat();
         let request = tokio::select! {
             msg = rx.recv() => match msg {
                 Some(ReaderMsg::Reads { reads, ack }) => {
+                    reads_taken += reads.len() as u64;
+                    // Reads still queued behind this batch hold dedup time back.
+                    pipeline.dedup.hold_back(rx.oldest_in_flight());
                     let drafts = pipeline.on_reads(&reads);
                     // The technician's page: moves the batch (no copy) and only while watched.
                     if let Some(tap) = &read_tap { tap.offer(reads); }
@@ -542,9 +646,39 @@ pub async fn run(
                 let drafts = pipeline.on_door_input(&input);
                 (!drafts.is_empty()).then_some(WriteRequest { drafts, ack: None })
             }
+            // Commits settle here too, so a reader's ack fires promptly.
+            result = async { match in_store.pending.front_mut() {
+                Some(p) => (&mut p.committed).await.is_ok(),
+                None => std::future::pending().await,
+            } } => {
+                if let Some(p) = in_store.pending.pop_front() {
+                    in_store.release(p, result);
+                }
+                None
+            }
             _ = tokio::time::sleep_until(next_tick) => {
-                let drafts = pipeline.on_tick();
+                let drafts = pipeline.on_tick(rx.oldest_in_flight());
                 next_tick = tokio::time::Instant::now() + pipeline.next_tick_in();
+                let now = tokio::time::Instant::now();
+                let waits = rx.waits();
+                if waits > waits_seen {
+                    if last_wait.is_none() {
+                        tracing::warn!(
+                            event = "pipeline.backpressure",
+                            queued_reads = rx.queued_reads(),
+                            drafts_in_store = in_store.drafts,
+                            "readers are waiting for room: the pipeline or the store cannot keep up; reads stay at the readers, none is dropped, events are delayed"
+                        );
+                    }
+                    last_wait = Some(now);
+                    waits_seen = waits;
+                } else if last_wait.is_some_and(|t| now.duration_since(t) >= BACKPRESSURE_CLEARS) {
+                    last_wait = None;
+                    tracing::info!(event = "pipeline.backpressure_cleared", "readers no longer wait for room");
+                }
+                metrics::gauge!("tracegate_read_queue_reads").set(rx.queued_reads() as f64);
+                metrics::counter!("tracegate_reader_waits_total").absolute(waits);
+                metrics::gauge!("tracegate_pipeline_drafts_in_store").set(in_store.drafts as f64);
                 (!drafts.is_empty()).then_some(WriteRequest { drafts, ack: None })
             }
         };
@@ -552,7 +686,8 @@ pub async fn run(
         // planned wake-up (only when nothing was tracked before).
         next_tick = next_tick.min(tokio::time::Instant::now() + pipeline.next_tick_in());
         if let Some(req) = request {
-            if writer.send(req).await.is_err() {
+            drafts_made += req.drafts.len() as u64;
+            if !in_store.submit(&writer, req).await {
                 tracing::error!(
                     event = "pipeline.writer_gone",
                     "the store writer stopped; events can no longer be committed"
@@ -561,20 +696,26 @@ pub async fn run(
             }
         }
     }
-    let drafts = pipeline.on_shutdown();
+    // Every reader has stopped and every read it handed over has been
+    // processed: nothing is in flight, so the clock decides the departures
+    // that fell due meanwhile; then open read windows close.
+    let mut drafts = pipeline.on_tick(None);
+    drafts.extend(pipeline.on_shutdown());
+    drafts_made += drafts.len() as u64;
     if !drafts.is_empty()
-        && writer
-            .send(WriteRequest { drafts, ack: None })
+        && !in_store
+            .submit(&writer, WriteRequest { drafts, ack: None })
             .await
-            .is_err()
     {
         tracing::error!(
             event = "pipeline.writer_gone",
-            "the store writer stopped; open read windows could not be committed"
+            "the store writer stopped; the last events could not be committed"
         );
     }
     tracing::info!(
         event = "pipeline.stopped",
+        reads = reads_taken,
+        events = drafts_made,
         "all readers stopped; pipeline drained"
     );
 }
@@ -637,7 +778,8 @@ epc_patterns = ["urn:epc:pat:sgtin-96:*.0614141.812345.*"]
         p.on_reads(&[r]);
         let wake = p.next_tick_in();
         assert!(
-            wake <= Duration::from_millis(40) + TICK_SLACK && wake >= TICK_SLACK,
+            wake <= Duration::from_millis(40 + crate::dedup::CLOCK_GRACE_MS) + TICK_SLACK
+                && wake >= TICK_SLACK,
             "wakes when the 40 ms departure timeout runs out, not after 100 ms: {wake:?}"
         );
     }

@@ -11,14 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::DuplexStream;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracegate_drivers::{RawRead, ReadSink, ReaderHealth, ReaderMsg};
 
 /// A driver running in a task, writing into a channel the test reads.
 pub struct Running<E> {
-    pub rx: mpsc::Receiver<ReaderMsg>,
+    pub rx: tracegate_drivers::ReadReceiver,
     pub health: Arc<ReaderHealth>,
     pub cancel: CancellationToken,
     pub task: JoinHandle<Result<(), E>>,
@@ -64,7 +63,7 @@ impl<E: Debug> Running<E> {
 /// Collects reads (firing their commit acks) until `done` says so, or fails
 /// after 20 s.
 pub async fn collect_until(
-    rx: &mut mpsc::Receiver<ReaderMsg>,
+    rx: &mut tracegate_drivers::ReadReceiver,
     reads: &mut Vec<RawRead>,
     mut done: impl FnMut(&[RawRead]) -> bool,
 ) {
