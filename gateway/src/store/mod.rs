@@ -818,7 +818,27 @@ impl Store {
         if self.next_reserve_try.is_some_and(|t| now < t) {
             return;
         }
-        match create_reserve(&self.reserve_path, self.budget.reserve_bytes()) {
+        // Only with room to spare: a reserve that fills the disk again would
+        // make commits fail until it is released once more.
+        let bytes = self.budget.reserve_bytes();
+        let room = self.reserve_path.parent().and_then(|d| {
+            let d = if d.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                d
+            };
+            nix::sys::statvfs::statvfs(d).ok()
+        });
+        if let Some(v) = room {
+            // Both are 32-bit on some targets (armhf).
+            #[allow(clippy::useless_conversion)]
+            let free = u64::from(v.blocks_available()).saturating_mul(u64::from(v.fragment_size()));
+            if free < bytes.saturating_mul(2) {
+                self.next_reserve_try = Some(now + RESERVE_RETRY);
+                return;
+            }
+        }
+        match create_reserve(&self.reserve_path, bytes) {
             Ok(()) => {
                 self.reserve_present = true;
                 self.next_reserve_try = None;
