@@ -137,8 +137,10 @@
 //! live reads come from there, see `recent.rs`), sends the new `last_seq` on
 //! [`Writer::committed`], sends the stored events on `on_commit`, then fires
 //! the acks. A failing commit is logged and retried
-//! with [`crate::backoff::Backoff`] (50 ms doubling to 5 s); nothing is
-//! acknowledged until it succeeds.
+//! with [`crate::backoff::Backoff`] (50 ms doubling to 5 s, at most 1 s
+//! while the disk is full, see "A full disk"); nothing is acknowledged
+//! until it succeeds. [`WriterHandle::disk_full_since`] says since when
+//! commits fail for lack of space (for health).
 //!
 //! The publisher raises the watermark through [`Watermark::advance`] (never
 //! blocks); the writer persists it at most every [`WATERMARK_EVERY`] in a
