@@ -83,11 +83,11 @@
 //!
 //! **A full disk.** A commit that fails for lack of space (SQLite's
 //! `SQLITE_FULL`) deletes the reserve and checkpoints and truncates the
-//! WAL ([`Store::recover_space`]): the reserve is room for the pages the
+//! WAL (`Store::recover_space`): the reserve is room for the pages the
 //! checkpoint copies into the database, the truncated WAL is room for the
 //! next commits. The writer retries every second at most while the disk
 //! stays full; the reserve is put back once there is room
-//! ([`Store::keep_reserve`]). On a filesystem smaller than `max_bytes` the
+//! (`Store::keep_reserve`). On a filesystem smaller than `max_bytes` the
 //! store can fill the disk itself: commits then wait (backpressure to the
 //! readers) until space comes back.
 //!
