@@ -475,7 +475,12 @@ fn a_new_store_is_readable_by_its_owner_only() {
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir.path().join("new")), 0o700);
     assert_eq!(mode(&dir.path().join("new/data")), 0o700);
-    for file in ["events.db", "events.db-wal", "events.db-shm"] {
+    for file in [
+        "events.db",
+        "events.db-wal",
+        "events.db-shm",
+        "events.db-reserve",
+    ] {
         let p = dir.path().join("new/data").join(file);
         assert_eq!(mode(&p), 0o600, "{file}");
     }

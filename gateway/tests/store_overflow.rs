@@ -9,7 +9,8 @@ use serde_json::Value;
 use store_common::*;
 use tracegate::store::{FullPolicy, Store, StoredEvent};
 
-const MAX: u64 = 128 * 1024;
+/// The smallest store accepted: its database share is about 80 KiB.
+const MAX: u64 = tracegate::store::MIN_MAX_BYTES;
 
 fn overflow_body(e: &StoredEvent) -> Value {
     assert_eq!(e.event_type, "overflow");
@@ -49,7 +50,12 @@ fn drop_oldest_reports_exactly_the_dropped_seq_range_and_count() {
             }
         }
         let s = store.stats().unwrap();
-        assert!(s.bytes <= MAX, "bytes {} over max {MAX}", s.bytes);
+        let db_max = store.budget().db_max();
+        assert!(
+            s.bytes <= db_max,
+            "bytes {} over the database's share {db_max}",
+            s.bytes
+        );
     }
     assert!(returned_overflows > 0, "the test must overflow the store");
 
@@ -141,7 +147,7 @@ fn published_events_are_pruned_before_anything_pending_is_dropped() {
     let mut store = Store::open(&cfg, "dock-01").unwrap();
     let mut n = 0u64;
     // Fill to roughly 80 %, publish it all, then keep appending.
-    while store.stats().unwrap().bytes < MAX * 8 / 10 {
+    while store.stats().unwrap().bytes < store.budget().db_limit() * 8 / 10 {
         n += store.append((0..20).map(draft).collect()).unwrap().len() as u64;
     }
     store.mark_published(n).unwrap();
@@ -151,7 +157,7 @@ fn published_events_are_pruned_before_anything_pending_is_dropped() {
     }
     let s = store.stats().unwrap();
     assert_eq!(s.dropped_total, 0);
-    assert!(s.bytes <= MAX);
+    assert!(s.bytes <= store.budget().db_max());
 }
 
 #[test]
@@ -186,7 +192,7 @@ fn reject_new_refuses_what_does_not_fit_without_using_a_seq() {
             }
             stored.push(e);
         }
-        assert!(store.stats().unwrap().bytes <= MAX);
+        assert!(store.stats().unwrap().bytes <= store.budget().db_max());
     }
     assert!(refused > 0, "the test must fill the store");
 
@@ -281,5 +287,74 @@ fn a_commit_larger_than_the_store_keeps_its_newest_events_under_drop_oldest() {
     assert_eq!(evs.len() as u64, 3000 - count + 1);
     assert_eq!(evs[0].seq, count + 1);
     assert_eq!(rec.seq, 3001);
-    assert!(store.stats().unwrap().bytes <= MAX);
+    assert!(store.stats().unwrap().bytes <= store.budget().db_max());
+}
+
+/// The store's files as `du` would count them: database, WAL, WAL index
+/// and space reserve.
+fn on_disk(cfg: &tracegate::store::StoreConfig) -> [u64; 4] {
+    let len = |suffix: &str| {
+        std::fs::metadata(format!("{}{suffix}", cfg.path.display()))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    [len(""), len("-wal"), len("-shm"), len("-reserve")]
+}
+
+#[test]
+fn database_wal_index_and_reserve_together_stay_within_max_bytes_under_overflow() {
+    const BOUND: u64 = 1 << 20;
+    const PAGE: u64 = 4096 + 24;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, BOUND, FullPolicy::DropOldest);
+    let mut store = Store::open(&cfg, "dock-01").unwrap();
+    // A second connection reading now and then, as the daemon's publisher
+    // does: a read in progress holds checkpoints back.
+    let reader = Store::open_reader(&cfg, "dock-01").unwrap();
+    let mut worst = [0u64; 4];
+    let mut wal_growth = 0u64;
+    for round in 0..400u64 {
+        let wal_before = on_disk(&cfg)[1];
+        store
+            .append(
+                (0..32)
+                    .map(|i| draft(T0 + (round * 32 + i) as i64))
+                    .collect(),
+            )
+            .unwrap();
+        if round % 7 == 0 {
+            reader.events_after(round * 16, 50, true).unwrap();
+        }
+        let now = on_disk(&cfg);
+        wal_growth = wal_growth.max(now[1].saturating_sub(wal_before));
+        if now.iter().sum::<u64>() > worst.iter().sum::<u64>() {
+            worst = now;
+        }
+    }
+    let stats = store.stats().unwrap();
+    assert!(stats.dropped_total > 0, "the store overflowed: {stats:?}");
+    // The documented margin: the WAL frames of one commit. 32 events of
+    // about 400 bytes fill 4 pages, plus the index, meta and freelist pages
+    // the commit touches; 12 pages is well above what one such commit writes.
+    let margin = 12 * PAGE;
+    let total: u64 = worst.iter().sum();
+    eprintln!(
+        "worst on disk: db {} + wal {} + shm {} + reserve {} = {total} for a bound of {BOUND} \
+         ({:+} bytes); largest WAL growth of one commit {wal_growth}",
+        worst[0],
+        worst[1],
+        worst[2],
+        worst[3],
+        total as i64 - BOUND as i64
+    );
+    assert!(
+        total <= BOUND + margin,
+        "db {} + wal {} + shm {} + reserve {} = {total} over {BOUND} + {margin}",
+        worst[0],
+        worst[1],
+        worst[2],
+        worst[3]
+    );
+    // The reserve is in place: a full disk can always be recovered from.
+    assert_eq!(worst[3], store.budget().reserve_bytes());
 }

@@ -266,7 +266,7 @@ async fn writer_commits_everything_queued_when_the_channel_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_requests_drop_their_ack_unfired() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&dir, 64 * 1024, FullPolicy::RejectNew);
+    let cfg = config(&dir, tracegate::store::MIN_MAX_BYTES, FullPolicy::RejectNew);
     let store = Store::open(&cfg, "dock-01").unwrap();
     let (tx, rx) = mpsc::channel(64);
     let w = spawn_writer(store, rx, None, None).unwrap();

@@ -257,3 +257,67 @@ fn place_once<C: tracegate_drivers::nfc::emu::EmulatedCard + 'static>(
     std::thread::sleep(Duration::from_millis(1200));
     Ok((card, got))
 }
+
+/// A small tmpfs mounted for one test, so the test can fill the disk the
+/// gateway writes to; unmounted when dropped.
+#[derive(Debug)]
+pub struct SmallFs {
+    pub path: PathBuf,
+}
+
+impl SmallFs {
+    /// Mounts a tmpfs of `bytes` at `path` (created if missing). Mounting
+    /// needs root: otherwise this prints `skipped: <reason>` and returns
+    /// `None`, or fails the test when `TRACEGATE_REQUIRE_ROOT=1` (CI runs as
+    /// root and sets it, so a skip cannot pass unnoticed there).
+    pub fn mount(path: &Path, bytes: u64) -> Option<SmallFs> {
+        let probe = std::fs::create_dir_all(path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))
+            .and_then(|()| {
+                let out = Command::new("mount")
+                    .args(["-t", "tmpfs", "-o"])
+                    .arg(format!("size={bytes},mode=0700"))
+                    .arg("tmpfs")
+                    .arg(path)
+                    .output()
+                    .map_err(|e| format!("cannot run mount: {e}"))?;
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "cannot mount a {bytes}-byte tmpfs (needs root): {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ))
+                }
+            });
+        peer_available("TRACEGATE_REQUIRE_ROOT", probe).then(|| SmallFs {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Writes zeros to `name` until the filesystem has no room left;
+    /// returns the file's path.
+    pub fn fill(&self, name: &str) -> anyhow::Result<PathBuf> {
+        use std::io::Write as _;
+        let file = self.path.join(name);
+        let mut f = std::fs::File::create(&file)?;
+        let chunk = vec![0u8; 4096];
+        loop {
+            match f.write_all(&chunk) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Whatever a partial write left is full too.
+        let _ = f.flush();
+        Ok(file)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        // Lazy: a process still holding a file there must not keep it mounted.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}

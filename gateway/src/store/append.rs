@@ -392,7 +392,8 @@ fn write_meta(conn: &Connection, meta: &Meta) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// `drop_oldest` frees at least `max_bytes / DROP_CHUNK_DIVISOR` at a time
+/// `drop_oldest` frees at least the database's share of `max_bytes` /
+/// `DROP_CHUNK_DIVISOR` at a time
 /// (like segment deletion in Greengrass), so a store that stays full writes
 /// one overflow record per chunk, not one per commit.
 pub const DROP_CHUNK_DIVISOR: u64 = 16;
@@ -401,8 +402,20 @@ pub const DROP_CHUNK_DIVISOR: u64 = 16;
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl Store {
-    /// Commits groups of drafts in one transaction (see the module docs).
+    /// Commits groups of drafts in one transaction (see the module docs),
+    /// then holds the WAL to its share of `max_bytes` and puts the space
+    /// reserve back if a full disk took it.
     pub(crate) fn commit_groups(
+        &mut self,
+        groups: &[&[EventDraft]],
+    ) -> Result<AppendOutcome, StoreError> {
+        let outcome = self.commit_in_one_transaction(groups)?;
+        self.bound_wal();
+        self.keep_reserve();
+        Ok(outcome)
+    }
+
+    fn commit_in_one_transaction(
         &mut self,
         groups: &[&[EventDraft]],
     ) -> Result<AppendOutcome, StoreError> {
@@ -413,6 +426,7 @@ impl Store {
             gateway_id,
             store_id,
             page_size,
+            budget,
             last_overflow_warn,
             ..
         } = self;
@@ -424,7 +438,10 @@ impl Store {
             .map_err(err.clone())?;
         let mut meta = read_meta(&tx).map_err(err.clone())?;
         let max = config.max_bytes;
-        let limit = max.saturating_sub(super::HEADROOM_PAGES * page_size);
+        // The database's share: the WAL, its index and the reserve have
+        // theirs (budget.rs), so the files together stay within `max`.
+        let db_max = budget.db_max();
+        let limit = budget.db_limit();
 
         let mut rows = Vec::new();
         let mut group_ends = Vec::with_capacity(groups.len());
@@ -471,7 +488,7 @@ impl Store {
                     dropped_rows += drop_oldest_pending(
                         &tx,
                         meta.published_upto,
-                        (used + est_total - limit).max(max / DROP_CHUNK_DIVISOR),
+                        (used + est_total - limit).max(db_max / DROP_CHUNK_DIVISOR),
                         &mut dropped,
                     )
                     .map_err(err.clone())?;
@@ -492,7 +509,7 @@ impl Store {
                     let n = drop_oldest_pending(
                         &tx,
                         meta.published_upto,
-                        (used - limit + page_size).max(max / DROP_CHUNK_DIVISOR),
+                        (used - limit + page_size).max(db_max / DROP_CHUNK_DIVISOR),
                         &mut dropped,
                     )
                     .map_err(err.clone())?;
@@ -577,7 +594,7 @@ impl Store {
 
         meta.dropped_total += dropped_rows + rejected.count;
 
-        // The overflow record: drop_oldest made room for it below `max`;
+        // The overflow record: drop_oldest made room for it below `db_max`;
         // reject_new may find the headroom used up and keeps it pending.
         let mut to_record = meta.overflow_pending.unwrap_or_default();
         let policy = config.full_policy;
@@ -595,7 +612,7 @@ impl Store {
             let row =
                 make_row(gateway_id, store_id, &event, meta.last_seq + 1).map_err(err.clone())?;
             insert_row(&tx, &row).map_err(err.clone())?;
-            if used_bytes(&tx, page_size).map_err(err.clone())? <= max {
+            if used_bytes(&tx, page_size).map_err(err.clone())? <= db_max {
                 tx.execute_batch("RELEASE overflow").map_err(err.clone())?;
                 meta.last_seq = row.seq;
                 events.push(row.into_event());

@@ -60,25 +60,43 @@
 //! never touches pending rows, `drop_oldest` removes a prefix of the
 //! ordinary ones), so [`Store::stats`] counts them without a scan.
 //!
-//! **Size bound.** `bytes` = pages in use in the main database file =
+//! **Size bound.** `max_bytes` covers every file of the store together:
+//! the database, its `-wal`, its `-shm` and the space reserve `-reserve`.
+//! [`DiskBudget`] gives the WAL, the index and the reserve fixed shares
+//! (the WAL an eighth of `max_bytes`, 16 to 2,048 pages; the index what
+//! SQLite maps for that WAL; the reserve as much as the WAL) and the
+//! database the rest. `bytes` = pages in use in the database =
 //! `(page_count - freelist_count) * page_size`, read inside the write
 //! transaction, so the check sees the transaction's own inserts. Ordinary
-//! events may use up to `max_bytes - headroom` (headroom =
-//! [`HEADROOM_PAGES`] pages), the rest is reserved for `overflow` events so
-//! the record of a drop always fits. Every commit that would exceed the
-//! limit first deletes all published events (regardless of retention), then
-//! applies the policy, and re-measures after inserting (estimates never
-//! decide alone). Not counted: the `-wal` file (truncated to 64 MiB after
-//! checkpoints by `journal_size_limit`) and free pages (reused before the
-//! file grows, so the file itself stays within `max_bytes` plus what one
-//! transaction adds before its deletes).
+//! events may use up to the database's share less the headroom
+//! ([`HEADROOM_PAGES`] pages), the rest is reserved for `overflow` events
+//! so the record of a drop always fits. Every commit that would exceed the
+//! limit first deletes all published events (regardless of retention),
+//! then applies the policy, and re-measures after inserting (estimates
+//! never decide alone). Free pages are reused before the file grows. The
+//! WAL is held to its share by checkpoints: SQLite's PASSIVE
+//! autocheckpoint once it holds half its share, `journal_size_limit` at
+//! the share, and a TRUNCATE checkpoint after any commit that leaves the
+//! file above it (a reader held a checkpoint back). The margin: the total
+//! can pass `max_bytes` by the WAL frames of one commit (its events plus a
+//! few table and index pages), written before the checkpoint after it.
+//!
+//! **A full disk.** A commit that fails for lack of space (SQLite's
+//! `SQLITE_FULL`) deletes the reserve and checkpoints and truncates the
+//! WAL (`Store::recover_space`): the reserve is room for the pages the
+//! checkpoint copies into the database, the truncated WAL is room for the
+//! next commits. The writer retries every second at most while the disk
+//! stays full; the reserve is put back once there is room
+//! (`Store::keep_reserve`). On a filesystem smaller than `max_bytes` the
+//! store can fill the disk itself: commits then wait (backpressure to the
+//! readers) until space comes back.
 //!
 //! **Full policies and `overflow` events.** The body is
 //! `{"type":"overflow","gateway","time","policy","count","first_seq",
 //! "last_seq","from","to"}` plus `id`/`seq`; `from`/`to` are the UTC
 //! ISO-8601 (ms) `event_utc_ms` range of the lost events, `count` is exact.
-//! - `drop_oldest`: the oldest pending events are deleted, at least
-//!   `max_bytes / 16` at a time so a store that stays full writes one record
+//! - `drop_oldest`: the oldest pending events are deleted, at least a
+//!   sixteenth of the database's share at a time so a store that stays full writes one record
 //!   per chunk rather than per commit. The new events are always stored,
 //!   unless one commit is larger than the whole store, in which case its own
 //!   oldest events go too. `first_seq`/`last_seq` bound the deleted seqs and
@@ -119,8 +137,10 @@
 //! live reads come from there, see `recent.rs`), sends the new `last_seq` on
 //! [`Writer::committed`], sends the stored events on `on_commit`, then fires
 //! the acks. A failing commit is logged and retried
-//! with [`crate::backoff::Backoff`] (50 ms doubling to 5 s); nothing is
-//! acknowledged until it succeeds.
+//! with [`crate::backoff::Backoff`] (50 ms doubling to 5 s, at most 1 s
+//! while the disk is full, see "A full disk"); nothing is acknowledged
+//! until it succeeds. [`WriterHandle::disk_full_since`] says since when
+//! commits fail for lack of space (for health).
 //!
 //! The publisher raises the watermark through [`Watermark::advance`] (never
 //! blocks); the writer persists it at most every [`WATERMARK_EVERY`] in a
@@ -133,6 +153,7 @@
 //! checkpoints the WAL and returns.
 
 mod append;
+mod budget;
 pub mod masterdata;
 mod reader;
 mod recent;
@@ -147,6 +168,7 @@ use rusqlite::{Connection, OptionalExtension};
 use tracegate_drivers::CommitAck;
 
 pub use append::AppendOutcome;
+pub use budget::DiskBudget;
 pub use reader::StoreReader;
 pub use recent::RecentCommits;
 pub use schema::{BUSY_TIMEOUT, SCHEMA_VERSION};
@@ -155,9 +177,18 @@ pub use writer::{spawn_writer, Watermark, Writer, WriterHandle, STATS_EVERY, WAT
 /// Pages kept free for `overflow` events (see the module docs).
 pub const HEADROOM_PAGES: u64 = 4;
 
-/// The smallest `max_bytes` accepted: schema pages plus headroom plus room
-/// for a useful number of events.
-pub const MIN_MAX_BYTES: u64 = 64 * 1024;
+/// The smallest `max_bytes` accepted: the WAL's, index's and reserve's
+/// shares ([`DiskBudget`]), schema pages, headroom and room for a useful
+/// number of events (about 80 KiB of them at this minimum).
+pub const MIN_MAX_BYTES: u64 = 256 * 1024;
+
+/// How long a checkpoint that truncates the WAL after a commit waits for a
+/// reader in the middle of a transaction (commits wait meanwhile)...
+const WAL_TRUNCATE_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+/// ...and how soon it is tried again when a reader held it back.
+const WAL_TRUNCATE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often a missing space reserve is tried again (the disk was full).
+const RESERVE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -179,7 +210,9 @@ impl FullPolicy {
 pub struct StoreConfig {
     /// The database file (`{data_dir}/events.db`).
     pub path: PathBuf,
-    /// Upper bound on the database size (pages in use), bytes.
+    /// Upper bound on the store's files together (database, WAL, WAL
+    /// index, space reserve), bytes; see [`DiskBudget`] for the shares and
+    /// the margin.
     pub max_bytes: u64,
     pub full_policy: FullPolicy,
     /// Commits start at most this often: an idle writer commits a request
@@ -234,7 +267,8 @@ pub struct StoreStats {
     pub oldest_pending_utc_ms: Option<i64>,
     /// Events dropped by the full policy since the store was created.
     pub dropped_total: u64,
-    /// Pages in use in the main database file, in bytes (what `max_bytes` bounds).
+    /// Pages in use in the main database file, in bytes: bounded by the
+    /// database's share of `max_bytes` ([`DiskBudget::db_max`]).
     pub bytes: u64,
 }
 
@@ -300,6 +334,13 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether SQLite failed for lack of space on the disk (not the store's
+    /// own bound, which never fails a commit).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Sqlite { source, .. }
+            if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull))
+    }
+
     fn sqlite(context: &'static str, path: &std::path::Path, source: rusqlite::Error) -> Self {
         StoreError::Sqlite {
             context,
@@ -316,6 +357,17 @@ pub struct Store {
     gateway_id: String,
     store_id: String,
     page_size: u64,
+    /// The shares of `max_bytes` (database, WAL, index, reserve).
+    budget: DiskBudget,
+    /// Files beside the database: its WAL and the space reserve.
+    wal_path: PathBuf,
+    reserve_path: PathBuf,
+    /// Whether the reserve is in place; when not, the next attempt to
+    /// create it is not before this.
+    reserve_present: bool,
+    next_reserve_try: Option<Instant>,
+    /// A reader held the last WAL truncation back: not again before this.
+    next_wal_truncate: Option<Instant>,
     /// When the last overflow warning was logged (rate limit).
     last_overflow_warn: Option<Instant>,
     /// Master-data jobs for the writer thread (see `masterdata.rs`).
@@ -382,26 +434,29 @@ impl Store {
                     }
                 };
                 let salvaged = salvage::salvage(&moved_to, &mut conn, &reason);
-                let mut store = Self::from_conn(conn, config, gateway_id, store_id)?;
+                let mut store = Self::from_conn(conn, config, gateway_id, store_id, true)?;
+                store.keep_reserve();
                 store.announce_salvage(salvaged, &moved_to, &reason)?;
                 return Ok(store);
             }
         };
-        Self::from_conn(conn, config, gateway_id, store_id)
+        let mut store = Self::from_conn(conn, config, gateway_id, store_id, true)?;
+        store.keep_reserve();
+        Ok(store)
     }
 
     /// Opens an existing store as a second connection alongside the writer
     /// (for [`StoreReader::spawn`], the CLI, tests).
     pub fn open_reader(config: &StoreConfig, gateway_id: &str) -> Result<Store, StoreError> {
         let (conn, store_id) = schema::open_second(&config.path)?;
-        Self::from_conn(conn, config, gateway_id, store_id)
+        Self::from_conn(conn, config, gateway_id, store_id, true)
     }
 
     /// A connection that only reads (`tracegate events`): works on a
     /// read-only mount and on a file moved aside after corruption.
     pub fn open_read_only(config: &StoreConfig, gateway_id: &str) -> Result<Store, StoreError> {
         let (conn, store_id) = schema::open_read_only(&config.path)?;
-        Self::from_conn(conn, config, gateway_id, store_id)
+        Self::from_conn(conn, config, gateway_id, store_id, false)
     }
 
     fn from_conn(
@@ -409,16 +464,45 @@ impl Store {
         config: &StoreConfig,
         gateway_id: &str,
         store_id: String,
+        writable: bool,
     ) -> Result<Store, StoreError> {
         let page_size: i64 = conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .map_err(|e| StoreError::sqlite("reading page_size", &config.path, e))?;
+        let page_size = u64::try_from(page_size).unwrap_or(4096);
+        let budget = DiskBudget::new(config.max_bytes, page_size);
+        if !budget.is_usable() {
+            return Err(StoreError::Config(format!(
+                "max_bytes {} leaves the database too little room at its page size of {page_size} \
+                 bytes (the WAL, its index and the space reserve take {}): raise max_bytes",
+                config.max_bytes,
+                config.max_bytes - budget.db_max()
+            )));
+        }
+        if writable {
+            // Both are per connection: a connection that commits
+            // checkpoints (PASSIVE) once the WAL holds half its share, and
+            // truncates the file back to the share when it restarts it.
+            let set = |name: &str, value: u64| {
+                conn.pragma_update(None, name, i64::try_from(value).unwrap_or(i64::MAX))
+                    .map_err(|e| StoreError::sqlite("bounding the WAL", &config.path, e))
+            };
+            set("wal_autocheckpoint", budget.autocheckpoint_frames())?;
+            set("journal_size_limit", budget.wal_bytes())?;
+        }
+        let beside = |suffix: &str| PathBuf::from(format!("{}{suffix}", config.path.display()));
         Ok(Store {
             conn,
             config: config.clone(),
             gateway_id: gateway_id.to_owned(),
             store_id,
-            page_size: u64::try_from(page_size).unwrap_or(4096),
+            page_size,
+            budget,
+            wal_path: beside("-wal"),
+            reserve_path: beside("-reserve"),
+            reserve_present: false,
+            next_reserve_try: None,
+            next_wal_truncate: None,
             last_overflow_warn: None,
             masterdata: None,
         })
@@ -653,6 +737,157 @@ impl Store {
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .map_err(|e| StoreError::sqlite("checkpointing the WAL", &self.config.path, e))
     }
+
+    /// The shares of `max_bytes` this store keeps to.
+    pub fn budget(&self) -> DiskBudget {
+        self.budget
+    }
+
+    /// Checkpoints the WAL and truncates it to zero, waiting at most `wait`
+    /// for a reader in the middle of a transaction. `Ok(false)`: a reader
+    /// held it back, nothing was truncated.
+    fn truncate_wal(&self, wait: std::time::Duration) -> Result<bool, StoreError> {
+        let err = |e| StoreError::sqlite("checkpointing the WAL", &self.config.path, e);
+        self.conn.busy_timeout(wait).map_err(err)?;
+        let busy = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        self.conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        Ok(busy.map_err(err)? == 0)
+    }
+
+    /// After a commit: a WAL file above its share (a reader held the
+    /// automatic checkpoints back, or one commit was larger than the share)
+    /// is checkpointed and truncated. Costs one `stat` otherwise.
+    pub(crate) fn bound_wal(&mut self) {
+        let Ok(len) = std::fs::metadata(&self.wal_path).map(|m| m.len()) else {
+            return;
+        };
+        if len <= self.budget.wal_bytes() {
+            return;
+        }
+        let now = Instant::now();
+        if self.next_wal_truncate.is_some_and(|t| now < t) {
+            return;
+        }
+        match self.truncate_wal(WAL_TRUNCATE_WAIT) {
+            Ok(true) => self.next_wal_truncate = None,
+            Ok(false) => {
+                tracing::debug!(
+                    wal_bytes = len,
+                    "WAL above its share; a reader held the checkpoint back, trying again"
+                );
+                self.next_wal_truncate = Some(now + WAL_TRUNCATE_RETRY);
+            }
+            Err(e) => {
+                tracing::warn!(wal_bytes = len, error = %e, "WAL above its share and the checkpoint failed; trying again");
+                self.next_wal_truncate = Some(now + WAL_TRUNCATE_RETRY);
+            }
+        }
+    }
+
+    /// For a write that failed for lack of disk space: deletes the space
+    /// reserve, so the checkpoint has room to copy the WAL into the
+    /// database, then checkpoints and truncates the WAL, which frees its
+    /// file. Returns whether the WAL was truncated. The reserve comes back
+    /// once there is room again ([`Store::keep_reserve`]).
+    pub(crate) fn recover_space(&mut self) -> Result<bool, StoreError> {
+        match std::fs::remove_file(&self.reserve_path) {
+            Ok(()) => {
+                tracing::warn!(path = %self.reserve_path.display(), bytes = self.budget.reserve_bytes(), "disk full: released the store's space reserve to checkpoint the WAL")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %self.reserve_path.display(), error = %e, "cannot delete the space reserve")
+            }
+        }
+        self.reserve_present = false;
+        self.next_reserve_try = Some(Instant::now() + RESERVE_RETRY);
+        self.truncate_wal(WAL_TRUNCATE_WAIT)
+    }
+
+    /// Puts the space reserve back when it is missing (at open, and after
+    /// commits once the disk had been full), at most every few seconds
+    /// while there is no room for it. Best effort: without it a full disk
+    /// still recovers whenever the checkpoint finds room.
+    pub(crate) fn keep_reserve(&mut self) {
+        if self.reserve_present {
+            return;
+        }
+        let now = Instant::now();
+        if self.next_reserve_try.is_some_and(|t| now < t) {
+            return;
+        }
+        // Only with room to spare: a reserve that fills the disk again would
+        // make commits fail until it is released once more.
+        let bytes = self.budget.reserve_bytes();
+        let room = self.reserve_path.parent().and_then(|d| {
+            let d = if d.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                d
+            };
+            nix::sys::statvfs::statvfs(d).ok()
+        });
+        if let Some(v) = room {
+            // Both are 32-bit on some targets (armhf).
+            #[allow(clippy::useless_conversion)]
+            let free = u64::from(v.blocks_available()).saturating_mul(u64::from(v.fragment_size()));
+            if free < bytes.saturating_mul(2) {
+                self.next_reserve_try = Some(now + RESERVE_RETRY);
+                return;
+            }
+        }
+        match create_reserve(&self.reserve_path, bytes) {
+            Ok(()) => {
+                self.reserve_present = true;
+                self.next_reserve_try = None;
+            }
+            Err(e) => {
+                tracing::debug!(path = %self.reserve_path.display(), error = %e, "no room for the space reserve yet");
+                self.next_reserve_try = Some(now + RESERVE_RETRY);
+            }
+        }
+    }
+}
+
+/// Creates (or completes) the reserve file with its blocks allocated, 0600
+/// like the database. A reserve that cannot be completed is removed, so a
+/// nearly full disk is not filled further by it.
+fn create_reserve(path: &std::path::Path, bytes: u64) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let len = i64::try_from(bytes).unwrap_or(i64::MAX);
+    let done = match nix::fcntl::posix_fallocate(std::os::fd::AsRawFd::as_raw_fd(&f), 0, len) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::ENOSPC) => Err(std::io::Error::from_raw_os_error(nix::libc::ENOSPC)),
+        // A filesystem without fallocate: write the zeros.
+        Err(_) => {
+            let zeros = vec![0u8; 64 * 1024];
+            let mut left = bytes;
+            let mut r = Ok(());
+            while left > 0 && r.is_ok() {
+                let n = usize::try_from(left.min(zeros.len() as u64)).unwrap_or(zeros.len());
+                r = f.write_all(&zeros[..n]);
+                left -= n as u64;
+            }
+            r
+        }
+    }
+    .and_then(|()| f.sync_all());
+    if done.is_err() {
+        drop(f);
+        let _ = std::fs::remove_file(path);
+    }
+    done
 }
 
 fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {

@@ -42,9 +42,6 @@ const STATEMENT_CACHE: usize = 64;
 /// How long a connection waits for the other connection's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Caps the `-wal` file after checkpoints (SD-card space and wear).
-const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
-
 /// Why opening failed: corruption (the file gets moved aside) or anything
 /// else (permissions, locks, a newer schema: the file is left alone).
 pub enum OpenFailure {
@@ -150,8 +147,8 @@ pub fn open_writer(path: &Path) -> Result<(Connection, String), OpenFailure> {
         }));
     }
     set_common_pragmas(&conn, path).map_err(OpenFailure::Other)?;
-    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
-        .map_err(c("setting journal_size_limit"))?;
+    // The WAL's bound (journal_size_limit, autocheckpoint) depends on
+    // max_bytes: set by `Store::from_conn` (budget.rs).
 
     quick_check(&conn).map_err(|e| match e {
         QuickCheck::Failed(msg) => OpenFailure::Corrupt(format!("quick_check: {msg}")),

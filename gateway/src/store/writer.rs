@@ -21,6 +21,7 @@ use super::append::now_utc_ms;
 use super::recent::RecentCommits;
 use super::{Store, StoreError, StoreStats, StoredEvent, WriteRequest};
 use crate::backoff::Backoff;
+use crate::event::UtcMs;
 use crate::heartbeat::Heartbeat;
 
 /// How often the writer deletes published events past their retention.
@@ -39,6 +40,9 @@ pub const STATS_EVERY: Duration = Duration::from_millis(100);
 const BACKOFF_START: Duration = Duration::from_millis(50);
 /// ...up to this.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// While the disk is full, commits are retried at least this often, so they
+/// resume within a second of space coming back.
+const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
 /// After `rx` closed, give up on a failing commit after this many attempts
 /// so shutdown cannot hang; the unfired acks tell drivers to keep the data.
 const SHUTDOWN_ATTEMPTS: u32 = 5;
@@ -103,6 +107,7 @@ pub struct WriterHandle {
     thread: std::thread::JoinHandle<Result<(), StoreError>>,
     drained: Option<oneshot::Receiver<()>>,
     recent: RecentCommits,
+    disk_full: watch::Receiver<Option<UtcMs>>,
 }
 
 impl WriterHandle {
@@ -112,6 +117,13 @@ impl WriterHandle {
     /// [`StoreReader::with_recent`]: super::StoreReader::with_recent
     pub fn recent(&self) -> RecentCommits {
         self.recent.clone()
+    }
+
+    /// Since when commits fail for lack of disk space (the first failed
+    /// commit's UTC time), `None` while they succeed. Set on the first
+    /// `SQLITE_FULL`, cleared by the next commit that succeeds. For health.
+    pub fn disk_full_since(&self) -> watch::Receiver<Option<UtcMs>> {
+        self.disk_full.clone()
     }
 
     /// Resolves once the request channel is closed and everything that was
@@ -162,11 +174,13 @@ pub fn spawn_writer(
     let (watermark, wm_rx) = Watermark::channel(stats.published_upto);
     let (stats_tx, stats_rx) = watch::channel(stats);
     let (drained_tx, drained) = oneshot::channel();
+    let (disk_full_tx, disk_full) = watch::channel(None);
     let recent = RecentCommits::new();
     let out = Outputs {
         committed: committed_tx,
         recent: recent.clone(),
         stats: stats_tx,
+        disk_full: disk_full_tx,
         on_commit,
         heartbeat,
     };
@@ -182,6 +196,7 @@ pub fn spawn_writer(
             thread,
             drained: Some(drained),
             recent,
+            disk_full,
         },
     })
 }
@@ -190,6 +205,7 @@ struct Outputs {
     committed: watch::Sender<u64>,
     recent: RecentCommits,
     stats: watch::Sender<StoreStats>,
+    disk_full: watch::Sender<Option<UtcMs>>,
     on_commit: Option<crate::Observer<Vec<StoredEvent>>>,
     heartbeat: Option<Arc<Heartbeat>>,
 }
@@ -471,10 +487,31 @@ fn commit_batch(
     let groups: Vec<&[super::EventDraft]> = batch.iter().map(|r| r.drafts.as_slice()).collect();
     let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
     let mut attempt = 0u32;
+    let mut disk_full: Option<Instant> = None;
     let outcome = loop {
         attempt += 1;
         match store.commit_groups(&groups) {
             Ok(o) => break o,
+            Err(e) if e.is_disk_full() => {
+                if disk_full.is_none() {
+                    disk_full = Some(Instant::now());
+                    out.disk_full.send_replace(Some(UtcMs(now_utc_ms())));
+                    tracing::error!(event = "store.disk_full", error = %e, requests = groups.len(), "the disk is full: nothing acknowledged; checkpointing the WAL and retrying every second");
+                }
+                match store.recover_space() {
+                    Ok(true) => tracing::debug!("disk full: WAL checkpointed and truncated"),
+                    Ok(false) => {
+                        tracing::debug!("disk full: a reader held the WAL checkpoint back")
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "disk full: the WAL checkpoint failed too")
+                    }
+                }
+                if closed && attempt >= SHUTDOWN_ATTEMPTS {
+                    return Err(e);
+                }
+                std::thread::sleep(backoff.next_delay().min(DISK_FULL_RETRY));
+            }
             Err(e) => {
                 // Health names the cause (disk_full, read_only) while it lasts.
                 if let Some(h) = &out.heartbeat {
@@ -493,6 +530,15 @@ fn commit_batch(
             }
         }
     };
+    if let Some(since) = disk_full {
+        out.disk_full.send_replace(None);
+        tracing::warn!(
+            event = "store.disk_recovered",
+            after_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+            attempts = attempt,
+            "the disk has room again: commits resumed"
+        );
+    }
     drop(groups);
     if attempt > 1 {
         if let Some(h) = &out.heartbeat {
