@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 
-use super::{Event, UhfEvent, UhfIdentity, UtcMs};
+use super::{EpcisAction, EpcisContext, Event, UhfEvent, UhfIdentity, UtcMs};
 
 /// The event's JSON with `id` and `seq` (see [`Event::to_json_numbered`]).
 pub(super) fn uhf_event(
@@ -91,7 +91,7 @@ pub(super) fn uhf_event(
     }
     if let Some(e) = &b.epcis {
         out.push_str(",\"epcis\":");
-        push_serde(&mut out, e)?;
+        push_epcis(&mut out, e)?;
     }
     out.push('}');
     Ok(out)
@@ -126,6 +126,30 @@ fn push_identity(out: &mut String, id: &UhfIdentity) -> Result<(), serde_json::E
         push_serde(out, t)?;
     }
     out.push('}');
+    Ok(())
+}
+
+/// The read point's EPCIS context (on every event of a read point that has
+/// one).
+fn push_epcis(out: &mut String, e: &EpcisContext) -> Result<(), serde_json::Error> {
+    out.push('{');
+    for (key, value) in [
+        ("\"biz_step\":", &e.biz_step),
+        ("\"disposition\":", &e.disposition),
+        ("\"read_point_id\":", &e.read_point_id),
+        ("\"biz_location\":", &e.biz_location),
+    ] {
+        if let Some(v) = value {
+            out.push_str(key);
+            push_str(out, v)?;
+            out.push(',');
+        }
+    }
+    out.push_str(match e.action {
+        EpcisAction::Add => "\"action\":\"add\"}",
+        EpcisAction::Observe => "\"action\":\"observe\"}",
+        EpcisAction::Delete => "\"action\":\"delete\"}",
+    });
     Ok(())
 }
 
