@@ -219,6 +219,10 @@ impl Event {
     /// The event's JSON with the given `id` and `seq` (the store's commit
     /// path: it numbers and serialises a draft in one step, without copying).
     pub fn to_json_numbered(&self, id: &str, seq: u64) -> Result<String, serde_json::Error> {
+        if let EventBody::Arrived(b) | EventBody::Departed(b) | EventBody::Present(b) = &self.body {
+            // The hot path, written by hand (byte for byte what serde writes).
+            return json::uhf_event(id, seq, self, b);
+        }
         serde_json::to_string(&Numbered {
             id,
             seq,
@@ -1269,6 +1273,8 @@ mod hex_upper_opt {
         }
     }
 }
+
+mod json;
 
 #[cfg(test)]
 mod tests;

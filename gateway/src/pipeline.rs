@@ -13,7 +13,7 @@
 //! clock only moves it while no read is in flight (see
 //! [`Dedup::clock_tick`]), so a backlog delays events but never changes them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,10 @@ use crate::event::{
 use crate::heartbeat::Heartbeat;
 use crate::store::{EventDraft, WriteRequest};
 use crate::suspect::Suspicion;
+
+/// Routes and caches are looked up per read; std's SipHash cost more than
+/// the lookups (see `dedup`).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Everything the pipeline needs besides its channels.
 #[derive(Debug)]
@@ -143,8 +147,8 @@ impl Filter {
 
 impl Pipeline {
     pub fn new(config: &Config, clock: Clock, taps: Box<dyn TapEnricher>) -> Self {
-        let mut uhf_routes: HashMap<(Arc<str>, u8), Vec<usize>> = HashMap::new();
-        let mut nfc_routes: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
+        let mut uhf_routes: HashMap<(Arc<str>, u8), Vec<usize>> = HashMap::default();
+        let mut nfc_routes: HashMap<Arc<str>, Vec<usize>> = HashMap::default();
         for (i, rp) in config.read_points.iter().enumerate() {
             let reader: Arc<str> = Arc::from(rp.reader.as_str());
             if rp.antennas.is_empty() {
@@ -161,7 +165,7 @@ impl Pipeline {
             .map(|rp| Filter {
                 rssi_floor_dbm: rp.rssi_floor_dbm,
                 patterns: rp.epc_patterns.clone(),
-                verdicts: HashMap::new(),
+                verdicts: HashMap::default(),
             })
             .collect();
         let points = config

@@ -4,6 +4,21 @@
 /// `" % & / < > ?` become `%22 %25 %26 %2F %3C %3E %3F`; everything else stays literal.
 pub fn urn_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
+    push_urn_escaped(&mut out, s);
+    out
+}
+
+/// [`urn_escape`] appended to `out` (decoding builds several URIs per tag:
+/// one buffer each, no intermediate strings).
+pub(crate) fn push_urn_escaped(out: &mut String, s: &str) {
+    // Serials are almost always plain: copy them whole.
+    if !s
+        .bytes()
+        .any(|b| matches!(b, b'"' | b'%' | b'&' | b'/' | b'<' | b'>' | b'?'))
+    {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("%22"),
@@ -16,21 +31,59 @@ pub fn urn_escape(s: &str) -> String {
             c => out.push(c),
         }
     }
-    out
 }
 
 /// Escapes a GS1 Digital Link path value: everything outside `[A-Za-z0-9._-]` is
 /// percent-encoded with uppercase hex (GS1 DL Table 7-1 plus the URN-unsafe set).
 pub fn dl_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
+    push_dl_escaped(&mut out, s);
+    out
+}
+
+/// [`dl_escape`] appended to `out`.
+pub(crate) fn push_dl_escaped(out: &mut String, s: &str) {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    if s.bytes().all(plain) {
+        out.push_str(s);
+        return;
+    }
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+        if plain(b) {
             out.push(char::from(b));
         } else {
-            push_pct(&mut out, b);
+            push_pct(out, b);
         }
     }
-    out
+}
+
+/// Appends `v` in decimal, left-padded with zeros to at least `width` digits
+/// (what `format!("{v:0width$}")` gives, without the formatting machinery:
+/// every decoded EPC writes its company prefix, reference and serial).
+pub(crate) fn push_decimal(out: &mut String, v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut n = v;
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        if let Some(d) = buf.get_mut(i) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    for _ in (buf.len() - i)..width {
+        out.push('0');
+    }
+    // ASCII digits only.
+    out.extend(
+        buf.get(i..)
+            .unwrap_or_default()
+            .iter()
+            .map(|&b| char::from(b)),
+    );
 }
 
 pub(crate) fn push_pct(out: &mut String, b: u8) {
@@ -129,5 +182,36 @@ mod tests {
             urn_unescape(&urn_escape(&all)).as_deref(),
             Some(all.as_str())
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn push_decimal_matches_format(v: u64, width in 0usize..25) {
+            let mut out = String::from("x");
+            push_decimal(&mut out, v, width);
+            proptest::prop_assert_eq!(out, format!("x{v:0width$}"));
+        }
+
+        #[test]
+        fn plain_text_fast_paths_escape_like_the_byte_by_byte_rules(s in "[ -~]{0,12}") {
+            // The rules spelled out one byte at a time (all of `s` is ASCII).
+            let mut urn = String::new();
+            let mut dl = String::new();
+            for b in s.bytes() {
+                match b {
+                    b'"' | b'%' | b'&' | b'/' | b'<' | b'>' | b'?' => push_pct(&mut urn, b),
+                    _ => urn.push(char::from(b)),
+                }
+                if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+                    dl.push(char::from(b));
+                } else {
+                    push_pct(&mut dl, b);
+                }
+            }
+            let mut out = String::from("x");
+            push_urn_escaped(&mut out, &s);
+            push_dl_escaped(&mut out, &s);
+            proptest::prop_assert_eq!(out, format!("x{urn}{dl}"));
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! A decoded GS1 key in EPC terms and its URI / element string / Digital Link forms.
 
 use crate::check::with_check;
-use crate::escape::{dl_escape, urn_escape, urn_unescape};
+use crate::escape::{push_dl_escaped, push_urn_escaped, urn_unescape};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Family {
@@ -50,7 +50,7 @@ impl Family {
 }
 
 /// Primary key AI, its value, and the optional (AI, value) qualifier.
-type AiParts<'a> = (&'static str, String, Option<(&'static str, &'a str)>);
+pub(crate) type AiParts<'a> = (&'static str, String, Option<(&'static str, &'a str)>);
 
 /// The fields of an EPC pure identity; strings are unescaped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,48 +62,64 @@ pub(crate) struct Identity {
 }
 
 impl Identity {
-    /// The part after `urn:epc:id:<scheme>:`, escaped.
-    pub(crate) fn uri_body(&self) -> String {
-        match &self.item_reference {
-            Some(r) => format!("{}.{}.{}", self.company_prefix, r, urn_escape(&self.serial)),
-            None => format!("{}.{}", self.company_prefix, urn_escape(&self.serial)),
+    /// The part after `urn:epc:id:<scheme>:`, escaped, appended to `out`.
+    ///
+    /// Every form below is built into one pre-sized buffer with `push_str`
+    /// rather than `format!`: the gateway decodes every arriving tag, and
+    /// the formatting machinery and intermediate strings were most of the
+    /// decoding's cost.
+    pub(crate) fn push_uri_body(&self, out: &mut String) {
+        out.push_str(&self.company_prefix);
+        out.push('.');
+        if let Some(r) = &self.item_reference {
+            out.push_str(r);
+            out.push('.');
         }
+        push_urn_escaped(out, &self.serial);
     }
 
+    fn body_len(&self) -> usize {
+        self.company_prefix.len()
+            + self.item_reference.as_ref().map_or(0, |r| r.len() + 1)
+            + self.serial.len()
+            + 8
+    }
+
+    /// `urn:epc:id:<scheme>:<body>`.
     pub(crate) fn pure_uri(&self) -> String {
-        format!("urn:epc:id:{}:{}", self.family.name(), self.uri_body())
+        let mut s = String::with_capacity(16 + self.body_len());
+        s.push_str("urn:epc:id:");
+        s.push_str(self.family.name());
+        s.push(':');
+        self.push_uri_body(&mut s);
+        s
     }
 
     /// Company prefix and reference rearranged into the key's digit order (without
     /// the check digit): indicator/extension digit first for SGTIN and SSCC.
     fn key_body(&self) -> String {
-        let cp = &self.company_prefix;
+        let cp = self.company_prefix.as_str();
         let r = self.item_reference.as_deref().unwrap_or("");
-        match self.family {
-            Family::Sgtin => {
-                let (ind, rest) = r.split_at(r.len().min(1));
-                format!("{ind}{cp}{rest}")
-            }
+        let (head, tail) = match self.family {
+            Family::Sgtin => r.split_at(r.len().min(1)),
             Family::Sscc => {
-                let s = &self.serial;
-                let (ext, rest) = s.split_at(s.len().min(1));
-                format!("{ext}{cp}{rest}")
+                let s = self.serial.as_str();
+                s.split_at(s.len().min(1))
             }
-            Family::Sgln => format!("{cp}{r}"),
-            Family::Grai => format!("0{cp}{r}"),
-            Family::Giai => cp.clone(),
-        }
-    }
-
-    pub(crate) fn gtin(&self) -> Option<String> {
-        match self.family {
-            Family::Sgtin => with_check(&self.key_body()),
-            _ => None,
-        }
+            Family::Sgln => ("", r),
+            Family::Grai => ("0", r),
+            Family::Giai => ("", ""),
+        };
+        // Room for the check digit `with_check` appends.
+        let mut out = String::with_capacity(head.len() + cp.len() + tail.len() + 1);
+        out.push_str(head);
+        out.push_str(cp);
+        out.push_str(tail);
+        out
     }
 
     /// (AI, key value) of the primary key plus the optional (AI, value) qualifier.
-    fn ai_parts(&self) -> Option<AiParts<'_>> {
+    pub(crate) fn ai_parts(&self) -> Option<AiParts<'_>> {
         let s = self.serial.as_str();
         Some(match self.family {
             Family::Sgtin => ("01", with_check(&self.key_body())?, Some(("21", s))),
@@ -126,24 +142,48 @@ impl Identity {
     }
 
     pub(crate) fn element_string(&self) -> Option<String> {
-        let (ai, key, q) = self.ai_parts()?;
-        let mut s = format!("({ai}){key}{}", self.key_suffix());
+        Some(self.element_string_of(&self.ai_parts()?))
+    }
+
+    /// `(AI)key[suffix][(AI)qualifier]` from parts already computed.
+    pub(crate) fn element_string_of(&self, (ai, key, q): &AiParts<'_>) -> String {
+        let suffix = self.key_suffix();
+        let mut s = String::with_capacity(16 + key.len() + suffix.len() + self.serial.len());
+        s.push('(');
+        s.push_str(ai);
+        s.push(')');
+        s.push_str(key);
+        s.push_str(suffix);
         if let Some((qai, qv)) = q {
-            s.push_str(&format!("({qai}){qv}"));
+            s.push('(');
+            s.push_str(qai);
+            s.push(')');
+            s.push_str(qv);
         }
-        Some(s)
+        s
     }
 
     pub(crate) fn digital_link(&self) -> Option<String> {
-        let (ai, key, q) = self.ai_parts()?;
-        let mut s = format!(
-            "https://id.gs1.org/{ai}/{key}{}",
-            dl_escape(self.key_suffix())
-        );
+        Some(self.digital_link_of(&self.ai_parts()?))
+    }
+
+    /// `https://id.gs1.org/AI/key[suffix][/AI/qualifier]` from parts already
+    /// computed.
+    pub(crate) fn digital_link_of(&self, (ai, key, q): &AiParts<'_>) -> String {
+        let suffix = self.key_suffix();
+        let mut s = String::with_capacity(40 + key.len() + suffix.len() + self.serial.len());
+        s.push_str("https://id.gs1.org/");
+        s.push_str(ai);
+        s.push('/');
+        s.push_str(key);
+        push_dl_escaped(&mut s, suffix);
         if let Some((qai, qv)) = q {
-            s.push_str(&format!("/{qai}/{}", dl_escape(qv)));
+            s.push('/');
+            s.push_str(qai);
+            s.push('/');
+            push_dl_escaped(&mut s, qv);
         }
-        Some(s)
+        s
     }
 
     /// Parses the fields after `urn:epc:id:<family>:` (or a tag URI's fields after the

@@ -10,7 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::bits;
-use crate::escape::is_cs82;
+use crate::escape::{self, is_cs82};
 pub(crate) use identity::{Family, Identity};
 
 /// How the field after the company prefix is coded.
@@ -451,21 +451,39 @@ fn decode_with_ctl(epc: &[u8], ctl: &str) -> Decoded {
         },
     };
     match result {
-        Ok((def, filter, id)) => Decoded {
-            scheme: def.name.into(),
-            bits: def.bits,
-            filter: Some(filter),
-            company_prefix: Some(id.company_prefix.clone()),
-            item_reference: id.item_reference.clone(),
-            serial: Some(id.serial.clone()),
-            gtin: id.gtin(),
-            pure_identity_uri: id.pure_uri(),
-            tag_uri: format!("urn:epc:tag:{ctl}{}:{filter}.{}", def.name, id.uri_body()),
-            element_string: id.element_string(),
-            digital_link: id.digital_link(),
-            hex: to_hex(epc),
-            raw_reason: None,
-        },
+        Ok((def, filter, id)) => {
+            // The key (with its check digit) once for the GTIN, the element
+            // string and the Digital Link.
+            let parts = id.ai_parts();
+            let gtin = match (&parts, id.family) {
+                (Some((_, key, _)), identity::Family::Sgtin) => Some(key.clone()),
+                _ => None,
+            };
+            let pure_identity_uri = id.pure_uri();
+            let mut tag_uri = String::with_capacity(16 + ctl.len() + pure_identity_uri.len());
+            tag_uri.push_str("urn:epc:tag:");
+            tag_uri.push_str(ctl);
+            tag_uri.push_str(def.name);
+            tag_uri.push(':');
+            escape::push_decimal(&mut tag_uri, u64::from(filter), 1);
+            tag_uri.push('.');
+            id.push_uri_body(&mut tag_uri);
+            Decoded {
+                scheme: def.name.into(),
+                bits: def.bits,
+                filter: Some(filter),
+                gtin,
+                pure_identity_uri,
+                tag_uri,
+                element_string: parts.as_ref().map(|p| id.element_string_of(p)),
+                digital_link: parts.as_ref().map(|p| id.digital_link_of(p)),
+                hex: to_hex(epc),
+                raw_reason: None,
+                company_prefix: Some(id.company_prefix),
+                item_reference: id.item_reference,
+                serial: Some(id.serial),
+            }
+        }
         Err(reason) => raw(epc, raw_uri(epc, ctl), reason),
     }
 }
@@ -508,7 +526,8 @@ pub(crate) fn decode_scheme(def: &SchemeDef, epc: &[u8]) -> Result<(u8, Identity
             "{n}: company prefix {cp} has more than {cp_digits} digits"
         ));
     }
-    let company_prefix = format!("{cp:0cp_digits$}");
+    let mut company_prefix = String::with_capacity(cp_digits);
+    escape::push_decimal(&mut company_prefix, cp, cp_digits);
     let mut pos = 14 + cp_bits;
     let other = match def.other {
         Other::Padded => {
@@ -518,18 +537,26 @@ pub(crate) fn decode_scheme(def: &SchemeDef, epc: &[u8]) -> Result<(u8, Identity
                     "{n}: reference {v} has more than {o_digits} digits"
                 ));
             }
-            if o_digits == 0 {
-                String::new()
-            } else {
-                format!("{v:0o_digits$}")
+            let mut s = String::with_capacity(o_digits);
+            if o_digits > 0 {
+                escape::push_decimal(&mut s, v, o_digits);
             }
+            s
         }
-        Other::Unpadded => rd(pos, o_bits)?.to_string(),
+        Other::Unpadded => {
+            let mut s = String::with_capacity(20);
+            escape::push_decimal(&mut s, rd(pos, o_bits)?, 0);
+            s
+        }
         Other::Str => decode_string(epc, pos, o_bits, o_digits).map_err(|e| format!("{n}: {e}"))?,
     };
     pos += o_bits;
     let tail = match def.tail {
-        Tail::Int(b) => Some(rd(pos, b)?.to_string()),
+        Tail::Int(b) => {
+            let mut s = String::with_capacity(20);
+            escape::push_decimal(&mut s, rd(pos, b)?, 0);
+            Some(s)
+        }
         Tail::Str(b, max) => {
             Some(decode_string(epc, pos, b, max).map_err(|e| format!("{n}: {e}"))?)
         }
