@@ -383,9 +383,19 @@ pub fn build(
 
 /// Checks the reassembled payload against the manifest's digest.
 pub fn check_payload(manifest: &Manifest, payload: &[u8]) -> Result<(), FormatError> {
-    if payload.len() as u64 != manifest.payload_bytes
-        || digest_hex(payload) != manifest.payload_sha256
-    {
+    check_chunks(manifest, &[payload])
+}
+
+/// [`check_payload`] over the payload as its chunks, in order, without
+/// joining them (a large dataset is never held twice for its digest).
+pub fn check_chunks<C: AsRef<[u8]>>(manifest: &Manifest, chunks: &[C]) -> Result<(), FormatError> {
+    let mut h = Sha256::new();
+    let mut len = 0u64;
+    for c in chunks {
+        h.update(c.as_ref());
+        len += c.as_ref().len() as u64;
+    }
+    if len != manifest.payload_bytes || hex::encode(h.finalize()) != manifest.payload_sha256 {
         return Err(FormatError::PayloadDigest);
     }
     Ok(())

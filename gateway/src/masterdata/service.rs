@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::assemble::{manifest_filters, parse_topic, ManifestAction, Rejection, TopicKind};
-use super::format::{check_payload, verify_manifest, TrustedKeys};
+use super::format::{check_chunks, verify_manifest, TrustedKeys};
 use super::index::{Checks, IndexBuilder, IndexCounts, MasterIndex, SerialRef, Subject};
-use super::records::{parse_gtin, parse_payload};
+use super::records::{parse_chunks, parse_gtin};
 use super::Assembler;
 use crate::event::{Event, EventBody, Flag, MasterdataAppliedEvent, MasterdataDetail, UtcMs};
 use crate::store::masterdata::{MasterdataJob, StoredDataset};
@@ -449,14 +449,19 @@ fn reverify(d: &StoredDataset, trusted: &TrustedKeys, max: u64) -> Result<Master
     for (i, c) in d.chunks.iter().enumerate() {
         v.manifest.check_chunk(i as u64, c)?;
     }
-    let payload = d.chunks.concat();
-    check_payload(&v.manifest, &payload)?;
-    index_of(&d.name, d.version, &payload)
+    check_chunks(&v.manifest, &d.chunks)?;
+    index_of(&d.name, d.version, &d.chunks)
 }
 
-fn index_of(name: &str, version: u64, payload: &[u8]) -> Result<MasterIndex, Rejection> {
+/// Parses the chunks where they lie (never joined: a 100 MB dataset is not
+/// held twice) into the index.
+fn index_of<C: AsRef<[u8]>>(
+    name: &str,
+    version: u64,
+    chunks: &[C],
+) -> Result<MasterIndex, Rejection> {
     let mut b = IndexBuilder::default();
-    parse_payload(payload, |r| b.add(r)).map_err(|e| Rejection::Records {
+    parse_chunks(chunks, |r| b.add(r)).map_err(|e| Rejection::Records {
         name: name.to_owned(),
         version,
         message: e.to_string(),
@@ -523,15 +528,19 @@ pub async fn run(
         };
         let m = c.manifest.manifest.clone();
         let (name, version) = (m.name.clone(), m.version);
-        let payload = c.payload();
+        // The chunks go to the blocking thread and come back for the store.
+        let chunks = c.chunks;
         let parsed = tokio::task::spawn_blocking({
             let name = name.clone();
-            move || index_of(&name, version, &payload)
+            move || {
+                let index = index_of(&name, version, &chunks);
+                (index, chunks)
+            }
         })
         .await;
-        let index = match parsed {
-            Ok(Ok(i)) => i,
-            Ok(Err(e)) => {
+        let (index, chunks) = match parsed {
+            Ok((Ok(i), chunks)) => (i, chunks),
+            Ok((Err(e), _)) => {
                 svc.shared.reject(&e);
                 continue;
             }
@@ -544,8 +553,8 @@ pub async fn run(
         let job = MasterdataJob {
             name: name.clone(),
             version,
-            manifest: c.manifest.frame.clone(),
-            chunks: c.chunks,
+            manifest: c.manifest.frame,
+            chunks,
             reply: reply_tx,
         };
         if jobs.send(job).await.is_err() {
@@ -643,7 +652,7 @@ mod tests {
             name: name.into(),
             version: 1,
             applied_utc_ms: 0,
-            index: index_of(name, 1, payload.as_bytes()).unwrap(),
+            index: index_of(name, 1, &[payload.as_bytes()]).unwrap(),
         })
     }
 

@@ -110,6 +110,10 @@ struct Progress {
     offset: usize,
     started: Instant,
     transactions: u32,
+    /// The payload's length: each chunk is freed once staged (a 100 MB
+    /// dataset is not held in memory through the whole apply), so the
+    /// switch checks the staged bytes against this.
+    want_bytes: usize,
 }
 
 impl Applier {
@@ -146,6 +150,7 @@ impl Applier {
 
 fn progress(job: MasterdataJob) -> Progress {
     Progress {
+        want_bytes: job.chunks.iter().map(Vec::len).sum(),
         job,
         next: 0,
         offset: 0,
@@ -232,6 +237,10 @@ impl Store {
                 self.md_stage(&p.job, p.next, p.offset)?;
                 p.offset += PIECE;
                 if p.offset >= len {
+                    // Staged: SQLite has it now.
+                    if let Some(c) = p.job.chunks.get_mut(p.next) {
+                        *c = Vec::new();
+                    }
                     p.next += 1;
                     p.offset = 0;
                 }
@@ -239,7 +248,7 @@ impl Store {
                 Ok(None)
             } else {
                 let at = super::append::now_utc_ms();
-                self.md_activate(&p.job, at)?;
+                self.md_activate(&p.job, p.want_bytes, at)?;
                 p.transactions += 1;
                 Ok(Some(ApplyReport {
                     applied_utc_ms: at,
@@ -293,7 +302,12 @@ impl Store {
         Ok(())
     }
 
-    fn md_activate(&mut self, job: &MasterdataJob, at: i64) -> Result<(), StoreError> {
+    fn md_activate(
+        &mut self,
+        job: &MasterdataJob,
+        want_bytes: usize,
+        at: i64,
+    ) -> Result<(), StoreError> {
         let tx = self
             .conn
             .unchecked_transaction()
@@ -306,7 +320,6 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(sql("switching master data", self))?;
-        let want_bytes: usize = job.chunks.iter().map(Vec::len).sum();
         if staged != job.chunks.len() as i64 || bytes as usize != want_bytes {
             return Err(StoreError::Masterdata(format!(
                 "master data {} version {}: {staged} chunks staged, {} expected",
