@@ -389,16 +389,34 @@ pub fn check_payload(manifest: &Manifest, payload: &[u8]) -> Result<(), FormatEr
 /// [`check_payload`] over the payload as its chunks, in order, without
 /// joining them (a large dataset is never held twice for its digest).
 pub fn check_chunks<C: AsRef<[u8]>>(manifest: &Manifest, chunks: &[C]) -> Result<(), FormatError> {
-    let mut h = Sha256::new();
-    let mut len = 0u64;
+    let mut d = PayloadDigest::default();
     for c in chunks {
-        h.update(c.as_ref());
-        len += c.as_ref().len() as u64;
+        d.update(c.as_ref());
     }
-    if len != manifest.payload_bytes || hex::encode(h.finalize()) != manifest.payload_sha256 {
-        return Err(FormatError::PayloadDigest);
+    d.check(manifest)
+}
+
+/// The whole-payload digest, fed one chunk at a time.
+#[derive(Debug, Clone, Default)]
+pub struct PayloadDigest {
+    h: Sha256,
+    len: u64,
+}
+
+impl PayloadDigest {
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.h.update(chunk);
+        self.len += chunk.len() as u64;
     }
-    Ok(())
+
+    pub fn check(self, manifest: &Manifest) -> Result<(), FormatError> {
+        if self.len != manifest.payload_bytes
+            || hex::encode(self.h.finalize()) != manifest.payload_sha256
+        {
+            return Err(FormatError::PayloadDigest);
+        }
+        Ok(())
+    }
 }
 
 // ------------------------------------------------------------ key files ----

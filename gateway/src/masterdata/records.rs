@@ -312,10 +312,27 @@ pub fn parse_chunks<C: AsRef<[u8]>>(
     chunks: &[C],
     mut each: impl FnMut(Record),
 ) -> Result<u64, RecordError> {
-    let mut count = 0;
-    let mut line_no = 0u64;
-    let mut one = |line: &[u8]| -> Result<(), RecordError> {
-        line_no += 1;
+    let mut p = ChunkParser::default();
+    for c in chunks {
+        p.feed(c.as_ref(), &mut each)?;
+    }
+    p.finish(&mut each)
+}
+
+/// The payload parser fed one chunk at a time (the gateway re-verifies and
+/// parses a stored dataset chunk by chunk, holding one chunk at a time).
+#[derive(Debug, Default)]
+pub struct ChunkParser {
+    /// The start of a line that continues in the next chunk.
+    carry: Vec<u8>,
+    line_no: u64,
+    count: u64,
+}
+
+impl ChunkParser {
+    fn line(&mut self, line: &[u8], each: &mut impl FnMut(Record)) -> Result<(), RecordError> {
+        self.line_no += 1;
+        let line_no = self.line_no;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
@@ -329,28 +346,36 @@ pub fn parse_chunks<C: AsRef<[u8]>>(
             message,
         })?;
         each(record);
-        count += 1;
+        self.count += 1;
         Ok(())
-    };
-    // The start of a line that continues in the next chunk.
-    let mut carry: Vec<u8> = Vec::new();
-    for chunk in chunks {
-        let mut rest = chunk.as_ref();
+    }
+
+    /// The next chunk of the payload.
+    pub fn feed(&mut self, chunk: &[u8], each: &mut impl FnMut(Record)) -> Result<(), RecordError> {
+        let mut rest = chunk;
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
             let (line, tail) = rest.split_at(nl);
-            if carry.is_empty() {
-                one(line)?;
+            if self.carry.is_empty() {
+                self.line(line, each)?;
             } else {
+                let mut carry = std::mem::take(&mut self.carry);
                 carry.extend_from_slice(line);
-                one(&carry)?;
+                self.line(&carry, each)?;
                 carry.clear();
+                self.carry = carry;
             }
             rest = tail.get(1..).unwrap_or_default();
         }
-        carry.extend_from_slice(rest);
+        self.carry.extend_from_slice(rest);
+        Ok(())
     }
-    one(&carry)?;
-    Ok(count)
+
+    /// The end of the payload; returns the number of records.
+    pub fn finish(mut self, each: &mut impl FnMut(Record)) -> Result<u64, RecordError> {
+        let last = std::mem::take(&mut self.carry);
+        self.line(&last, each)?;
+        Ok(self.count)
+    }
 }
 
 #[cfg(test)]

@@ -208,6 +208,51 @@ impl Store {
         load_active(&self.conn).map_err(sql("loading master data", self))
     }
 
+    /// [`Store::masterdata_load`] without the chunks (`chunks` is empty):
+    /// the gateway reads them one at a time with
+    /// [`Store::masterdata_chunk`] while it re-verifies and indexes them, so
+    /// a 100 MB dataset is never in memory at start.
+    pub fn masterdata_heads(&mut self) -> Result<Vec<StoredDataset>, StoreError> {
+        self.md_attach()?;
+        self.conn
+            .execute(
+                "DELETE FROM md.chunks WHERE NOT EXISTS (SELECT 1 FROM md.active a \
+                 WHERE a.name = md.chunks.name AND a.version = md.chunks.version)",
+                [],
+            )
+            .map_err(sql("deleting unfinished master data", self))?;
+        load_heads(&self.conn).map_err(sql("loading master data", self))
+    }
+
+    /// Chunk `idx` of a stored dataset (its pieces joined); `None` when it
+    /// is not stored.
+    pub fn masterdata_chunk(
+        &self,
+        name: &str,
+        version: u64,
+        idx: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT data FROM md.chunks WHERE name = ?1 AND version = ?2 AND idx = ?3 \
+                 ORDER BY part",
+            )
+            .map_err(sql("reading master data", self))?;
+        let mut rows = stmt
+            .query(params![name, version as i64, idx as i64])
+            .map_err(sql("reading master data", self))?;
+        let mut chunk: Option<Vec<u8>> = None;
+        while let Some(r) = rows.next().map_err(sql("reading master data", self))? {
+            let piece = r.get_ref(0).map_err(sql("reading master data", self))?;
+            let piece = piece.as_blob().map_err(|e| {
+                StoreError::Masterdata(format!("master data chunk {idx} of {name}: {e}"))
+            })?;
+            chunk.get_or_insert_with(Vec::new).extend_from_slice(piece);
+        }
+        Ok(chunk)
+    }
+
     /// Stages one chunk (or switches versions once all are staged) of the
     /// oldest job. Failures end the job with the error, the old dataset
     /// stays in force.
@@ -367,6 +412,21 @@ impl Store {
             )
             .map_err(sql("deleting old master data", self))
     }
+}
+
+fn load_heads(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<StoredDataset>> {
+    let mut stmt = conn
+        .prepare("SELECT name, version, manifest, applied_utc_ms FROM md.active ORDER BY name")?;
+    let heads = stmt.query_map([], |r| {
+        Ok(StoredDataset {
+            name: r.get(0)?,
+            version: r.get::<_, i64>(1)? as u64,
+            manifest: r.get(2)?,
+            chunks: Vec::new(),
+            applied_utc_ms: r.get(3)?,
+        })
+    })?;
+    heads.collect()
 }
 
 fn load_active(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<StoredDataset>> {
