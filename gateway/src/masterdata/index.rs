@@ -138,10 +138,16 @@ impl RangeSet {
         if let Some(done) = cur {
             set.push(done);
         }
-        set.heads.shrink_to_fit();
-        set.offsets.shrink_to_fit();
-        set.bytes.shrink_to_fit();
-        set
+        // Copied into allocations of the exact size: `shrink_to_fit` is a
+        // realloc, which an allocator may answer by keeping the block
+        // (mimalloc does when more than half is used), leaving up to half
+        // of a doubled vector resident for as long as the index lives.
+        RangeSet {
+            heads: set.heads.as_slice().to_vec(),
+            offsets: set.offsets.as_slice().to_vec(),
+            bytes: set.bytes.as_slice().to_vec(),
+            ..set
+        }
     }
 
     /// Appends a run that starts at least 2 above the last one's end.
