@@ -152,7 +152,7 @@ impl RangeSet {
 
     /// Appends a run that starts at least 2 above the last one's end.
     fn push(&mut self, (a, z): (u64, u64)) {
-        let first_of_block = self.runs % BLOCK == 0;
+        let first_of_block = self.runs.is_multiple_of(BLOCK);
         let gap = if first_of_block {
             self.heads.push(a);
             self.offsets.push(self.bytes.len());
