@@ -383,8 +383,9 @@ fn passes_are_judged_against_an_expected_shipment_received_from_a_real_broker() 
         "{pass}"
     );
     // The stray tag carries its own flag; the expected ones none.
+    let stray_serial = stray.to_string();
     for t in pass["tags"].as_array().unwrap() {
-        let want = if t["identity"]["serial"] == stray.to_string() {
+        let want = if t["identity"]["serial"] == stray_serial.as_str() {
             serde_json::json!(["not_expected"])
         } else {
             serde_json::Value::Null
