@@ -17,7 +17,8 @@
 use std::collections::HashMap;
 
 use super::format::{
-    check_payload, name_ok, verify_manifest, FormatError, TrustedKeys, VerifiedManifest,
+    check_chunks, check_payload, name_ok, verify_manifest, FormatError, TrustedKeys,
+    VerifiedManifest,
 };
 
 /// Datasets being received at once; a further name waits for one to finish
@@ -316,7 +317,7 @@ impl Assembler {
             chunks,
             unsubscribe: Some(p.filter.clone()),
         };
-        if let Err(e) = check_payload(&complete.manifest.manifest, &complete.payload()) {
+        if let Err(e) = check_chunks(&complete.manifest.manifest, &complete.chunks) {
             return Err((e.into(), p.filter));
         }
         Ok(Some(complete))

@@ -383,12 +383,40 @@ pub fn build(
 
 /// Checks the reassembled payload against the manifest's digest.
 pub fn check_payload(manifest: &Manifest, payload: &[u8]) -> Result<(), FormatError> {
-    if payload.len() as u64 != manifest.payload_bytes
-        || digest_hex(payload) != manifest.payload_sha256
-    {
-        return Err(FormatError::PayloadDigest);
+    check_chunks(manifest, &[payload])
+}
+
+/// [`check_payload`] over the payload as its chunks, in order, without
+/// joining them (a large dataset is never held twice for its digest).
+pub fn check_chunks<C: AsRef<[u8]>>(manifest: &Manifest, chunks: &[C]) -> Result<(), FormatError> {
+    let mut d = PayloadDigest::default();
+    for c in chunks {
+        d.update(c.as_ref());
     }
-    Ok(())
+    d.check(manifest)
+}
+
+/// The whole-payload digest, fed one chunk at a time.
+#[derive(Debug, Clone, Default)]
+pub struct PayloadDigest {
+    h: Sha256,
+    len: u64,
+}
+
+impl PayloadDigest {
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.h.update(chunk);
+        self.len += chunk.len() as u64;
+    }
+
+    pub fn check(self, manifest: &Manifest) -> Result<(), FormatError> {
+        if self.len != manifest.payload_bytes
+            || hex::encode(self.h.finalize()) != manifest.payload_sha256
+        {
+            return Err(FormatError::PayloadDigest);
+        }
+        Ok(())
+    }
 }
 
 // ------------------------------------------------------------ key files ----

@@ -301,13 +301,41 @@ impl RawRecord {
 
 /// Parses a payload, handing each record to `each`. Empty lines are
 /// skipped. Returns the number of records, or the first bad line.
-pub fn parse_payload(payload: &[u8], mut each: impl FnMut(Record)) -> Result<u64, RecordError> {
-    let mut count = 0;
-    for (i, line) in payload.split(|&b| b == b'\n').enumerate() {
-        let line_no = i as u64 + 1;
+pub fn parse_payload(payload: &[u8], each: impl FnMut(Record)) -> Result<u64, RecordError> {
+    parse_chunks(&[payload], each)
+}
+
+/// [`parse_payload`] over the payload as its chunks, in order, without
+/// joining them: a 100 MB dataset is parsed where it lies (the chunks the
+/// store writes), and only a line cut by a chunk boundary is copied.
+pub fn parse_chunks<C: AsRef<[u8]>>(
+    chunks: &[C],
+    mut each: impl FnMut(Record),
+) -> Result<u64, RecordError> {
+    let mut p = ChunkParser::default();
+    for c in chunks {
+        p.feed(c.as_ref(), &mut each)?;
+    }
+    p.finish(&mut each)
+}
+
+/// The payload parser fed one chunk at a time (the gateway re-verifies and
+/// parses a stored dataset chunk by chunk, holding one chunk at a time).
+#[derive(Debug, Default)]
+pub struct ChunkParser {
+    /// The start of a line that continues in the next chunk.
+    carry: Vec<u8>,
+    line_no: u64,
+    count: u64,
+}
+
+impl ChunkParser {
+    fn line(&mut self, line: &[u8], each: &mut impl FnMut(Record)) -> Result<(), RecordError> {
+        self.line_no += 1;
+        let line_no = self.line_no;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
+            return Ok(());
         }
         let raw: RawRecord = serde_json::from_slice(line).map_err(|e| RecordError {
             line: line_no,
@@ -318,9 +346,36 @@ pub fn parse_payload(payload: &[u8], mut each: impl FnMut(Record)) -> Result<u64
             message,
         })?;
         each(record);
-        count += 1;
+        self.count += 1;
+        Ok(())
     }
-    Ok(count)
+
+    /// The next chunk of the payload.
+    pub fn feed(&mut self, chunk: &[u8], each: &mut impl FnMut(Record)) -> Result<(), RecordError> {
+        let mut rest = chunk;
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            let (line, tail) = rest.split_at(nl);
+            if self.carry.is_empty() {
+                self.line(line, each)?;
+            } else {
+                let mut carry = std::mem::take(&mut self.carry);
+                carry.extend_from_slice(line);
+                self.line(&carry, each)?;
+                carry.clear();
+                self.carry = carry;
+            }
+            rest = tail.get(1..).unwrap_or_default();
+        }
+        self.carry.extend_from_slice(rest);
+        Ok(())
+    }
+
+    /// The end of the payload; returns the number of records.
+    pub fn finish(mut self, each: &mut impl FnMut(Record)) -> Result<u64, RecordError> {
+        let last = std::mem::take(&mut self.carry);
+        self.line(&last, each)?;
+        Ok(self.count)
+    }
 }
 
 #[cfg(test)]
@@ -375,6 +430,30 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn chunks_cut_anywhere_parse_like_the_whole_payload() {
+        let payload = format!(
+            "{{\"t\":\"commissioned\",\"gtin\":\"{GTIN}\",\"from\":1,\"to\":10}}\r\n\n\
+             {{\"t\":\"blocked\",\"gtin\":\"{GTIN}\",\"serial\":\"7\",\"reason\":\"stolen\"}}\n\
+             {{\"t\":\"nfc\",\"uid\":\"04A1B2C3D4E5F6\",\"gtin\":\"{GTIN}\",\"serial\":\"A1\"}}"
+        );
+        let b = payload.as_bytes();
+        let mut whole = Vec::new();
+        assert_eq!(parse_payload(b, |r| whole.push(r)), Ok(3));
+        for size in 1..b.len() {
+            let chunks: Vec<&[u8]> = b.chunks(size).collect();
+            let mut got = Vec::new();
+            assert_eq!(parse_chunks(&chunks, |r| got.push(r)), Ok(3), "size {size}");
+            assert_eq!(got, whole, "size {size}");
+        }
+        // A bad line keeps its number whatever the cut.
+        let bad = "\n\n{\"t\":\"zap\"}\n";
+        for size in 1..bad.len() {
+            let chunks: Vec<&[u8]> = bad.as_bytes().chunks(size).collect();
+            assert_eq!(parse_chunks(&chunks, |_| {}).unwrap_err().line, 3);
+        }
     }
 
     #[test]

@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::assemble::{manifest_filters, parse_topic, ManifestAction, Rejection, TopicKind};
-use super::format::{check_payload, verify_manifest, TrustedKeys};
+use super::format::{verify_manifest, PayloadDigest, TrustedKeys};
 use super::index::{Checks, IndexBuilder, IndexCounts, MasterIndex, SerialRef, Subject};
-use super::records::{parse_gtin, parse_payload};
+use super::records::{parse_chunks, parse_gtin, ChunkParser};
 use super::Assembler;
 use crate::event::{Event, EventBody, Flag, MasterdataAppliedEvent, MasterdataDetail, UtcMs};
 use crate::store::masterdata::{MasterdataJob, StoredDataset};
@@ -379,9 +379,20 @@ pub struct Service {
     active_tx: watch::Sender<Arc<Active>>,
 }
 
+/// Where [`start_with`] reads the chunks of a stored dataset that `Setup`
+/// gives without them: (name, version, index) → the chunk, `Ok(None)` when
+/// missing.
+pub type ChunkSource<'a> = dyn FnMut(&str, u64, usize) -> Result<Option<Vec<u8>>, String> + 'a;
+
 /// Verifies and indexes the stored datasets (blocking: call it off the async
 /// runtime), and returns the downlink, the views and the service.
 pub fn start(setup: Setup) -> (Downlink, Views, Service) {
+    start_with(setup, &mut |_, _, _| Ok(None))
+}
+
+/// [`start`], reading the chunks of datasets stored without them from
+/// `source`, one at a time.
+pub fn start_with(setup: Setup, source: &mut ChunkSource<'_>) -> (Downlink, Views, Service) {
     let mut assembler = Assembler::new(
         setup.trusted.clone(),
         setup.max_payload,
@@ -390,7 +401,7 @@ pub fn start(setup: Setup) -> (Downlink, Views, Service) {
     );
     let mut datasets = Vec::new();
     for d in setup.stored {
-        match reverify(&d, &setup.trusted, setup.max_payload) {
+        match reverify(&d, &setup.trusted, setup.max_payload, source) {
             Ok(index) => {
                 assembler.set_active(&d.name, d.version);
                 datasets.push(Arc::new(Dataset {
@@ -444,19 +455,66 @@ pub fn start(setup: Setup) -> (Downlink, Views, Service) {
     )
 }
 
-fn reverify(d: &StoredDataset, trusted: &TrustedKeys, max: u64) -> Result<MasterIndex, Rejection> {
+/// Checks a stored dataset as if it had just arrived, one chunk at a time:
+/// the manifest's signature, each chunk's length and digest before that
+/// chunk is parsed, then the whole payload's digest. Holds one chunk (from
+/// `d.chunks`, or read from `source`) at a time, never the payload.
+fn reverify(
+    d: &StoredDataset,
+    trusted: &TrustedKeys,
+    max: u64,
+    source: &mut ChunkSource<'_>,
+) -> Result<MasterIndex, Rejection> {
     let v = verify_manifest(&d.manifest, trusted, max)?;
-    for (i, c) in d.chunks.iter().enumerate() {
-        v.manifest.check_chunk(i as u64, c)?;
+    let records = |message: String| Rejection::Records {
+        name: d.name.clone(),
+        version: d.version,
+        message,
+    };
+    let count = v.manifest.chunks.len();
+    if d.chunks.len() > count {
+        return Err(records(format!(
+            "{} chunks stored, the manifest has {count}",
+            d.chunks.len()
+        )));
     }
-    let payload = d.chunks.concat();
-    check_payload(&v.manifest, &payload)?;
-    index_of(&d.name, d.version, &payload)
+    let mut digest = PayloadDigest::default();
+    let mut parser = ChunkParser::default();
+    let mut b = IndexBuilder::default();
+    let mut add = |r: super::records::Record| b.add(r);
+    for i in 0..count {
+        let loaded;
+        let chunk = match d.chunks.get(i) {
+            Some(c) => c.as_slice(),
+            None => {
+                loaded = source(&d.name, d.version, i)
+                    .map_err(records)?
+                    .ok_or_else(|| records(format!("chunk {i} is not stored")))?;
+                loaded.as_slice()
+            }
+        };
+        v.manifest.check_chunk(i as u64, chunk)?;
+        digest.update(chunk);
+        parser
+            .feed(chunk, &mut add)
+            .map_err(|e| records(e.to_string()))?;
+    }
+    digest.check(&v.manifest)?;
+    parser
+        .finish(&mut add)
+        .map_err(|e| records(e.to_string()))?;
+    Ok(b.finish())
 }
 
-fn index_of(name: &str, version: u64, payload: &[u8]) -> Result<MasterIndex, Rejection> {
+/// Parses the chunks where they lie (never joined: a 100 MB dataset is not
+/// held twice) into the index.
+fn index_of<C: AsRef<[u8]>>(
+    name: &str,
+    version: u64,
+    chunks: &[C],
+) -> Result<MasterIndex, Rejection> {
     let mut b = IndexBuilder::default();
-    parse_payload(payload, |r| b.add(r)).map_err(|e| Rejection::Records {
+    parse_chunks(chunks, |r| b.add(r)).map_err(|e| Rejection::Records {
         name: name.to_owned(),
         version,
         message: e.to_string(),
@@ -484,16 +542,24 @@ pub fn prepare(
     gateway: &str,
 ) -> Result<Prepared, String> {
     let trusted = super::config::load_trusted_keys(cfg).map_err(|e| e.join("; "))?;
-    let stored = store.masterdata_load().map_err(|e| e.to_string())?;
+    // Heads only: each chunk is read while it is checked and parsed.
+    let stored = store.masterdata_heads().map_err(|e| e.to_string())?;
     let jobs = store.masterdata_channel();
-    let (downlink, views, service) = start(Setup {
-        trusted,
-        max_payload: cfg.max_dataset_bytes,
-        prefix: prefix.to_owned(),
-        site: site.to_owned(),
-        gateway: gateway.to_owned(),
-        stored,
-    });
+    let (downlink, views, service) = start_with(
+        Setup {
+            trusted,
+            max_payload: cfg.max_dataset_bytes,
+            prefix: prefix.to_owned(),
+            site: site.to_owned(),
+            gateway: gateway.to_owned(),
+            stored,
+        },
+        &mut |name, version, idx| {
+            store
+                .masterdata_chunk(name, version, idx)
+                .map_err(|e| e.to_string())
+        },
+    );
     Ok(Prepared {
         downlink,
         views,
@@ -523,15 +589,19 @@ pub async fn run(
         };
         let m = c.manifest.manifest.clone();
         let (name, version) = (m.name.clone(), m.version);
-        let payload = c.payload();
+        // The chunks go to the blocking thread and come back for the store.
+        let chunks = c.chunks;
         let parsed = tokio::task::spawn_blocking({
             let name = name.clone();
-            move || index_of(&name, version, &payload)
+            move || {
+                let index = index_of(&name, version, &chunks);
+                (index, chunks)
+            }
         })
         .await;
-        let index = match parsed {
-            Ok(Ok(i)) => i,
-            Ok(Err(e)) => {
+        let (index, chunks) = match parsed {
+            Ok((Ok(i), chunks)) => (i, chunks),
+            Ok((Err(e), _)) => {
                 svc.shared.reject(&e);
                 continue;
             }
@@ -544,8 +614,8 @@ pub async fn run(
         let job = MasterdataJob {
             name: name.clone(),
             version,
-            manifest: c.manifest.frame.clone(),
-            chunks: c.chunks,
+            manifest: c.manifest.frame,
+            chunks,
             reply: reply_tx,
         };
         if jobs.send(job).await.is_err() {
@@ -643,7 +713,7 @@ mod tests {
             name: name.into(),
             version: 1,
             applied_utc_ms: 0,
-            index: index_of(name, 1, payload.as_bytes()).unwrap(),
+            index: index_of(name, 1, &[payload.as_bytes()]).unwrap(),
         })
     }
 
@@ -684,6 +754,73 @@ mod tests {
                 .is_none()
                 && flags.is_empty()
         );
+    }
+
+    /// At start the store gives heads only and each chunk on request: a
+    /// dataset read that way is checked chunk by chunk and enforced; one
+    /// with a chunk altered or missing on disk is not.
+    #[test]
+    fn stored_datasets_are_reverified_one_chunk_at_a_time() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let mut payload = String::new();
+        for i in 0..200u64 {
+            payload += &format!(
+                "{{\"t\":\"blocked\",\"gtin\":\"{G}\",\"serial\":\"{}\",\"reason\":\"stolen\"}}\n",
+                i * 3
+            );
+        }
+        let b = build(
+            &key,
+            "recalls",
+            4,
+            Scope::default(),
+            "",
+            payload.as_bytes(),
+            1024,
+        )
+        .unwrap();
+        assert!(b.chunks.len() > 5, "lines cut by chunk boundaries");
+        let head = StoredDataset {
+            name: "recalls".into(),
+            version: 4,
+            manifest: b.frame.clone(),
+            chunks: Vec::new(),
+            applied_utc_ms: 1,
+        };
+        let setup = || Setup {
+            trusted: TrustedKeys::new([key.verifying_key()]),
+            max_payload: 1 << 20,
+            prefix: "tg".into(),
+            site: "s".into(),
+            gateway: "g".into(),
+            stored: vec![head.clone()],
+        };
+        let mut asked = Vec::new();
+        let (_, views, _) = start_with(setup(), &mut |name, version, i| {
+            asked.push((name.to_owned(), version, i));
+            Ok(b.chunks.get(i).cloned())
+        });
+        assert_eq!(asked.len(), b.chunks.len());
+        let active = views.active.borrow().clone();
+        assert_eq!(active.datasets.len(), 1);
+        let mut flags = Vec::new();
+        active.check(&item("597"), "dock", Checks::ALL, None, &mut flags);
+        assert_eq!(flags, vec![Flag::Blocked]);
+
+        let (_, views, _) = start_with(setup(), &mut |_, _, i| {
+            let mut c = b.chunks.get(i).cloned();
+            if i == 3 {
+                if let Some(c) = c.as_mut() {
+                    c[10] ^= 1;
+                }
+            }
+            Ok(c)
+        });
+        assert!(views.active.borrow().datasets.is_empty(), "altered chunk");
+        let (_, views, _) = start_with(setup(), &mut |_, _, i| {
+            Ok(b.chunks.get(i).cloned().filter(|_| i != 2))
+        });
+        assert!(views.active.borrow().datasets.is_empty(), "missing chunk");
     }
 
     #[test]

@@ -110,6 +110,10 @@ struct Progress {
     offset: usize,
     started: Instant,
     transactions: u32,
+    /// The payload's length: each chunk is freed once staged (a 100 MB
+    /// dataset is not held in memory through the whole apply), so the
+    /// switch checks the staged bytes against this.
+    want_bytes: usize,
 }
 
 impl Applier {
@@ -146,6 +150,7 @@ impl Applier {
 
 fn progress(job: MasterdataJob) -> Progress {
     Progress {
+        want_bytes: job.chunks.iter().map(Vec::len).sum(),
         job,
         next: 0,
         offset: 0,
@@ -203,6 +208,51 @@ impl Store {
         load_active(&self.conn).map_err(sql("loading master data", self))
     }
 
+    /// [`Store::masterdata_load`] without the chunks (`chunks` is empty):
+    /// the gateway reads them one at a time with
+    /// [`Store::masterdata_chunk`] while it re-verifies and indexes them, so
+    /// a 100 MB dataset is never in memory at start.
+    pub fn masterdata_heads(&mut self) -> Result<Vec<StoredDataset>, StoreError> {
+        self.md_attach()?;
+        self.conn
+            .execute(
+                "DELETE FROM md.chunks WHERE NOT EXISTS (SELECT 1 FROM md.active a \
+                 WHERE a.name = md.chunks.name AND a.version = md.chunks.version)",
+                [],
+            )
+            .map_err(sql("deleting unfinished master data", self))?;
+        load_heads(&self.conn).map_err(sql("loading master data", self))
+    }
+
+    /// Chunk `idx` of a stored dataset (its pieces joined); `None` when it
+    /// is not stored.
+    pub fn masterdata_chunk(
+        &self,
+        name: &str,
+        version: u64,
+        idx: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT data FROM md.chunks WHERE name = ?1 AND version = ?2 AND idx = ?3 \
+                 ORDER BY part",
+            )
+            .map_err(sql("reading master data", self))?;
+        let mut rows = stmt
+            .query(params![name, version as i64, idx as i64])
+            .map_err(sql("reading master data", self))?;
+        let mut chunk: Option<Vec<u8>> = None;
+        while let Some(r) = rows.next().map_err(sql("reading master data", self))? {
+            let piece = r.get_ref(0).map_err(sql("reading master data", self))?;
+            let piece = piece.as_blob().map_err(|e| {
+                StoreError::Masterdata(format!("master data chunk {idx} of {name}: {e}"))
+            })?;
+            chunk.get_or_insert_with(Vec::new).extend_from_slice(piece);
+        }
+        Ok(chunk)
+    }
+
     /// Stages one chunk (or switches versions once all are staged) of the
     /// oldest job. Failures end the job with the error, the old dataset
     /// stays in force.
@@ -232,6 +282,10 @@ impl Store {
                 self.md_stage(&p.job, p.next, p.offset)?;
                 p.offset += PIECE;
                 if p.offset >= len {
+                    // Staged: SQLite has it now.
+                    if let Some(c) = p.job.chunks.get_mut(p.next) {
+                        *c = Vec::new();
+                    }
                     p.next += 1;
                     p.offset = 0;
                 }
@@ -239,7 +293,7 @@ impl Store {
                 Ok(None)
             } else {
                 let at = super::append::now_utc_ms();
-                self.md_activate(&p.job, at)?;
+                self.md_activate(&p.job, p.want_bytes, at)?;
                 p.transactions += 1;
                 Ok(Some(ApplyReport {
                     applied_utc_ms: at,
@@ -293,7 +347,12 @@ impl Store {
         Ok(())
     }
 
-    fn md_activate(&mut self, job: &MasterdataJob, at: i64) -> Result<(), StoreError> {
+    fn md_activate(
+        &mut self,
+        job: &MasterdataJob,
+        want_bytes: usize,
+        at: i64,
+    ) -> Result<(), StoreError> {
         let tx = self
             .conn
             .unchecked_transaction()
@@ -306,7 +365,6 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(sql("switching master data", self))?;
-        let want_bytes: usize = job.chunks.iter().map(Vec::len).sum();
         if staged != job.chunks.len() as i64 || bytes as usize != want_bytes {
             return Err(StoreError::Masterdata(format!(
                 "master data {} version {}: {staged} chunks staged, {} expected",
@@ -354,6 +412,21 @@ impl Store {
             )
             .map_err(sql("deleting old master data", self))
     }
+}
+
+fn load_heads(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<StoredDataset>> {
+    let mut stmt = conn
+        .prepare("SELECT name, version, manifest, applied_utc_ms FROM md.active ORDER BY name")?;
+    let heads = stmt.query_map([], |r| {
+        Ok(StoredDataset {
+            name: r.get(0)?,
+            version: r.get::<_, i64>(1)? as u64,
+            manifest: r.get(2)?,
+            chunks: Vec::new(),
+            applied_utc_ms: r.get(3)?,
+        })
+    })?;
+    heads.collect()
 }
 
 fn load_active(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<StoredDataset>> {

@@ -40,6 +40,58 @@ proptest! {
         }
     }
 
+    /// Hundreds of runs (several compressed blocks), gaps from 2 to the
+    /// whole u64 range, lengths from 1 to huge: every run's ends and the
+    /// numbers around them answer as a plain sorted list of runs does.
+    #[test]
+    fn compressed_range_set_agrees_with_its_runs_across_blocks(
+        runs in proptest::collection::vec(
+            (any::<u64>(), prop_oneof![Just(0u64), 0u64..5, any::<u64>()]),
+            0..600,
+        )
+    ) {
+        let runs: Vec<(u64, u64)> = runs
+            .into_iter()
+            .map(|(a, len)| (a, a.saturating_add(len)))
+            .collect();
+        let set = RangeSet::from_ranges(runs.clone());
+        // The merged runs, the plain way.
+        let mut sorted = runs.clone();
+        sorted.sort_unstable();
+        let mut plain: Vec<(u64, u64)> = Vec::new();
+        for (a, z) in sorted {
+            match plain.last_mut() {
+                Some(l) if a <= l.1.saturating_add(1) => l.1 = l.1.max(z),
+                _ => plain.push((a, z)),
+            }
+        }
+        prop_assert_eq!(set.iter_runs().collect::<Vec<_>>(), plain.clone());
+        prop_assert_eq!(set.runs(), plain.len());
+        let inside = |x: u64| plain.iter().any(|&(a, z)| a <= x && x <= z);
+        for &(a, z) in &plain {
+            for x in [a.wrapping_sub(1), a, a.saturating_add(1), z.saturating_sub(1), z, z.wrapping_add(1)] {
+                prop_assert_eq!(set.contains(x), inside(x), "x = {}", x);
+            }
+        }
+    }
+
+    /// Folding runs into a set in several steps (as the builder does every
+    /// `COMPACT_RUNS`) gives the set of all of them at once.
+    #[test]
+    fn a_set_built_in_steps_equals_the_set_built_at_once(
+        parts in proptest::collection::vec(ranges(), 0..5)
+    ) {
+        let all: Vec<(u64, u64)> = parts.iter().flatten().copied().collect();
+        let mut stepwise = RangeSet::default();
+        for p in parts {
+            stepwise = stepwise.union(p);
+        }
+        prop_assert_eq!(
+            stepwise.iter_runs().collect::<Vec<_>>(),
+            RangeSet::from_ranges(all).iter_runs().collect::<Vec<_>>()
+        );
+    }
+
     #[test]
     fn blocked_ranges_agree_with_a_naive_map_and_the_strongest_reason_wins(
         runs in proptest::collection::vec(((0u64..200, 0u64..20), reason()), 0..40)
@@ -134,6 +186,23 @@ fn a_range_ending_at_the_largest_serial_is_kept() {
     assert_eq!(m.get(4), None);
     let s = RangeSet::from_ranges(vec![(u64::MAX, u64::MAX), (0, 0)]);
     assert!(s.contains(u64::MAX) && s.contains(0) && !s.contains(1));
+    let all = RangeSet::from_ranges(vec![(0, u64::MAX)]);
+    assert!(all.contains(0) && all.contains(u64::MAX) && all.count() == u64::MAX);
+}
+
+#[test]
+fn unrelated_serials_cost_a_few_bytes_each() {
+    // Serials as sparse as 2.5 million per GTIN spread over SGTIN-96's
+    // 38-bit serial space (gaps of ~110,000; 10 million over four GTINs):
+    // 3-byte varints plus block heads, not 16 bytes a run.
+    let step = (1u64 << 38) / 2_500_000;
+    let runs: Vec<(u64, u64)> = (0..100_000u64)
+        .map(|i| (i * step + 1, i * step + 1))
+        .collect();
+    let set = RangeSet::from_ranges(runs);
+    assert_eq!(set.runs(), 100_000);
+    assert!(set.heap_bytes() < 100_000 * 4, "{} bytes", set.heap_bytes());
+    assert!(set.contains(step * 500 + 1) && !set.contains(step * 500 + 2));
 }
 
 fn index(payload: &str) -> MasterIndex {
