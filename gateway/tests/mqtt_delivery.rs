@@ -193,7 +193,10 @@ async fn store_full_while_broker_down_reports_exact_drop_count_and_delivers_the_
     let mut broker = Mosquitto::start();
     let registry = Registry::start(broker.addr(), "tracegate/+/+/events").await;
     let dir = tempfile::tempdir().unwrap();
-    let store_cfg = store_config(dir.path(), 1024 * 1024, FullPolicy::DropOldest);
+    // 2 MiB: the database's share (max_bytes less the WAL, its index and
+    // the reserve) must hold the first 1,000 events until their PUBACKs, or
+    // events in flight would be dropped (and counted) yet still arrive.
+    let store_cfg = store_config(dir.path(), 2 * 1024 * 1024, FullPolicy::DropOldest);
     let mut writer = Writer::start(&store_cfg);
     let (ctx, _stats) = context(&store_cfg, writer.committed.clone(), writer.watermark());
     let (cancel, task) = spawn_publisher(mqtt_config(&broker.url()), ctx);
@@ -220,7 +223,7 @@ async fn store_full_while_broker_down_reports_exact_drop_count_and_delivers_the_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::task::block_in_place(|| broker.stop());
-    // Fill the 1 MiB store well past its cap.
+    // Fill the store well past its cap.
     let mut appended = 1_000u64;
     loop {
         writer.append(appended, 500, 100).await;

@@ -139,8 +139,9 @@
 //! the acks. A failing commit is logged and retried
 //! with [`crate::backoff::Backoff`] (50 ms doubling to 5 s, at most 1 s
 //! while the disk is full, see "A full disk"); nothing is acknowledged
-//! until it succeeds. [`WriterHandle::disk_full_since`] says since when
-//! commits fail for lack of space (for health).
+//! until it succeeds. Each failure is reported to the writer's heartbeat
+//! ([`crate::heartbeat::report_store_error`]), which names the cause
+//! (`disk_full`, `read_only`) for health.
 //!
 //! The publisher raises the watermark through [`Watermark::advance`] (never
 //! blocks); the writer persists it at most every [`WATERMARK_EVERY`] in a

@@ -21,7 +21,6 @@ use super::append::now_utc_ms;
 use super::recent::RecentCommits;
 use super::{Store, StoreError, StoreStats, StoredEvent, WriteRequest};
 use crate::backoff::Backoff;
-use crate::event::UtcMs;
 use crate::heartbeat::Heartbeat;
 
 /// How often the writer deletes published events past their retention.
@@ -107,7 +106,6 @@ pub struct WriterHandle {
     thread: std::thread::JoinHandle<Result<(), StoreError>>,
     drained: Option<oneshot::Receiver<()>>,
     recent: RecentCommits,
-    disk_full: watch::Receiver<Option<UtcMs>>,
 }
 
 impl WriterHandle {
@@ -117,13 +115,6 @@ impl WriterHandle {
     /// [`StoreReader::with_recent`]: super::StoreReader::with_recent
     pub fn recent(&self) -> RecentCommits {
         self.recent.clone()
-    }
-
-    /// Since when commits fail for lack of disk space (the first failed
-    /// commit's UTC time), `None` while they succeed. Set on the first
-    /// `SQLITE_FULL`, cleared by the next commit that succeeds. For health.
-    pub fn disk_full_since(&self) -> watch::Receiver<Option<UtcMs>> {
-        self.disk_full.clone()
     }
 
     /// Resolves once the request channel is closed and everything that was
@@ -174,13 +165,11 @@ pub fn spawn_writer(
     let (watermark, wm_rx) = Watermark::channel(stats.published_upto);
     let (stats_tx, stats_rx) = watch::channel(stats);
     let (drained_tx, drained) = oneshot::channel();
-    let (disk_full_tx, disk_full) = watch::channel(None);
     let recent = RecentCommits::new();
     let out = Outputs {
         committed: committed_tx,
         recent: recent.clone(),
         stats: stats_tx,
-        disk_full: disk_full_tx,
         on_commit,
         heartbeat,
     };
@@ -196,7 +185,6 @@ pub fn spawn_writer(
             thread,
             drained: Some(drained),
             recent,
-            disk_full,
         },
     })
 }
@@ -205,7 +193,6 @@ struct Outputs {
     committed: watch::Sender<u64>,
     recent: RecentCommits,
     stats: watch::Sender<StoreStats>,
-    disk_full: watch::Sender<Option<UtcMs>>,
     on_commit: Option<crate::Observer<Vec<StoredEvent>>>,
     heartbeat: Option<Arc<Heartbeat>>,
 }
@@ -493,9 +480,13 @@ fn commit_batch(
         match store.commit_groups(&groups) {
             Ok(o) => break o,
             Err(e) if e.is_disk_full() => {
+                // Health names the cause (disk_full) while it lasts, and the
+                // attempt counts as a beat: a restart cannot free space.
+                if let Some(h) = &out.heartbeat {
+                    crate::heartbeat::report_store_error(h, &e, &store.config.path);
+                }
                 if disk_full.is_none() {
                     disk_full = Some(Instant::now());
-                    out.disk_full.send_replace(Some(UtcMs(now_utc_ms())));
                     tracing::error!(event = "store.disk_full", error = %e, requests = groups.len(), "the disk is full: nothing acknowledged; checkpointing the WAL and retrying every second");
                 }
                 match store.recover_space() {
@@ -531,7 +522,6 @@ fn commit_batch(
         }
     };
     if let Some(since) = disk_full {
-        out.disk_full.send_replace(None);
         tracing::warn!(
             event = "store.disk_recovered",
             after_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
