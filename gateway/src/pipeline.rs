@@ -373,7 +373,7 @@ impl Pipeline {
         let now = self.clock.now();
         self.dedup.hold_back(oldest_in_flight);
         self.dedup.clock_tick(now, &mut events);
-        self.door.poll(now);
+        self.door.poll_held_back(now, oldest_in_flight);
         let stats = self.dedup.stats();
         metrics::gauge!("tracegate_dedup_tracked_tags").set(stats.tracked as f64);
         metrics::gauge!("tracegate_dedup_evictions").set(stats.evictions as f64);

@@ -202,6 +202,15 @@ impl Doors {
         }
     }
 
+    /// [`Doors::poll`] on the reads' own time: while reads are in flight
+    /// towards the pipeline (`oldest_in_flight`: the oldest of their
+    /// monotonic times), the door's clock stops there, so a backlog (a
+    /// stalled store, a busy pipeline) cannot close a window, and split a
+    /// pass in two, before its reads arrive. Dedup is held back the same way.
+    pub fn poll_held_back(&mut self, now: HostTime, oldest_in_flight: Option<u64>) {
+        self.poll(oldest_in_flight.map_or(now, |t| at_mono(now, t)));
+    }
+
     /// Closes every open window (`shutdown`).
     pub fn shutdown(&mut self, now: HostTime) {
         self.poll(now);
@@ -414,6 +423,32 @@ line = 2
             active,
             at: t(ms),
         }
+    }
+
+    #[test]
+    fn a_window_waits_for_reads_still_in_flight_before_it_closes() {
+        let config = crate::config::parse(DOOR, "t.toml").unwrap();
+        let mut p = Pipeline::new(&config, Clock::new(), Box::new(NoEnrichment));
+        let g = config.gpio.as_ref().unwrap();
+        let (out, inn) = if g.inputs[0].name == "eye-out" {
+            (0, 1)
+        } else {
+            (1, 0)
+        };
+        p.on_door_input(&edge(out, true, 1_000));
+        p.on_reads(&[read(1, 1, 1_050)]);
+        p.on_door_input(&edge(inn, true, 1_300));
+        p.on_door_input(&edge(out, false, 1_700));
+        p.on_door_input(&edge(inn, false, 2_000));
+        // The clock is far past the linger's end (2.3 s), but a read taken at
+        // 2.25 s is still queued: the window stays open for it.
+        p.door.poll_held_back(t(9_000), Some(2_250));
+        assert!(p.door.take_closed().is_empty());
+        p.on_reads(&[read(2, 2, 2_250)]);
+        p.door.poll_held_back(t(9_000), None);
+        let closed = p.door.take_closed();
+        assert_eq!(closed.len(), 1, "one pass, not split by the backlog");
+        assert_eq!(closed[0].window.tags.len(), 2);
     }
 
     #[test]
