@@ -155,12 +155,15 @@ commit_interval_ms = 20
     assert!(!gw.log().contains("pipeline.backpressure"), "{}", gw.log());
 }
 
-/// A gateway with two simulated portals offering `tags_per_s` tags in
-/// pallets every 10 ms, each tag in the field for 100 ms and read about
-/// eight times. Returns the gateway, the running child and its start.
-fn portals(id: &str, tags_per_s: u64) -> TempGateway {
+/// A gateway with two simulated portals offering `tags_per_s` tags for
+/// `secs` seconds, in pallets every 10 ms, each tag in the field for 100 ms
+/// and read about eight times.
+fn portals(id: &str, tags_per_s: u64, secs: u64) -> TempGateway {
     let pallet = (tags_per_s / 200).max(1);
     let read_rate = pallet * 100 * 8;
+    // Each simulator introduces its last tag after `secs`: the test then
+    // waits for every tag to depart instead of stopping tags in the field.
+    let max_tags = pallet * 100 * secs;
     let mut body = String::new();
     for i in 1..=2 {
         body.push_str(&format!(
@@ -172,6 +175,7 @@ antennas = [1, 2]
 read_rate = {read_rate}
 arrival_interval_ms = 10
 pallet_size = {pallet}
+max_tags = {max_tags}
 dwell_ms = 100
 seed = {i}
 
@@ -185,21 +189,39 @@ reader = "sim{i}"
     TempGateway::new(id, &body).unwrap()
 }
 
-/// Runs `gw` for `secs`, sampling RSS; returns the peak RSS and how many
-/// seconds the gateway ran from ready to exit.
+/// Runs `gw` while its simulators offer their tags (`secs`), then until
+/// every tag that arrived has departed (at most 30 s more: the backlog
+/// drains and the last tags time out), sampling RSS throughout. Returns the
+/// peak RSS and the events committed per second while the tags were offered.
 fn run_for(gw: &TempGateway, secs: u64) -> (f64, f64) {
     let child = gw.spawn().unwrap();
     wait_ready(gw);
     let started = Instant::now();
     let mut peak: f64 = 0.0;
-    while started.elapsed() < Duration::from_secs(secs) {
+    let mut sample = |peak: &mut f64| {
         if let Some(r) = rss_mib(&child) {
-            peak = peak.max(r);
+            *peak = peak.max(r);
         }
+    };
+    while started.elapsed() < Duration::from_secs(secs) {
+        sample(&mut peak);
         std::thread::sleep(Duration::from_millis(100));
     }
+    let committed = gw.events(&[]).map(|e| e.len()).unwrap_or(0);
+    let rate = committed as f64 / started.elapsed().as_secs_f64();
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(30) {
+        sample(&mut peak);
+        let balanced = gw
+            .events(&[])
+            .is_ok_and(|e| per_tag(&e).values().all(|&(a, d)| a == d));
+        if balanced {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     stop(gw, child);
-    (peak, started.elapsed().as_secs_f64())
+    (peak, rate)
 }
 
 /// The bound on RSS under overload (the target for the daemon is 64 MiB;
@@ -211,16 +233,22 @@ fn overload_at_twice_the_sustainable_rate_keeps_every_tag_to_one_arrival_and_one
 ) {
     // The sustainable rate of this machine: what the gateway commits while
     // offered far more (40,000 events/s) for a few seconds.
-    let probe = portals("gw-probe", 20_000);
-    let (_, ran) = run_for(&probe, 5);
+    let probe = portals("gw-probe", 20_000, 5);
+    let (_, sustainable) = run_for(&probe, 5);
+    let sustainable = sustainable.max(200.0);
     let probed = per_tag(&probe.events(&[]).unwrap());
-    let sustainable = (probed.values().map(|&(a, d)| a + d).sum::<u32>() as f64 / ran).max(200.0);
-    assert!(wrong_tags(&probed).is_empty(), "{:?}", wrong_tags(&probed));
+    let wrong = wrong_tags(&probed);
+    assert!(
+        wrong.is_empty(),
+        "probe: {} tags without exactly one arrival and one departure: {:?}",
+        wrong.len(),
+        wrong.into_iter().take(10).collect::<Vec<_>>()
+    );
 
     // Twice that, for 10 s.
     let offered_tags = (sustainable as u64).max(200);
-    let gw = portals("gw-overload", offered_tags);
-    let (peak, ran) = run_for(&gw, 10);
+    let gw = portals("gw-overload", offered_tags, 10);
+    let (peak, rate) = run_for(&gw, 10);
     let events = gw.events(&[]).unwrap();
     let tags = per_tag(&events);
     let wrong = wrong_tags(&tags);
@@ -229,7 +257,7 @@ fn overload_at_twice_the_sustainable_rate_keeps_every_tag_to_one_arrival_and_one
         "sustainable {sustainable:.0} events/s; offered {} events/s: {} tags, {committed} events ({:.0}/s), peak RSS {peak:.1} MiB",
         offered_tags * 2,
         tags.len(),
-        committed as f64 / ran
+        rate
     );
     eprintln!("{line}");
     assert!(
