@@ -21,7 +21,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -35,19 +35,6 @@ const GTIN: &str = "80614141123458";
 /// The simulator's first pallet (seed 42): serials 42000001 to 42000008.
 const FIRST: u64 = 42_000_001;
 
-struct Broker {
-    port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn tools() -> Option<(&'static str, &'static str)> {
     let find = |names: [&'static str; 2]| names.into_iter().find(|p| Path::new(p).exists());
     let broker = find(["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]);
@@ -57,42 +44,6 @@ fn tools() -> Option<(&'static str, &'static str)> {
         _ => Err("mosquitto or mosquitto_sub not installed".to_owned()),
     };
     peer_available("TRACEGATE_REQUIRE_MOSQUITTO", probe).then(|| (broker.unwrap(), sub.unwrap()))
-}
-
-fn start_broker(exe: &str) -> Broker {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = dir.path().join("mosquitto.conf");
-    // As root, mosquitto would drop to its own user unless told not to.
-    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\n{}",
-            if root { "user root\n" } else { "" }
-        ),
-    )
-    .unwrap();
-    let child = Command::new(exe)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(Duration::from_secs(5), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    })
-    .expect("mosquitto did not start");
-    Broker {
-        port,
-        child,
-        _dir: dir,
-    }
 }
 
 /// The door of door.rs (one pallet of 8 tags per arrival, photo-eyes
@@ -298,10 +249,10 @@ fn label(serial: u64) -> String {
 
 #[test]
 fn passes_are_judged_against_an_expected_shipment_received_from_a_real_broker() {
-    let Some((mosquitto, mosquitto_sub)) = tools() else {
+    let Some((_, mosquitto_sub)) = tools() else {
         return;
     };
-    let broker = start_broker(mosquitto);
+    let broker = tracegate_hw_tests::broker::Broker::start().unwrap();
     let keys = tempfile::tempdir().unwrap();
     let prefix = keys.path().join("registry");
     tg(&["masterdata", "keygen", prefix.to_str().unwrap()]);
