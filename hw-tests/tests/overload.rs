@@ -198,7 +198,7 @@ fn run_for(gw: &TempGateway, secs: u64) -> (f64, f64) {
     wait_ready(gw);
     let started = Instant::now();
     let mut peak: f64 = 0.0;
-    let mut sample = |peak: &mut f64| {
+    let sample = |peak: &mut f64| {
         if let Some(r) = rss_mib(&child) {
             *peak = peak.max(r);
         }
