@@ -420,6 +420,8 @@ pub fn start_with(setup: Setup, source: &mut ChunkSource<'_>) -> (Downlink, View
             }
         }
     }
+    // Re-verifying freed every chunk and the builders' buffers.
+    super::memory::release_freed();
     let active = Active { datasets };
     let status = MasterdataStatus {
         active: active.versions(),
@@ -595,6 +597,8 @@ pub async fn run(
             let name = name.clone();
             move || {
                 let index = index_of(&name, version, &chunks);
+                // The builder's transient buffers are freed by now.
+                super::memory::release_freed();
                 (index, chunks)
             }
         })
@@ -670,6 +674,9 @@ pub async fn run(
         svc.active_tx.send_replace(Arc::new(active));
         svc.shared.with_assembler(|a| a.set_active(&name, version));
         svc.shared.status.send_modify(|s| s.active = versions);
+        // The store has freed the chunks and the old index is going: purge
+        // off the tokio workers (a forced collect walks the arenas).
+        drop(tokio::task::spawn_blocking(super::memory::release_freed));
         tracing::info!(
             event = "masterdata_applied",
             name = %name,
