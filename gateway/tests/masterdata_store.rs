@@ -206,3 +206,47 @@ async fn chunks_larger_than_a_piece_are_staged_in_pieces_and_read_back_whole() {
         .unwrap()
         .unwrap();
 }
+
+/// A second dataset applied before the first one's old chunks are cleaned
+/// up keeps its own chunks (the first cleanup once deleted every chunk not
+/// of *its* version, the new dataset's included).
+#[test]
+fn a_second_apply_before_the_first_cleanup_keeps_the_new_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = store_config(dir.path(), 64 * 1024 * 1024, FullPolicy::DropOldest);
+    let mut store = Store::open(&cfg, GATEWAY).unwrap();
+    assert!(store.masterdata_load().unwrap().is_empty());
+    let (jobs, mut applier) = tracegate::store::masterdata::Applier::channel();
+    let (v1, v2) = (dataset(1, 20_000), dataset(2, 10_000));
+    let (j, mut reply) = job(&v1);
+    jobs.try_send(j).unwrap();
+    while reply.try_recv().is_err() {
+        store.masterdata_step(&mut applier);
+    }
+    // v1's cleanup is queued, not run: v2 arrives first.
+    let (j, mut reply) = job(&v2);
+    jobs.try_send(j).unwrap();
+    let report = loop {
+        store.masterdata_step(&mut applier);
+        if let Ok(r) = reply.try_recv() {
+            break r;
+        }
+    };
+    report.unwrap();
+    while applier.busy() {
+        store.masterdata_step(&mut applier);
+    }
+    let md = rusqlite::Connection::open(tracegate::store::masterdata::path_for(&cfg.path)).unwrap();
+    let rows: Vec<(u64, i64)> = md
+        .prepare("SELECT version, count(*) FROM chunks GROUP BY version")
+        .unwrap()
+        .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows, [(2, v2.chunks.len() as i64)]);
+    drop(store);
+    let mut store = Store::open(&cfg, GATEWAY).unwrap();
+    let active = store.masterdata_load().unwrap();
+    assert_eq!((active[0].version, &active[0].chunks), (2, &v2.chunks));
+}

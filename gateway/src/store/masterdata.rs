@@ -95,8 +95,9 @@ pub struct Applier {
     inbox: mpsc::Receiver<MasterdataJob>,
     open: bool,
     queue: VecDeque<Progress>,
-    /// (name, version in force): chunks of other versions still to delete.
-    cleanup: VecDeque<(String, u64)>,
+    /// Datasets switched to a new version whose older chunks are still to
+    /// delete.
+    cleanup: VecDeque<String>,
 }
 
 /// Old chunks deleted per transaction after a switch (each up to 512 KiB).
@@ -261,8 +262,8 @@ impl Store {
             applier.queue.push_back(progress(job));
         }
         let Some(p) = applier.queue.front_mut() else {
-            if let Some((name, version)) = applier.cleanup.front() {
-                match self.md_cleanup(name, *version) {
+            if let Some(name) = applier.cleanup.front() {
+                match self.md_cleanup(name) {
                     Ok(0) => {
                         applier.cleanup.pop_front();
                     }
@@ -306,9 +307,7 @@ impl Store {
             Ok(None) => {}
             Ok(Some(report)) => {
                 if let Some(p) = applier.queue.pop_front() {
-                    applier
-                        .cleanup
-                        .push_back((p.job.name.clone(), p.job.version));
+                    applier.cleanup.push_back(p.job.name.clone());
                     // The service may have stopped waiting; the apply stands.
                     let _ = p.job.reply.send(Ok(report));
                 }
@@ -401,14 +400,18 @@ impl Store {
 }
 
 impl Store {
-    /// Deletes up to [`CLEANUP_ROWS`] chunks of `name` that are not of
-    /// `version`; returns how many.
-    fn md_cleanup(&mut self, name: &str, version: u64) -> Result<usize, StoreError> {
+    /// Deletes up to [`CLEANUP_ROWS`] chunks of `name` older than the
+    /// version in force; returns how many. Older than the version *in
+    /// force*, not "other than the version this cleanup was queued for": a
+    /// second apply can land before the first one's cleanup runs, and the
+    /// first cleanup would then delete the new dataset's chunks.
+    fn md_cleanup(&mut self, name: &str) -> Result<usize, StoreError> {
         self.conn
             .execute(
                 "DELETE FROM md.chunks WHERE rowid IN (SELECT rowid FROM md.chunks \
-                 WHERE name = ?1 AND version <> ?2 LIMIT ?3)",
-                params![name, version as i64, CLEANUP_ROWS],
+                 WHERE name = ?1 AND version < \
+                 (SELECT a.version FROM md.active a WHERE a.name = ?1) LIMIT ?2)",
+                params![name, CLEANUP_ROWS],
             )
             .map_err(sql("deleting old master data", self))
     }
