@@ -176,25 +176,7 @@ fn push_time(out: &mut String, t: UtcMs) {
 }
 
 fn push_u64(out: &mut String, v: u64) {
-    let mut buf = [0u8; 20];
-    let mut n = v;
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        if let Some(d) = buf.get_mut(i) {
-            *d = b'0' + (n % 10) as u8;
-        }
-        n /= 10;
-        if n == 0 || i == 0 {
-            break;
-        }
-    }
-    out.extend(
-        buf.get(i..)
-            .unwrap_or_default()
-            .iter()
-            .map(|&c| char::from(c)),
-    );
+    out.push_str(itoa::Buffer::new().format(v));
 }
 
 /// Upper-case hex in quotes, as `hex_upper` writes it.

@@ -194,11 +194,9 @@ impl Store {
         Ok(())
     }
 
-    /// The datasets in force, after deleting chunks staged for versions
-    /// that never became active (an apply cut short by a crash). Call
-    /// before [`super::spawn_writer`], on the thread that opened the store.
-    pub fn masterdata_load(&mut self) -> Result<Vec<StoredDataset>, StoreError> {
-        self.md_attach()?;
+    /// Deletes chunks staged for versions that never became active (an
+    /// apply cut short by a crash).
+    fn md_drop_unfinished(&self) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "DELETE FROM md.chunks WHERE NOT EXISTS (SELECT 1 FROM md.active a \
@@ -206,6 +204,15 @@ impl Store {
                 [],
             )
             .map_err(sql("deleting unfinished master data", self))?;
+        Ok(())
+    }
+
+    /// The datasets in force, after deleting chunks staged for versions
+    /// that never became active (an apply cut short by a crash). Call
+    /// before [`super::spawn_writer`], on the thread that opened the store.
+    pub fn masterdata_load(&mut self) -> Result<Vec<StoredDataset>, StoreError> {
+        self.md_attach()?;
+        self.md_drop_unfinished()?;
         load_active(&self.conn).map_err(sql("loading master data", self))
     }
 
@@ -215,13 +222,7 @@ impl Store {
     /// a 100 MB dataset is never in memory at start.
     pub fn masterdata_heads(&mut self) -> Result<Vec<StoredDataset>, StoreError> {
         self.md_attach()?;
-        self.conn
-            .execute(
-                "DELETE FROM md.chunks WHERE NOT EXISTS (SELECT 1 FROM md.active a \
-                 WHERE a.name = md.chunks.name AND a.version = md.chunks.version)",
-                [],
-            )
-            .map_err(sql("deleting unfinished master data", self))?;
+        self.md_drop_unfinished()?;
         load_heads(&self.conn).map_err(sql("loading master data", self))
     }
 
