@@ -65,6 +65,19 @@ def status_kib(pid, key):
     return 0
 
 
+def rollup_kib(pid, key):
+    """A field of /proc/PID/smaps_rollup (e.g. AnonHugePages: RSS in
+    transparent huge pages, which a partly used 2 MiB region counts whole)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def cpu_ticks(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -260,11 +273,15 @@ metrics_addr = "127.0.0.1:{hport}"
         apply_wall_s = time.time() - t_pub
         m = re.search(r'"apply_ms":"?(\d+)', line)
         store_apply_ms = int(m.group(1)) if m else None
+        # The index's own heap, as the daemon counts it (newer builds log it).
+        m = re.search(r'"index_bytes":"?(\d+)', line)
+        index_mib = round(int(m.group(1)) / 2**20, 1) if m else None
         time.sleep(args.settle)
         hwm_apply = status_kib(d.pid, "VmHWM")
         after_rss = status_kib(d.pid, "VmRSS")
         md_cpu = cpu_pct(d.pid, args.cpu_window)
         after_rss = max(after_rss, status_kib(d.pid, "VmRSS"))
+        after_thp = rollup_kib(d.pid, "AnonHugePages")
         d.send_signal(signal.SIGTERM)
         d.wait(300)
         s.stop = True
@@ -281,6 +298,7 @@ metrics_addr = "127.0.0.1:{hport}"
         time.sleep(args.settle)
         restart_rss = status_kib(d.pid, "VmRSS")
         restart_hwm = status_kib(d.pid, "VmHWM")
+        restart_thp = rollup_kib(d.pid, "AnonHugePages")
         loaded = any("masterdata.loaded" in l for l in open(f"{work}/run2.log"))
         d.send_signal(signal.SIGTERM)
         d.wait(300)
@@ -299,9 +317,11 @@ metrics_addr = "127.0.0.1:{hport}"
             "after_apply_rss_mib": round(mib(after_rss), 1),
             "steady_growth_mib": round(growth, 1),
             "publish_s": round(publish_s, 1), "publish_to_applied_s": round(apply_wall_s, 1),
-            "store_apply_ms": store_apply_ms,
+            "store_apply_ms": store_apply_ms, "index_heap_mib": index_mib,
             "cpu_pct_without": round(base_cpu, 2), "cpu_pct_with": round(md_cpu, 2),
+            "after_apply_anon_huge_mib": round(mib(after_thp), 1),
             "restart_rss_mib": round(mib(restart_rss), 1),
+            "restart_anon_huge_mib": round(mib(restart_thp), 1),
             "restart_vmhwm_mib": round(mib(restart_hwm), 1),
             "restart_loaded": loaded, "restart_to_http_s": round(start_s, 1),
             "masterdata_db_mib": round(db_mib, 1),

@@ -1,9 +1,11 @@
 //! Master-data benchmarks (BENCHMARKS.md, "Master data"):
 //! 1. verdict lookup per event with 10 million commissioned serials and
 //!    100,000 blocked ranges (p50/p99/max), against a naive `HashSet` lookup
-//!    of the same serials in the same run;
-//! 2. resident memory the index adds (RSS before/after), against the naive
-//!    set;
+//!    of the same serials in the same run, for two shapes: `runs` (runs of
+//!    100) and `random` (10M isolated serials over SGTIN-96's serial space,
+//!    the index's worst case);
+//! 2. memory the index holds (its heap, and RSS before/after), against the
+//!    naive set;
 //! 3. applying a 10-million-serial dataset through the store writer while
 //!    1,000 single-event requests per second flow: the longest request ->
 //!    commit wait during the apply, against the same load without an apply,
@@ -114,27 +116,109 @@ fn pct(mut v: Vec<f64>) -> (f64, f64, f64) {
     (at(0.5), at(0.99), *v.last().unwrap())
 }
 
+/// The commissioned serials of the random shape (`.ci/masterdata-rss.py
+/// --shape random`): per GTIN 2.5M distinct serials over SGTIN-96's 38-bit
+/// serial space, one at a random place in each stride of 2^38 / 2.5M, so
+/// no two are adjacent: the index's worst case.
+fn random_serials() -> Vec<Vec<u64>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let per_gtin = SERIALS / GTINS.len() as u64;
+    let stride = (1u64 << 38) / per_gtin;
+    GTINS
+        .iter()
+        .map(|_| {
+            (0..per_gtin)
+                .map(|i| i * stride + 1 + rng.gen_range(0..stride - 1))
+                .collect()
+        })
+        .collect()
+}
+
+/// The random shape's index: the serials as `serials` lists of 1,000 (the
+/// records the parser would give for that payload, without the JSON), the
+/// same 100,000 blocked ranges (over the 38-bit space) and market rules as
+/// `payload_ranges`.
+fn active_random(serials: &[Vec<u64>]) -> Active {
+    use tracegate::event::BlockReason;
+    use tracegate::masterdata::records::{parse_gtin, Record, Serial, Serials};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut b = IndexBuilder::default();
+    for (g, list) in GTINS.iter().zip(serials) {
+        let gtin = parse_gtin(g).unwrap();
+        for part in list.chunks(1000) {
+            b.add(Record::Commissioned {
+                gtin,
+                serials: Serials::List(part.iter().map(|&n| Serial::Num(n)).collect()),
+            });
+        }
+        b.add(Record::Market {
+            gtin,
+            serials: Serials::All,
+            markets: vec!["DE".into(), "AT".into()],
+        });
+    }
+    for _ in 0..BLOCKED {
+        let gtin = parse_gtin(GTINS[rng.gen_range(0..GTINS.len())]).unwrap();
+        let a = rng.gen_range(1..1u64 << 38);
+        b.add(Record::Blocked {
+            gtin,
+            serials: Serials::Range(a, a + rng.gen_range(0..50)),
+            reason: BlockReason::Stolen,
+        });
+    }
+    Active {
+        datasets: vec![std::sync::Arc::new(Dataset {
+            name: "bench".into(),
+            version: 1,
+            applied_utc_ms: 0,
+            index: b.finish(),
+        })],
+    }
+}
+
 fn lookup() {
+    lookup_shape("runs");
+    lookup_shape("random");
+}
+
+/// Lookup latency and index memory for one shape (`runs`: 100,000 runs of
+/// 100; `random`: 10M isolated serials), each with 100,000 blocked ranges;
+/// then the naive `HashSet` of the same serials as the baseline.
+fn lookup_shape(shape: &str) {
+    let random = (shape == "random").then(random_serials);
+    let per_gtin = SERIALS / GTINS.len() as u64;
+    // Half the probes commissioned (for runs, about half of 1..2*per_gtin
+    // is; for random, a listed serial or any number of the 38-bit space).
     let probes: Vec<(usize, String)> = {
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
         (0..1_000_000)
-            .map(|_| {
-                (
-                    rng.gen_range(0..GTINS.len()),
-                    rng.gen_range(1..2 * SERIALS / 4).to_string(),
-                )
+            .map(|k| {
+                let g = rng.gen_range(0..GTINS.len());
+                let s = match &random {
+                    None => rng.gen_range(1..2 * per_gtin),
+                    Some(r) if k % 2 == 0 => r[g][rng.gen_range(0..r[g].len())],
+                    Some(_) => rng.gen_range(1..1u64 << 38),
+                };
+                (g, s.to_string())
             })
             .collect()
     };
     // RSS before the payload exists; after the index is built and the
     // payload dropped (large buffers go back to the OS).
     let rss0 = rss_kib();
-    let payload = payload_ranges();
     let t = Instant::now();
-    let active = active_of(&payload);
+    let active = match &random {
+        None => {
+            let payload = payload_ranges();
+            let a = active_of(&payload);
+            drop(payload);
+            a
+        }
+        Some(r) => active_random(r),
+    };
     let build_s = t.elapsed().as_secs_f64();
-    drop(payload);
     let rss1 = rss_kib();
+    let index = &active.datasets[0].index;
     let mut times = Vec::with_capacity(probes.len());
     let mut flags = Vec::new();
     let mut flagged = 0u64;
@@ -151,18 +235,31 @@ fn lookup() {
         flagged += u64::from(!flags.is_empty() || d.is_some());
     }
     let (p50, p99, max) = pct(times);
-    println!("index: {:?}", active.datasets[0].index.counts());
-    println!("lookup (Active::check, all checks): p50 {p50:.2} us  p99 {p99:.2} us  max {max:.1} us  ({flagged} of 1M flagged); build {build_s:.2} s");
-    println!("RSS: +{} KiB for the index", rss1.saturating_sub(rss0));
+    println!("[{shape}] index: {:?}", index.counts());
+    println!("[{shape}] lookup (Active::check, all checks): p50 {p50:.2} us  p99 {p99:.2} us  max {max:.1} us  ({flagged} of 1M flagged); build {build_s:.2} s");
+    println!(
+        "[{shape}] index heap {:.1} MiB (commissioned serials {:.1} MiB); RSS +{:.1} MiB",
+        index.heap_bytes() as f64 / 1048576.0,
+        index.commissioned_bytes() as f64 / 1048576.0,
+        rss1.saturating_sub(rss0) as f64 / 1024.0
+    );
     // Baseline: a naive set of every (GTIN, serial).
     let rss2 = rss_kib();
     let mut naive: HashSet<(u64, u64)> = HashSet::new();
-    let per_gtin = SERIALS / GTINS.len() as u64;
-    for g in 0..GTINS.len() as u64 {
-        let mut start = 1;
-        for _ in 0..per_gtin / RUN {
-            naive.extend((start..start + RUN).map(|s| (g, s)));
-            start += 2 * RUN;
+    match &random {
+        None => {
+            for g in 0..GTINS.len() as u64 {
+                let mut start = 1;
+                for _ in 0..per_gtin / RUN {
+                    naive.extend((start..start + RUN).map(|s| (g, s)));
+                    start += 2 * RUN;
+                }
+            }
+        }
+        Some(r) => {
+            for (g, list) in r.iter().enumerate() {
+                naive.extend(list.iter().map(|&s| (g as u64, s)));
+            }
         }
     }
     let rss3 = rss_kib();
@@ -175,13 +272,18 @@ fn lookup() {
         times.push(t.elapsed().as_nanos() as f64 / 1000.0);
     }
     let (b50, b99, bmax) = pct(times);
-    println!("baseline HashSet<(gtin, serial)> of the 10M serials: p50 {b50:.2} us  p99 {b99:.2} us  max {bmax:.1} us ({hits} hits); RSS +{} KiB", rss3.saturating_sub(rss2));
+    println!("[{shape}] baseline HashSet<(gtin, serial)> of the 10M serials: p50 {b50:.2} us  p99 {b99:.2} us  max {bmax:.1} us ({hits} hits); RSS +{:.1} MiB", rss3.saturating_sub(rss2) as f64 / 1024.0);
     println!(
-        "ratio p99 index/baseline: {:.2}; RSS index/baseline: {:.4}",
+        "[{shape}] ratio p99 index/baseline: {:.2}; RSS index/baseline: {:.4}",
         p99 / b99,
         (rss1.saturating_sub(rss0)) as f64 / (rss3.saturating_sub(rss2)).max(1) as f64
     );
     drop(naive);
+    drop(active);
+    drop(random);
+    if shape != "runs" {
+        return;
+    }
 
     // The listed worst case: same serials, 10M entries one by one.
     let rss4 = rss_kib();

@@ -2,9 +2,10 @@
 //! once built, and shared behind an `Arc` (a new dataset builds a new index
 //! off the hot path and swaps it in whole).
 //!
-//! Numeric serials are kept as sorted disjoint runs (`RangeSet`, 16 bytes
-//! per run, whatever its length): commissioning hands out serials in
-//! sequence, so 10 million serials are typically a few thousand runs.
+//! Numeric serials are kept as sorted disjoint runs (`RangeSet`, Elias-Fano
+//! coded in blocks: about 2.5 bytes per isolated serial, a few bytes per
+//! run whatever its length): commissioning hands out serials in sequence,
+//! so 10 million serials are typically a few thousand runs.
 //! Overlapping blocked ranges and market rules are flattened once, at build
 //! time, into disjoint segments with their combined value (`RangeMap`), so a
 //! lookup is a hash of the GTIN and one binary search: O(log runs), no
@@ -15,209 +16,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use super::records::{canonical_number, parse_gtin, ExpectedItem, Record, Serial, Serials};
 use crate::event::{BlockReason, Flag, MasterdataDetail};
 
-/// Runs per block of a [`RangeSet`]: a lookup binary-searches the blocks'
-/// first values, then decodes at most this many runs.
-const BLOCK: usize = 128;
+mod rangeset;
 
-/// Sorted, disjoint, non-adjacent inclusive runs of numbers, compressed:
-/// each run is a LEB128 varint of its gap from the previous run (shifted
-/// left one bit, the low bit saying a length follows) and, for runs longer
-/// than one number, a varint of its length. Blocks of [`BLOCK`] runs start
-/// at a known value and byte offset. 10 million unrelated serials spread
-/// over SGTIN-96's whole serial space take ~3 bytes each instead of the 16
-/// of a (first, last) pair; serials commissioned in sequence are a few runs
-/// whatever their number.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RangeSet {
-    /// First number of each block.
-    heads: Vec<u64>,
-    /// Where each block starts in `bytes`.
-    offsets: Vec<usize>,
-    bytes: Vec<u8>,
-    runs: usize,
-    /// The last number of the last run (where the next run's gap counts
-    /// from while building).
-    last_end: Option<u64>,
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u128) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// The varint at `*pos` (advanced past it). `None` past the end or on an
-/// encoding longer than 19 bytes (only this module writes them).
-fn get_varint(bytes: &[u8], pos: &mut usize) -> Option<u128> {
-    let mut v = 0u128;
-    for shift in (0..133).step_by(7) {
-        let b = *bytes.get(*pos)?;
-        *pos += 1;
-        v |= u128::from(b & 0x7F) << shift;
-        if b < 0x80 {
-            return Some(v);
-        }
-    }
-    None
-}
-
-/// Decodes the runs of one block in order.
-#[derive(Debug)]
-struct BlockRuns<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-    head: u64,
-    prev_end: Option<u64>,
-    left: usize,
-}
-
-impl Iterator for BlockRuns<'_> {
-    type Item = (u64, u64);
-
-    fn next(&mut self) -> Option<(u64, u64)> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        let v = get_varint(self.bytes, &mut self.pos)?;
-        let gap = u64::try_from(v >> 1).ok()?;
-        let start = match self.prev_end {
-            None => self.head.checked_add(gap)?,
-            Some(e) => e.checked_add(2)?.checked_add(gap)?,
-        };
-        let len = if v & 1 == 1 {
-            u64::try_from(get_varint(self.bytes, &mut self.pos)?).ok()?
-        } else {
-            0
-        };
-        let end = start.checked_add(len)?;
-        self.prev_end = Some(end);
-        Some((start, end))
-    }
-}
-
-impl RangeSet {
-    /// Merges overlapping and adjacent runs (sorting `runs` in place, so
-    /// building from millions of single serials holds no second copy of
-    /// them), then compresses them.
-    pub fn from_ranges(mut runs: Vec<(u64, u64)>) -> RangeSet {
-        runs.sort_unstable();
-        Self::from_sorted(runs.into_iter())
-    }
-
-    /// This set plus `runs` (in any order), as a new set.
-    pub fn union(&self, mut runs: Vec<(u64, u64)>) -> RangeSet {
-        runs.sort_unstable();
-        let mut a = self.iter_runs().peekable();
-        let mut b = runs.into_iter().peekable();
-        let merged = std::iter::from_fn(move || match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) if x <= y => a.next(),
-            (Some(_), Some(_)) | (None, _) => b.next(),
-            (Some(_), None) => a.next(),
-        });
-        Self::from_sorted(merged)
-    }
-
-    /// Runs sorted by start (overlapping or adjacent ones are merged).
-    fn from_sorted(sorted: impl Iterator<Item = (u64, u64)>) -> RangeSet {
-        let mut set = RangeSet::default();
-        let mut cur: Option<(u64, u64)> = None;
-        for (a, z) in sorted.filter(|(a, z)| a <= z) {
-            if let Some(c) = cur.as_mut() {
-                if a <= c.1.saturating_add(1) {
-                    c.1 = c.1.max(z);
-                    continue;
-                }
-            }
-            if let Some(done) = cur.replace((a, z)) {
-                set.push(done);
-            }
-        }
-        if let Some(done) = cur {
-            set.push(done);
-        }
-        // Copied into allocations of the exact size: `shrink_to_fit` is a
-        // realloc, which an allocator may answer by keeping the block
-        // (mimalloc does when more than half is used), leaving up to half
-        // of a doubled vector resident for as long as the index lives.
-        RangeSet {
-            heads: set.heads.as_slice().to_vec(),
-            offsets: set.offsets.as_slice().to_vec(),
-            bytes: set.bytes.as_slice().to_vec(),
-            ..set
-        }
-    }
-
-    /// Appends a run that starts at least 2 above the last one's end.
-    fn push(&mut self, (a, z): (u64, u64)) {
-        let first_of_block = self.runs.is_multiple_of(BLOCK);
-        let gap = if first_of_block {
-            self.heads.push(a);
-            self.offsets.push(self.bytes.len());
-            0
-        } else {
-            let prev_end = self.last_end.unwrap_or_default();
-            a - prev_end - 2
-        };
-        let len = z - a;
-        put_varint(
-            &mut self.bytes,
-            (u128::from(gap) << 1) | u128::from(len > 0),
-        );
-        if len > 0 {
-            put_varint(&mut self.bytes, u128::from(len));
-        }
-        self.last_end = Some(z);
-        self.runs += 1;
-    }
-
-    fn block(&self, b: usize) -> BlockRuns<'_> {
-        BlockRuns {
-            bytes: &self.bytes,
-            pos: self.offsets.get(b).copied().unwrap_or(usize::MAX),
-            head: self.heads.get(b).copied().unwrap_or_default(),
-            prev_end: None,
-            left: BLOCK.min(self.runs.saturating_sub(b * BLOCK)),
-        }
-    }
-
-    pub fn contains(&self, x: u64) -> bool {
-        let b = self.heads.partition_point(|&h| h <= x);
-        let Some(b) = b.checked_sub(1) else {
-            return false;
-        };
-        for (s, e) in self.block(b) {
-            if s > x {
-                return false;
-            }
-            if e >= x {
-                return true;
-            }
-        }
-        false
-    }
-
-    pub fn runs(&self) -> usize {
-        self.runs
-    }
-
-    /// How many numbers the set holds (saturating).
-    pub fn count(&self) -> u64 {
-        self.iter_runs()
-            .fold(0u64, |n, (a, z)| n.saturating_add(z - a).saturating_add(1))
-    }
-
-    pub fn iter_runs(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        (0..self.heads.len()).flat_map(|b| self.block(b))
-    }
-
-    /// Bytes the set holds (for the bench and status).
-    pub fn heap_bytes(&self) -> usize {
-        self.heads.capacity() * 8 + self.offsets.capacity() * 8 + self.bytes.capacity()
-    }
-}
+pub use rangeset::RangeSet;
 
 /// Sorted disjoint inclusive segments, each with a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -760,9 +561,64 @@ impl IndexBuilder {
     }
 }
 
+/// Heap bytes of a set of text serials: the table's slots and the strings.
+fn text_bytes<V>(t: &HashMap<Box<str>, V>) -> usize {
+    t.capacity() * (std::mem::size_of::<(Box<str>, V)>() + 1)
+        + t.keys().map(|k| k.len()).sum::<usize>()
+}
+
+impl SerialSet {
+    fn heap_bytes(&self) -> usize {
+        self.nums.heap_bytes()
+            + self.text.capacity() * (std::mem::size_of::<Box<str>>() + 1)
+            + self.text.iter().map(|k| k.len()).sum::<usize>()
+    }
+}
+
+impl<W> RangeMap<W> {
+    fn heap_bytes(&self) -> usize {
+        (self.starts.capacity() + self.ends.capacity()) * 8
+            + self.vals.capacity() * std::mem::size_of::<W>()
+    }
+}
+
 impl MasterIndex {
     pub fn counts(&self) -> IndexCounts {
         self.counts
+    }
+
+    /// Heap bytes of the commissioned serials (their compressed runs and
+    /// text serials), what 10 million serials cost.
+    pub fn commissioned_bytes(&self) -> usize {
+        self.commissioned.values().map(SerialSet::heap_bytes).sum()
+    }
+
+    /// Heap bytes the index holds, near enough to compare with the
+    /// process's RSS (hash tables counted by their slots, not by the
+    /// allocator's rounding): logged when a dataset is applied or loaded.
+    pub fn heap_bytes(&self) -> usize {
+        let blocked: usize = self
+            .blocked
+            .values()
+            .map(|b| b.nums.heap_bytes() + text_bytes(&b.text))
+            .sum();
+        let markets: usize = self
+            .markets
+            .values()
+            .map(|m| m.nums.heap_bytes() + text_bytes(&m.text))
+            .sum();
+        let expected: usize = self
+            .expected
+            .values()
+            .map(|e| {
+                e.items.values().map(SerialSet::heap_bytes).sum::<usize>()
+                    + e.ssccs.capacity() * 17
+                    + e.ssccs.len() * 18
+            })
+            .sum();
+        let nfc = self.nfc.capacity() * (std::mem::size_of::<(Box<[u8]>, (u64, Serial))>() + 1)
+            + self.nfc.keys().map(|k| k.len()).sum::<usize>();
+        self.commissioned_bytes() + blocked + markets + expected + nfc
     }
 
     pub fn is_empty(&self) -> bool {

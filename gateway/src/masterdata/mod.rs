@@ -10,14 +10,11 @@
 //! - `records`: the JSON Lines payload into typed records.
 //! - `index`: the compact lookup structure and the per-event checks.
 //! - `shipment`: pass verdicts (complete / missing / unexpected).
-//! - `memory`: returns what an apply freed to the OS (the allocator would
-//!   keep it resident).
 
 pub mod assemble;
 pub mod config;
 pub mod format;
 pub mod index;
-pub mod memory;
 pub mod records;
 pub mod service;
 pub mod shipment;

@@ -421,14 +421,15 @@ pub fn start_with(setup: Setup, source: &mut ChunkSource<'_>) -> (Downlink, View
         }
     }
     // Re-verifying freed every chunk and the builders' buffers.
-    super::memory::release_freed();
+    crate::allocator::release_freed();
     let active = Active { datasets };
     let status = MasterdataStatus {
         active: active.versions(),
         ..MasterdataStatus::default()
     };
-    for v in &status.active {
-        tracing::info!(event = "masterdata.loaded", name = %v.name, version = v.version, records = v.counts.records, "master data in force");
+    for (v, d) in status.active.iter().zip(&active.datasets) {
+        tracing::info!(event = "masterdata.loaded", name = %v.name, version = v.version, records = v.counts.records,
+            index_bytes = d.index.heap_bytes(), "master data in force");
     }
     let (status_tx, status_rx) = watch::channel(status);
     let (active_tx, active_rx) = watch::channel(Arc::new(active));
@@ -598,7 +599,7 @@ pub async fn run(
             move || {
                 let index = index_of(&name, version, &chunks);
                 // The builder's transient buffers are freed by now.
-                super::memory::release_freed();
+                crate::allocator::release_freed();
                 (index, chunks)
             }
         })
@@ -643,6 +644,7 @@ pub async fn run(
             Err(_) => return,
         };
         let counts = index.counts();
+        let index_bytes = index.heap_bytes();
         let previous = svc
             .active_tx
             .borrow()
@@ -676,13 +678,14 @@ pub async fn run(
         svc.shared.status.send_modify(|s| s.active = versions);
         // The store has freed the chunks and the old index is going: purge
         // off the tokio workers (a forced collect walks the arenas).
-        drop(tokio::task::spawn_blocking(super::memory::release_freed));
+        drop(tokio::task::spawn_blocking(crate::allocator::release_freed));
         tracing::info!(
             event = "masterdata_applied",
             name = %name,
             version,
             previous = previous.unwrap_or(0),
             records = counts.records,
+            index_bytes,
             apply_ms = report.took.as_millis() as u64,
             transactions = report.transactions,
             "master data applied"
