@@ -39,6 +39,11 @@ impl Clock {
         }
     }
 
+    /// The instant `mono_ms` counts from (shared by every clone).
+    pub fn origin(&self) -> Instant {
+        self.origin
+    }
+
     pub fn mono_ms(&self) -> u64 {
         u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }

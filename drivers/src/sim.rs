@@ -178,6 +178,14 @@ pub struct SimRead {
 /// The longest stretch of reads one step reports (see `step_reads`).
 pub const MAX_CATCH_UP_MS: u64 = 100;
 
+/// The most reads one step reports, however high `read_rate` is and however
+/// long the step: a module's reply is bounded too. Each step's reads are one
+/// batch into the pipeline, and a batch is held whole while its reader
+/// waits for room: at 160,000 reads/s a 100 ms catch-up made batches of
+/// 16,000 reads (about 2.5 MiB each, two readers waiting and one in the
+/// pipeline at saturation). 2,048 allows 204,800 reads/s at the 10 ms tick.
+pub const MAX_STEP_READS: u64 = 2_048;
+
 /// The simulated field. Deterministic: the same config and the same sequence
 /// of `step` times give the same reads.
 #[derive(Debug)]
@@ -234,18 +242,25 @@ impl SimWorld {
                 if self.config.max_tags != 0 && self.introduced >= self.config.max_tags {
                     break;
                 }
-                self.introduce(self.next_arrival_ms);
+                self.introduce(self.next_arrival_ms, now_ms);
             }
             self.next_arrival_ms += self.config.arrival_interval_ms;
         }
         self.step_reads(since, now_ms)
     }
 
-    fn introduce(&mut self, enter: u64) {
+    /// Introduces the next tag, entering at `enter`. A tag that already
+    /// left by `now_ms` (it passed while the reader was not polled) is
+    /// counted but never held: nothing could read it, and holding every tag
+    /// of a long pause made the field briefly hold hundreds of thousands.
+    fn introduce(&mut self, enter: u64, now_ms: u64) {
         {
             let serial = self.next_serial;
             self.next_serial += 1;
             self.introduced += 1;
+            if enter + self.config.dwell_ms <= now_ms {
+                return;
+            }
             let tid = self.config.with_tid.then(|| {
                 let mut t = vec![0xE2, 0x80, 0x11, 0x70, 0x00, 0x00];
                 t.extend_from_slice(&serial.to_be_bytes()[2..]);
@@ -277,6 +292,8 @@ impl SimWorld {
         self.read_budget += elapsed * f64::from(self.config.read_rate);
         let n = self.read_budget.floor();
         self.read_budget -= n;
+        // Beyond the cap the reads are not taken, as a saturated module's.
+        let n = n.min(MAX_STEP_READS as f64);
         let mut reads = Vec::with_capacity(n as usize);
         for _ in 0..(n as u64) {
             let i = self.rng.gen_range(0..self.present.len());
@@ -325,8 +342,18 @@ pub async fn run(
 ) -> Result<(), SinkClosed> {
     let mut world = SimWorld::new(config.clone());
     let reader: Arc<str> = Arc::from(config.name.as_str());
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Every simulated reader of the process ticks on one grid, multiples
+    // of TICK from the shared clock's origin, so the runtime's timer fires
+    // them together: one wake-up per period for all of them instead of one
+    // each (three portals at 100 ticks/s were 300 timer wake-ups/s, most of
+    // the async side's scheduling cost in the end-to-end bench). It saves
+    // the simulator's cost only: real readers wake the gateway when their
+    // bytes arrive. The origin is in the past, so the first tick is at once;
+    // Skip then puts every later one on the grid (also after a late turn),
+    // and the next step still reports the reads of the time that passed (up
+    // to [`MAX_CATCH_UP_MS`]), so the read rate does not change.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::from_std(clock.origin()), TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let origin = clock.mono_ms();
     health.set_state(ReaderState::Running);
     health.set_detail("model", "simulated two-antenna portal");
@@ -361,6 +388,9 @@ pub async fn run(
         }
     }
 }
+
+/// How often a simulated reader reports its reads.
+const TICK: Duration = Duration::from_millis(10);
 
 fn to_raw(reader: &Arc<str>, r: SimRead, host: HostTime) -> RawRead {
     RawRead {
@@ -439,6 +469,35 @@ mod tests {
         let mut w = SimWorld::new(cfg);
         let reads: usize = (0..=1000).map(|t| w.step(t * 10).len()).sum();
         assert!((9_900..=10_000).contains(&reads), "{reads}");
+    }
+
+    #[test]
+    fn one_step_reports_at_most_max_step_reads_however_long_the_pause() {
+        let mut cfg = SimConfig::named("s");
+        cfg.read_rate = 1_000_000;
+        cfg.pallet_size = 100;
+        cfg.arrival_interval_ms = 10;
+        let mut w = SimWorld::new(cfg);
+        w.step(0);
+        // 100 ms of catch-up at 1,000,000 reads/s would be 100,000 reads.
+        let reads = w.step(100);
+        assert_eq!(reads.len() as u64, MAX_STEP_READS);
+    }
+
+    #[test]
+    fn tags_that_passed_during_a_pause_are_counted_but_not_held() {
+        let mut cfg = SimConfig::named("s");
+        cfg.pallet_size = 100;
+        cfg.arrival_interval_ms = 1;
+        cfg.dwell_ms = 100;
+        let mut w = SimWorld::new(cfg);
+        w.step(0);
+        // A reader that waited 10 s: a million tags passed meanwhile.
+        let reads = w.step(10_000);
+        assert_eq!(w.introduced(), 100 * 10_001);
+        // Only those still in the field are held (and can be read).
+        assert!(w.present.len() <= 100 * 100, "{}", w.present.len());
+        assert!(reads.iter().all(|r| r.at_ms == 10_000));
     }
 
     #[test]

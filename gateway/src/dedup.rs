@@ -21,7 +21,8 @@
 //!   inside one, `out` for the reverse, nothing otherwise.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
@@ -213,8 +214,8 @@ pub struct Dedup {
     /// be looked up by reference, without allocating on the hot path.
     ids: Vec<HashMap<Box<[u8]>, u64>>,
     tags: HashMap<u64, Tracked>,
-    /// (last_seen mono ms, id): oldest first, for departures and eviction.
-    by_last_seen: BTreeSet<(u64, u64)>,
+    /// Tags by last read, oldest first, for departures and eviction.
+    by_last_seen: LastSeen,
     /// (next report due mono ms, id) of arrived tags, with `report_interval`.
     by_report: BTreeSet<(u64, u64)>,
     next_id: u64,
@@ -244,7 +245,7 @@ impl Dedup {
             points,
             ids: Vec::new(),
             tags: HashMap::default(),
-            by_last_seen: BTreeSet::new(),
+            by_last_seen: LastSeen::default(),
             by_report: BTreeSet::new(),
             next_id: 0,
             watermark: 0,
@@ -273,7 +274,10 @@ impl Dedup {
     /// Removes a tag from every index.
     fn untrack(&mut self, id: u64) -> Option<Tracked> {
         let t = self.tags.remove(&id)?;
-        self.by_last_seen.remove(&(t.summary.last_seen.mono_ms, id));
+        // Its entry in `by_last_seen` stays until it reaches the front.
+        if self.by_last_seen.front_is(id) {
+            self.by_last_seen.settle(&self.tags);
+        }
         if let Some(due) = self.report_due(&t) {
             self.by_report.remove(&(due, id));
         }
@@ -362,7 +366,7 @@ impl Dedup {
                         last_antenna: read.antenna,
                     },
                 );
-                self.by_last_seen.insert((t_read, id));
+                self.by_last_seen.push(t_read, id, &self.tags);
                 id
             }
         };
@@ -374,10 +378,10 @@ impl Dedup {
         // Reads may arrive slightly out of order across readers; time never
         // runs backwards inside the engine.
         let now = t_read.max(previous);
-        if previous != now {
-            self.by_last_seen.remove(&(previous, id));
-            self.by_last_seen.insert((now, id));
-        }
+        // `by_last_seen` is not touched per read: its entry for the tag
+        // keeps the older time until it reaches the front (see `LastSeen`),
+        // unless the tag is at the front now.
+        let moved_front = previous != now && self.by_last_seen.front_is(id);
         let s = &mut t.summary;
         s.last_seen = HostTime {
             mono_ms: now,
@@ -418,6 +422,9 @@ impl Dedup {
                     reason: None,
                 });
             }
+        }
+        if moved_front {
+            self.by_last_seen.settle(&self.tags);
         }
     }
 
@@ -461,7 +468,7 @@ impl Dedup {
             let departure = self
                 .by_last_seen
                 .first()
-                .map(|&(last, id)| (last.saturating_add(timeout), id))
+                .map(|(last, id)| (last.saturating_add(timeout), id))
                 .filter(|&(due, _)| due <= to);
             let report = self
                 .by_report
@@ -472,15 +479,9 @@ impl Dedup {
                 // A report due before a departure is made first; a report
                 // due with or after its own tag's departure never is.
                 (Some((d, _)), Some((r, id))) if r < d => self.report_at(r, id, out),
-                (Some((_, id)), _) => {
-                    self.depart_timed_out(id, out);
-                    // An index entry without its tag must not stop time.
-                    if let Some(&first) = self.by_last_seen.first() {
-                        if first.1 == id && !self.tags.contains_key(&id) {
-                            self.by_last_seen.pop_first();
-                        }
-                    }
-                }
+                // `untrack` drops the entry (the front is always a live
+                // tag's true last read), so the loop makes progress.
+                (Some((_, id)), _) => self.depart_timed_out(id, out),
                 (None, Some((r, id))) => self.report_at(r, id, out),
                 (None, None) => break,
             }
@@ -565,7 +566,7 @@ impl Dedup {
         let departure = self
             .by_last_seen
             .first()
-            .map(|&(last, _)| last.saturating_add(timeout));
+            .map(|(last, _)| last.saturating_add(timeout));
         let report = self.by_report.first().map(|&(due, _)| due);
         let due = match (departure, report) {
             (Some(d), Some(r)) => d.min(r),
@@ -580,7 +581,7 @@ impl Dedup {
     fn make_room(&mut self, now: HostTime, out: &mut Vec<TagEvent>) {
         let timeout = self.timeout_ms();
         let mut freed = false;
-        while let Some(&(last, id)) = self.by_last_seen.first() {
+        while let Some((last, id)) = self.by_last_seen.first() {
             if last.saturating_add(timeout) > now.mono_ms {
                 break;
             }
@@ -591,7 +592,7 @@ impl Dedup {
         if freed {
             return;
         }
-        if let Some(&(_, id)) = self.by_last_seen.first() {
+        if let Some((_, id)) = self.by_last_seen.first() {
             // Reports due up to the eviction come first, as a tick would
             // have made them.
             self.reports_until(id, now.mono_ms.saturating_add(1), out);
@@ -643,6 +644,74 @@ pub fn tag_key(key: DedupKey, read: &RawRead) -> Option<Cow<'_, [u8]>> {
             k.extend_from_slice(tid);
             Some(Cow::Owned(k))
         }
+    }
+}
+
+/// The tracked tags ordered by their last read, oldest first (ties by id),
+/// as `(last_seen mono ms, id)`: what departures and eviction look at.
+///
+/// Updated lazily, because a tag is read many times between two looks at
+/// the front (6 to 12 reads per visit at a portal, against a remove and an
+/// insert in an ordered set per read before): a read does not touch the
+/// heap, so a tag's entry may hold an *older* time than its last read, and
+/// an untracked tag's entry stays until it reaches the front.
+/// [`LastSeen::settle`] brings the front up to date (drops entries of
+/// untracked tags, moves a stale one to its tag's true time) and the
+/// engine calls it whenever the front may have changed, so between calls
+/// the front is exact: since an entry's time is never later than its tag's
+/// last read, a fresh front is the true minimum, in the same order as an
+/// ordered set of the true times. Ids are never reused, so an entry of an
+/// untracked tag can never be taken for a new one. A new tag that finds
+/// the heap at twice the tracked tags (plus 64) rebuilds it from them, so
+/// it never holds more than `2 * max_tags + 64` entries.
+#[derive(Debug, Default)]
+struct LastSeen {
+    heap: BinaryHeap<Reverse<(u64, u64)>>,
+}
+
+impl LastSeen {
+    /// Adds a new tag, first read at `at`, already in `tags`. A tag whose
+    /// first read is older than the front's (readers' batches interleave)
+    /// becomes the front, fresh.
+    fn push(&mut self, at: u64, id: u64, tags: &HashMap<u64, Tracked>) {
+        if self.heap.len() >= tags.len().saturating_mul(2).saturating_add(64) {
+            // Every entry exact again, the new tag's included.
+            self.heap = tags
+                .iter()
+                .map(|(&id, t)| Reverse((t.summary.last_seen.mono_ms, id)))
+                .collect();
+            return;
+        }
+        self.heap.push(Reverse((at, id)));
+    }
+
+    /// Whether tag `id` holds the front entry.
+    fn front_is(&self, id: u64) -> bool {
+        self.heap
+            .peek()
+            .is_some_and(|Reverse((_, front))| *front == id)
+    }
+
+    /// Makes the front exact: drops entries of tags no longer tracked and
+    /// moves stale entries to their tag's last read, until the front entry
+    /// is a tracked tag's true last read (or the heap is empty).
+    fn settle(&mut self, tags: &HashMap<u64, Tracked>) {
+        while let Some(mut front) = self.heap.peek_mut() {
+            let Reverse((at, id)) = *front;
+            match tags.get(&id).map(|t| t.summary.last_seen.mono_ms) {
+                None => {
+                    std::collections::binary_heap::PeekMut::pop(front);
+                }
+                Some(last) if last != at => *front = Reverse((last, id)),
+                Some(_) => break,
+            }
+        }
+    }
+
+    /// The oldest tag: `(last_seen mono ms, id)`. Exact while the engine
+    /// keeps the front settled.
+    fn first(&self) -> Option<(u64, u64)> {
+        self.heap.peek().map(|Reverse(e)| *e)
     }
 }
 
@@ -815,6 +884,36 @@ mod tests {
         assert_eq!(evicted[0].reason, Some("evicted"));
         assert_eq!(d.stats().evictions, 1);
         assert_eq!(d.stats().tracked, 2);
+    }
+
+    proptest! {
+        /// The lazily updated last-seen heap always shows the tag an
+        /// ordered set of the true last reads would put first (what
+        /// departures and eviction pick), and stays bounded by the tag cap.
+        #[test]
+        fn the_last_seen_front_is_always_the_least_recently_read_tag(
+            steps in proptest::collection::vec((0u8..12, 0u64..40, any::<bool>()), 1..400),
+        ) {
+            let mut d = Dedup::new(cfg(2, 200, 300, None, 6), vec![PointSettings::default()]);
+            let mut out = Vec::new();
+            let mut t = 0u64;
+            for (epc, gap, tick) in steps {
+                t += gap;
+                if tick {
+                    d.tick(at(t), &mut out);
+                } else {
+                    d.observe(0, &read(epc, 1 + epc % 2, t), &mut out);
+                }
+                let truth = d
+                    .tags
+                    .iter()
+                    .map(|(&id, tag)| (tag.summary.last_seen.mono_ms, id))
+                    .min();
+                prop_assert_eq!(d.by_last_seen.first(), truth);
+                // Grows only by a new tag, rebuilt beyond twice the tracked ones.
+                prop_assert!(d.by_last_seen.heap.len() <= 2 * 6 + 64);
+            }
+        }
     }
 
     #[test]

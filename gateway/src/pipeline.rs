@@ -56,6 +56,11 @@ pub struct Pipeline {
     /// Master-data verdicts (`None`: no `[masterdata]`).
     masterdata: Option<crate::masterdata::verdict::Verdicts>,
     decodings: Decodings,
+    /// `tracegate_reads_total` per (reader, antenna), registered on first
+    /// use: looking a labelled counter up per batch cost two `String`s and a
+    /// registry search each time. Bounded by the configured readers and
+    /// their antennas.
+    read_counters: HashMap<(Arc<str>, u8), metrics::Counter>,
 }
 
 /// GS1 decodings of arrived tags, kept from a tag's arrival for its
@@ -64,9 +69,13 @@ pub struct Pipeline {
 #[derive(Debug, Default)]
 struct Decodings(HashMap<Box<[u8]>, tracegate_gs1::Decoded>);
 
-/// Decodings kept before the cache starts over (more tags than this are
-/// present only when tags leave without a departure, i.e. never).
-const DECODING_CACHE: usize = 65_536;
+/// Decodings kept before the cache starts over. Each costs about 1 KiB
+/// (a dozen strings and the table's slack), and every arrived tag not yet
+/// departed has one: at saturation that is the sustainable rate times a
+/// tag's stay, and 65,536 of them were a third of the 64 MiB the daemon
+/// may use (BENCHMARKS.md, "Memory at saturation"). Beyond this many tags
+/// present at once a departure decodes its tag again (CPU, not memory).
+const DECODING_CACHE: usize = 8_192;
 
 impl Decodings {
     fn decode(&mut self, kind: Kind, epc: &[u8]) -> tracegate_gs1::Decoded {
@@ -200,6 +209,7 @@ impl Pipeline {
             taps,
             decodings: Decodings::default(),
             masterdata: None,
+            read_counters: HashMap::default(),
         }
     }
 
@@ -328,12 +338,12 @@ impl Pipeline {
         let mut events = Vec::new();
         // Metrics are counted per batch: a labelled counter lookup per read
         // would cost more than the dedup itself.
-        let mut per_antenna: Vec<(&str, u8, u64)> = Vec::new();
+        let mut per_antenna: Vec<(&Arc<str>, u8, u64)> = Vec::new();
         let (mut unrouted, mut deduped, mut filtered) = (0u64, 0u64, 0u64);
         for read in reads {
             match per_antenna
                 .iter_mut()
-                .find(|(r, a, _)| *a == read.antenna && *r == &*read.reader)
+                .find(|(r, a, _)| *a == read.antenna && **r == read.reader)
             {
                 Some(slot) => slot.2 += 1,
                 None => per_antenna.push((&read.reader, read.antenna, 1)),
@@ -353,7 +363,11 @@ impl Pipeline {
             }
         }
         for (reader, antenna, n) in per_antenna {
-            metrics::counter!("tracegate_reads_total", "reader" => reader.to_owned(), "antenna" => antenna.to_string())
+            self.read_counters
+                .entry((reader.clone(), antenna))
+                .or_insert_with(|| {
+                    metrics::counter!("tracegate_reads_total", "reader" => reader.to_string(), "antenna" => antenna.to_string())
+                })
                 .increment(n);
         }
         metrics::counter!("tracegate_reads_unrouted_total").increment(unrouted);
@@ -530,20 +544,45 @@ fn epcis_context(point: &ReadPoint) -> EpcisContext {
 /// of the writer's default `commit_max_events`: one committing, one filling.
 pub const DRAFTS_IN_STORE: usize = 2_048;
 
+/// The most drafts in one request to the writer. One read batch (or one
+/// tick after a stall) can make thousands of events; handed over whole, a
+/// single request passed [`DRAFTS_IN_STORE`] and became a commit group of
+/// thousands of events and their JSON (about 20 MiB at saturation,
+/// BENCHMARKS.md "Memory at saturation"). Split into requests of this size,
+/// each waits for room like any other, so the bound holds for every request.
+pub const DRAFTS_PER_REQUEST: usize = DRAFTS_IN_STORE / 8;
+
 /// Requests handed to the writer and not yet committed, oldest first: the
 /// bound of [`DRAFTS_IN_STORE`]. Each request carries the pipeline's own
 /// commit ack; a reader's ack (Mercury tag-buffer mode) fires when it does.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct InStore {
     drafts: usize,
     pending: VecDeque<Pending>,
+    /// Every request released so far of the batch being released was
+    /// committed (a batch split into several requests acks its reader only
+    /// when all of them were).
+    batch_ok: bool,
+}
+
+impl Default for InStore {
+    fn default() -> Self {
+        Self {
+            drafts: 0,
+            pending: VecDeque::new(),
+            batch_ok: true,
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Pending {
     committed: oneshot::Receiver<()>,
     drafts: usize,
+    /// On the last request of a batch only.
     reader_ack: Option<CommitAck>,
+    /// The first request of its batch.
+    first: bool,
 }
 
 impl InStore {
@@ -571,16 +610,51 @@ impl InStore {
 
     fn release(&mut self, p: Pending, committed: bool) {
         self.drafts = self.drafts.saturating_sub(p.drafts);
+        if p.first {
+            self.batch_ok = true;
+        }
+        self.batch_ok &= committed;
         // An unfired reader ack (refused, or the writer gone) means "not
         // committed", exactly as if the writer had dropped it itself.
-        if let (true, Some(ack)) = (committed, p.reader_ack) {
+        if let (true, Some(ack)) = (self.batch_ok, p.reader_ack) {
             ack.fire();
         }
     }
 
-    /// Hands `req` to the writer, first waiting while the drafts not yet
-    /// committed would exceed [`DRAFTS_IN_STORE`]. `false`: the writer is gone.
-    async fn submit(&mut self, writer: &mpsc::Sender<WriteRequest>, mut req: WriteRequest) -> bool {
+    /// Hands `req` to the writer in requests of at most
+    /// [`DRAFTS_PER_REQUEST`] drafts, in order, each first waiting while the
+    /// drafts not yet committed would exceed [`DRAFTS_IN_STORE`]. The
+    /// reader's ack goes with the last one and fires only if all of them
+    /// were committed. `false`: the writer is gone.
+    async fn submit(&mut self, writer: &mpsc::Sender<WriteRequest>, req: WriteRequest) -> bool {
+        if req.drafts.len() <= DRAFTS_PER_REQUEST {
+            return self.submit_one(writer, req, true).await;
+        }
+        let WriteRequest { drafts, mut ack } = req;
+        let mut drafts = drafts.into_iter();
+        let mut first = true;
+        while !drafts.as_slice().is_empty() {
+            let part: Vec<EventDraft> = drafts.by_ref().take(DRAFTS_PER_REQUEST).collect();
+            let ack = if drafts.as_slice().is_empty() {
+                ack.take()
+            } else {
+                None
+            };
+            let req = WriteRequest { drafts: part, ack };
+            if !self.submit_one(writer, req, first).await {
+                return false;
+            }
+            first = false;
+        }
+        true
+    }
+
+    async fn submit_one(
+        &mut self,
+        writer: &mpsc::Sender<WriteRequest>,
+        mut req: WriteRequest,
+        first: bool,
+    ) -> bool {
         let n = req.drafts.len();
         if n == 0 {
             return writer.send(req).await.is_ok();
@@ -599,6 +673,7 @@ impl InStore {
             committed,
             drafts: n,
             reader_ack,
+            first,
         });
         true
     }
@@ -769,6 +844,85 @@ epc_patterns = ["urn:epc:pat:sgtin-96:*.0614141.812345.*"]
     fn pipeline() -> Pipeline {
         let config = crate::config::parse(CONFIG, "t.toml").unwrap();
         Pipeline::new(&config, Clock::new(), Box::new(NoEnrichment))
+    }
+
+    /// `n` copies of one arrival draft.
+    fn drafts(n: usize) -> Vec<EventDraft> {
+        let mut p = pipeline();
+        let one = p.on_reads(&[read("3074257BF7194E4000001A85", 1, -50)]);
+        assert_eq!(one.len(), 1);
+        vec![one[0].clone(); n]
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_goes_to_the_writer_in_bounded_requests_and_acks_its_reader_once_all_committed(
+    ) {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut in_store = InStore::default();
+        let (reader_ack, mut reader_done) = CommitAck::pair();
+        let n = DRAFTS_PER_REQUEST * 2 + 10;
+        let req = WriteRequest {
+            drafts: drafts(n),
+            ack: Some(reader_ack),
+        };
+        assert!(in_store.submit(&tx, req).await);
+        let mut sizes = Vec::new();
+        let mut acks = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            sizes.push(r.drafts.len());
+            acks.push(r.ack.unwrap());
+        }
+        assert_eq!(sizes, [DRAFTS_PER_REQUEST, DRAFTS_PER_REQUEST, 10]);
+        assert_eq!(in_store.drafts, n);
+        // The writer commits them in order; the reader hears only after the last.
+        let mut acks = acks.into_iter();
+        for ack in acks.by_ref().take(2) {
+            ack.fire();
+        }
+        tokio::task::yield_now().await;
+        in_store.settle_ready();
+        assert!(
+            reader_done.try_recv().is_err(),
+            "acked before its last part"
+        );
+        acks.next().unwrap().fire();
+        in_store.settle_ready();
+        assert!(reader_done.try_recv().is_ok());
+        assert_eq!(in_store.drafts, 0);
+    }
+
+    #[tokio::test]
+    async fn a_split_batch_with_a_refused_part_does_not_ack_its_reader() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut in_store = InStore::default();
+        let (reader_ack, mut reader_done) = CommitAck::pair();
+        let req = WriteRequest {
+            drafts: drafts(DRAFTS_PER_REQUEST + 1),
+            ack: Some(reader_ack),
+        };
+        assert!(in_store.submit(&tx, req).await);
+        let first = rx.try_recv().unwrap();
+        let last = rx.try_recv().unwrap();
+        // The store refused the first part (reject_new drops its ack) and
+        // committed the second.
+        drop(first);
+        last.ack.unwrap().fire();
+        in_store.settle_ready();
+        assert!(in_store.pending.is_empty());
+        assert!(
+            reader_done.try_recv().is_err(),
+            "a refused part must keep the reader's data"
+        );
+        // The next batch starts afresh.
+        let (reader_ack, mut reader_done) = CommitAck::pair();
+        let req = WriteRequest {
+            drafts: drafts(3),
+            ack: Some(reader_ack),
+        };
+        assert!(in_store.submit(&tx, req).await);
+        rx.try_recv().unwrap().ack.unwrap().fire();
+        in_store.settle_ready();
+        assert!(reader_done.try_recv().is_ok());
     }
 
     #[test]
