@@ -926,6 +926,15 @@ fn validate(raw: RawSections, p: &mut Problems) -> Option<Parts> {
         }
     }
 
+    // Without a reader the pipeline has no input and ends at once; under
+    // systemd that reads as a stuck pipeline and a watchdog restart every
+    // minute, so say it here instead.
+    if raw.readers.is_empty() {
+        p.push(
+            None,
+            "no [[readers]] entry: a gateway needs at least one reader (kind = \"mercury\", \"r2000\", \"pcsc\" or \"sim\")",
+        );
+    }
     let readers_ok = raw.readers.iter().all(Option::is_some);
     let mut reader_names: HashMap<&str, &ReaderConfig> = HashMap::new();
     for (i, r) in raw.readers.iter().enumerate() {
@@ -1388,6 +1397,14 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_without_readers_is_refused_with_what_to_add() {
+        let text = MINIMAL.replace("[[readers]]\nname = \"sim1\"\nkind = \"sim\"\n", "");
+        assert!(!text.contains("[[readers]]"), "{text}");
+        let err = parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("no [[readers]] entry"), "{err}");
+    }
 
     const MINIMAL: &str = r#"
 [gateway]

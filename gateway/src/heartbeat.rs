@@ -127,9 +127,14 @@ pub fn store_fault_state(e: &StoreError, fs: Option<FsState>) -> HealthState {
 /// cannot free space, and systemd's start limit would end in a stopped
 /// service). Any other failure does not beat: a restart reopens and checks
 /// the database.
-pub fn report_store_error(hb: &Heartbeat, e: &StoreError, store_path: &std::path::Path) {
-    let fs = store_path.parent().and_then(FsState::of);
-    let state = store_fault_state(e, fs);
+///
+/// Returns the state, for the writer's log.
+pub fn report_store_error(
+    hb: &Heartbeat,
+    e: &StoreError,
+    store_path: &std::path::Path,
+) -> HealthState {
+    let state = store_error_state(e, store_path);
     if matches!(state, HealthState::DiskFull | HealthState::ReadOnly) {
         hb.beat();
     }
@@ -138,6 +143,13 @@ pub fn report_store_error(hb: &Heartbeat, e: &StoreError, store_path: &std::path
         since_utc_ms: tracegate_drivers::clock::utc_now_ms(),
         detail: e.to_string(),
     }));
+    state
+}
+
+/// [`store_fault_state`] with the filesystem of the store's directory
+/// looked at now (blocking: the writer's thread only).
+pub fn store_error_state(e: &StoreError, store_path: &std::path::Path) -> HealthState {
+    store_fault_state(e, store_path.parent().and_then(FsState::of))
 }
 
 /// What `statvfs` says of a filesystem.
@@ -149,15 +161,33 @@ pub struct FsState {
 }
 
 impl FsState {
-    /// `statvfs(path)`; `None` when it fails.
+    /// `statvfs(path)`; `None` when it fails. Read-only also when the
+    /// mount flags still say read-write but the filesystem refuses writes:
+    /// ext4 mounted `errors=remount-ro` after an error (a failing SD card)
+    /// is marked `emergency_ro` on Linux 6.x, and statvfs does not show it
+    /// (see [`refuses_writes`]).
     pub fn of(path: &std::path::Path) -> Option<FsState> {
         let s = nix::sys::statvfs::statvfs(path).ok()?;
         // The block count's type is u32 on some 32-bit targets.
         #[allow(clippy::useless_conversion)]
         Some(FsState {
-            read_only: s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY),
+            read_only: s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY)
+                || refuses_writes(path),
             available_bytes: u64::from(s.blocks_available()).saturating_mul(s.fragment_size()),
         })
+    }
+}
+
+/// Whether the filesystem of directory `dir` answers an fsync of the
+/// directory with EROFS. That changes nothing on disk and touches no file
+/// SQLite has open (closing another descriptor of the database file would
+/// drop SQLite's POSIX locks), and it is how an ext4 that remounted itself
+/// read-only after an error answers; SQLite reports the same EROFS from its
+/// own write as a generic disk I/O error.
+fn refuses_writes(dir: &std::path::Path) -> bool {
+    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Err(e) => e.raw_os_error() == Some(nix::libc::EROFS),
+        Ok(()) => false,
     }
 }
 

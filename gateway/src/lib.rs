@@ -4,6 +4,7 @@
 //! entry point is [`run`]: it takes a validated [`config::Config`] and a
 //! shutdown token, and returns once everything accepted has been committed.
 
+pub mod allocator;
 pub mod backoff;
 pub mod config;
 pub mod dedup;

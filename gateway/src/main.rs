@@ -143,6 +143,8 @@ enum MasterdataCommand {
 }
 
 fn main() -> ExitCode {
+    // Freed memory back to the OS after 10 ms, not 1 s (allocator.rs).
+    tracegate::allocator::configure();
     // Transparent huge pages (`always` on many kernels) made every 2 MiB
     // region the allocator touched resident as a whole: under overload RSS
     // was about 20 MiB higher with them (BENCHMARKS.md, overload section).

@@ -6,8 +6,11 @@
 //! (`target/<profile>/tracegate`); `.ci/run` builds it before the tests.
 //! `TRACEGATE_BIN` points elsewhere (an installed or cross-built binary).
 
+use std::collections::HashSet;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -320,4 +323,59 @@ impl Drop for SmallFs {
         // Lazy: a process still holding a file there must not keep it mounted.
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
+}
+
+/// Kills a child on drop so a failing assertion leaves nothing running.
+#[derive(Debug)]
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A registry-side subscriber (`mosquitto_sub`, QoS 1, straight at the
+/// broker on `port`): the id of every event it receives on `topic`.
+pub fn subscribe_event_ids(
+    port: u16,
+    topic: &str,
+) -> anyhow::Result<(Killed, Arc<Mutex<HashSet<String>>>)> {
+    let mut child = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting mosquitto_sub (apt-get install -y mosquitto-clients)")?;
+    let out = child.stdout.take().context("mosquitto_sub has no stdout")?;
+    let ids = Arc::new(Mutex::new(HashSet::new()));
+    let sink = ids.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            for e in v["events"].as_array().into_iter().flatten() {
+                if let Some(id) = e["id"].as_str() {
+                    if let Ok(mut got) = sink.lock() {
+                        got.insert(id.to_owned());
+                    }
+                }
+            }
+        }
+    });
+    // mosquitto_sub has subscribed once it is connected; give it a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok((Killed(child), ids))
 }

@@ -4,10 +4,18 @@
 //!   `publish_stalled` and `broker_unreachable` within the configured PUBACK
 //!   deadline, logged, and after the partition heals every stored event
 //!   reaches a subscriber at a real mosquitto;
+//! - the same partition with no events flowing is `broker_unreachable`
+//!   within 1.5 × the PUBACK deadline (the idle connection's probe), not at
+//!   the keep-alive, and clears when it heals;
 //! - an unplugged reader (a Mercury simulator on a pty) is `reader_down`
 //!   with its age, the daemon stays up, its task keeps counting turns and
 //!   the systemd watchdog pings go on (a fake notify socket) while the
 //!   outage outlasts `stale_after_secs`, and the state clears on replug;
+//! - a reader whose line takes no bytes (a Mercury module that stops
+//!   draining it) is `reader_down`, not `stuck`: the driver's write fails
+//!   at its deadline and the port is reopened with backoff, so the watchdog
+//!   pings go on (one full line must not restart every door); it runs
+//!   again once the port is replugged;
 //! - a full filesystem under the store (a 4 MiB tmpfs, filled) is
 //!   `disk_full`, fails `/healthz`, and clears when space comes back (needs
 //!   root for the mount; prints `skipped: <reason>` otherwise).
@@ -18,16 +26,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tracegate_hw_tests::{peer_available, signal, wait_exit, wait_for, TempGateway, SIM_PORTAL};
+use tracegate_hw_tests::{
+    peer_available, signal, subscribe_event_ids, wait_exit, wait_for, Killed, TempGateway,
+    SIM_PORTAL,
+};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -50,16 +62,6 @@ fn mosquitto() -> Option<&'static str> {
         (_, None) => Err("mosquitto_sub not installed (mosquitto-clients)".to_owned()),
     };
     peer_available("TRACEGATE_REQUIRE_MOSQUITTO", probe).then(|| found.unwrap())
-}
-
-/// Kills a child on drop so a failing assertion leaves nothing running.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn start_broker(bin: &str, dir: &Path) -> (Killed, u16) {
@@ -148,46 +150,8 @@ struct Subscriber {
 
 impl Subscriber {
     fn start(port: u16, topic: &str) -> Subscriber {
-        let mut child = Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-q",
-                "1",
-                "-t",
-                topic,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let ids = Arc::new(Mutex::new(HashSet::new()));
-        let sink = ids.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines() {
-                let Ok(line) = line else { return };
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if let Some(evs) = v["events"].as_array() {
-                    let mut g = sink.lock().unwrap();
-                    for e in evs {
-                        if let Some(id) = e["id"].as_str() {
-                            g.insert(id.to_owned());
-                        }
-                    }
-                }
-            }
-        });
-        // mosquitto_sub has subscribed once it is connected; give it a moment.
-        std::thread::sleep(Duration::from_millis(500));
-        Subscriber {
-            _child: Killed(child),
-            ids,
-        }
+        let (child, ids) = subscribe_event_ids(port, topic).unwrap();
+        Subscriber { _child: child, ids }
     }
 
     fn len(&self) -> usize {
@@ -361,6 +325,108 @@ fn silent_partition(puback_timeout: Option<u64>) {
     );
 }
 
+/// No events flowing: the simulated reader reads, but its read point
+/// accepts only a company prefix the simulator never uses. The only MQTT
+/// traffic is the birth message, QoS 0 health messages, the keep-alive
+/// (60 s here) and the publisher's idle probe.
+#[test]
+fn with_no_events_flowing_a_silent_partition_is_named_within_15_s_and_clears_when_it_heals() {
+    let Some(bin) = mosquitto() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, broker_port) = start_broker(bin, dir.path());
+    let proxy = Proxy::start(broker_port);
+    let metrics_port = free_port();
+    let gw = TempGateway::new(
+        "gw-idle",
+        &format!(
+            "[[readers]]\nname = \"sim1\"\nkind = \"sim\"\n\n\
+             [[read_points]]\nname = \"door\"\nreader = \"sim1\"\n\
+             epc_patterns = [\"urn:epc:idpat:sgtin:9999999.*.*\"]\n\n\
+             [mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nkeep_alive_secs = 60\n\
+             connect_timeout_secs = 2\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n\
+             [ops]\nmetrics_addr = \"127.0.0.1:{metrics_port}\"\n",
+            proxy.port
+        ),
+    )
+    .unwrap();
+    // Killed on drop: a failed assertion leaves no gateway running.
+    let mut child = Killed(gw.spawn().unwrap());
+    let connected = wait_for(Duration::from_secs(30), || {
+        let s = status(&gw)?;
+        (s["publisher"]["connected"] == true && states(&s).is_empty()).then_some(Instant::now())
+    })
+    .unwrap_or_else(|| panic!("never connected; log:\n{}", gw.log()));
+    // Long enough for the connection to be idle and probed once.
+    std::thread::sleep(Duration::from_secs(7).saturating_sub(connected.elapsed()));
+    let s = status(&gw).unwrap();
+    assert!(states(&s).is_empty(), "{s}");
+    assert_eq!(s["store"]["last_seq"], 0, "events are flowing: {s}");
+
+    proxy.blackhole.store(true, Ordering::SeqCst);
+    let cut = Instant::now();
+    let mut last = serde_json::Value::Null;
+    let mut named = None;
+    while cut.elapsed() < Duration::from_secs(30) {
+        if let Some(s) = status(&gw) {
+            let at = cut.elapsed();
+            let st = states(&s);
+            if st
+                .iter()
+                .any(|c| c == "broker_unreachable" || c == "publish_stalled")
+            {
+                named = Some((at, st));
+                last = s;
+                break;
+            }
+            last = s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let Some((after, st)) = named else {
+        panic!(
+            "idle partition not named within 30 s; status {last}\nlog:\n{}",
+            gw.log()
+        );
+    };
+    println!(
+        "idle silent partition: {st:?} after {:.1} s (puback_timeout_secs = {DEFAULT_PUBACK_TIMEOUT_SECS}, keep_alive_secs = 60)",
+        after.as_secs_f64()
+    );
+    // 1.5 × the default deadline (the issue's 15 s), plus the status poll
+    // and a turn of the publisher's loop; the keep-alive alone would take
+    // 60 to 120 s.
+    assert!(
+        after <= Duration::from_millis(DEFAULT_PUBACK_TIMEOUT_SECS * 1_500 + 2_000),
+        "named after {after:?}"
+    );
+    assert_eq!(
+        last["health"]["ok"], true,
+        "uplink states only warn: {last}"
+    );
+    assert!(
+        gw.log().contains(&format!(
+            "no PUBACK for {DEFAULT_PUBACK_TIMEOUT_SECS} s with 1 message(s) in flight"
+        )),
+        "{}",
+        gw.log()
+    );
+
+    proxy.blackhole.store(false, Ordering::SeqCst);
+    let healed = Instant::now();
+    wait_for(Duration::from_secs(30), || {
+        let s = status(&gw)?;
+        (s["publisher"]["connected"] == true && states(&s).is_empty()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("states did not clear; log:\n{}", gw.log()));
+    println!(
+        "partition healed: states clear after {:.1} s",
+        healed.elapsed().as_secs_f64()
+    );
+    signal(&child.0, Signal::SIGTERM).unwrap();
+    let exit = wait_exit(&mut child.0, Duration::from_secs(15)).expect("gateway did not stop");
+    assert!(exit.success(), "{exit}; log:\n{}", gw.log());
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -371,48 +437,18 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn an_unplugged_reader_is_reader_down_with_its_age_and_the_daemon_stays_up() {
-    use tracegate_drivers::mercury::sim::{MercurySim, MercurySimParams, SimTag};
     let rt = runtime();
     let _enter = rt.enter();
     let dir = tempfile::tempdir().unwrap();
     let link: PathBuf = dir.path().join("usb-ThingMagic_sim-if00-port0");
-    let epc = vec![
-        0x30, 0x34, 0x25, 0x7B, 0xF7, 0x19, 0x4E, 0x40, 0x00, 0x00, 0x1A, 1,
-    ];
-    let sim = MercurySim::new(MercurySimParams {
-        tags: vec![SimTag::new(epc, 1, -55)],
-        ..MercurySimParams::default()
-    });
+    let sim = one_tag_mercury();
     let mut port = sim.pluggable(&link);
     port.plug().unwrap();
-    let metrics_port = free_port();
-    let gw = TempGateway::new(
-        "gw-reader-down",
-        &format!(
-            "[[readers]]\nname = \"uhf1\"\nkind = \"mercury\"\nport = \"{}\"\nantennas = [1]\n\n\
-             [[read_points]]\nname = \"door\"\nreader = \"uhf1\"\n\n\
-             [[readers]]\nname = \"sim2\"\nkind = \"sim\"\n\n\
-             [[read_points]]\nname = \"desk\"\nreader = \"sim2\"\n\n\
-             [ops]\nmetrics_addr = \"127.0.0.1:{metrics_port}\"\nstale_after_secs = 5\n",
-            link.display()
-        ),
-    )
-    .unwrap();
+    let gw = mercury_and_sim_gateway("gw-reader-down", &link);
     // A fake systemd: the notify socket, with the watchdog on (2 s).
     let sock_path = dir.path().join("notify.sock");
     let notify = Notify::bind(&sock_path);
-    let log = std::fs::File::create(gw.dir.path().join("tracegate.log")).unwrap();
-    let mut child = Command::new(tracegate_hw_tests::bin().unwrap())
-        .args(["run", "--config"])
-        .arg(&gw.config)
-        .env("RUST_LOG", "info")
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "2000000")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_watched(&gw, &sock_path);
     wait_for(Duration::from_secs(30), || {
         let s = status(&gw)?;
         (s["readers"][0]["state"] == "running" && states(&s).is_empty()).then_some(())
@@ -443,7 +479,7 @@ fn an_unplugged_reader_is_reader_down_with_its_age_and_the_daemon_stays_up() {
     );
     assert_eq!(s["health"]["ok"], true, "{s}");
     assert!(
-        child.try_wait().unwrap().is_none(),
+        child.0.try_wait().unwrap().is_none(),
         "the daemon must stay up"
     );
     // The reader task counts its retries: young, and the watchdog pings on.
@@ -469,9 +505,202 @@ fn an_unplugged_reader_is_reader_down_with_its_age_and_the_daemon_stays_up() {
         states(&s).is_empty().then_some(())
     })
     .unwrap_or_else(|| panic!("reader_down did not clear; log:\n{}", gw.log()));
-    signal(&child, Signal::SIGTERM).unwrap();
-    wait_exit(&mut child, Duration::from_secs(10)).expect("gateway did not stop");
+    signal(&child.0, Signal::SIGTERM).unwrap();
+    wait_exit(&mut child.0, Duration::from_secs(10)).expect("gateway did not stop");
     rt.block_on(port.unplug()).unwrap();
+}
+
+/// A line that takes nothing, without any hook in the gateway: the
+/// simulated module stops reading and answering while the line stays up,
+/// and its receive side fills (18 KiB of a pty's buffer, written here; on a
+/// real adapter the driver's own unanswered commands fill it, or flow
+/// control holds it). The driver's next write would never complete; it
+/// fails at its deadline instead, so the reader is down and retrying, not a
+/// task stuck until the watchdog restarts the gateway. (`stuck` and the
+/// withheld pings are for a task that no longer moves at all: unit-tested
+/// in `ops::notify`, since no real input produces one any more.)
+#[test]
+fn a_reader_whose_line_takes_no_bytes_is_reader_down_and_the_watchdog_keeps_pinging() {
+    use tokio_util::sync::CancellationToken;
+    use tracegate_drivers::serial::PluggablePty;
+    let rt = runtime();
+    let _enter = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let link: PathBuf = dir.path().join("usb-ThingMagic_sim-if00-port0");
+    let sim = one_tag_mercury();
+    // Serves like the simulator until `freeze` fires, then holds the line
+    // open and never reads or writes it again (until unplugged). Each plug
+    // takes the token in place then.
+    let freeze = Arc::new(Mutex::new(CancellationToken::new()));
+    let tokens = freeze.clone();
+    let mut port = PluggablePty::new(&link, move |mut master, cancel| {
+        let sim = sim.clone();
+        let frozen = tokens.lock().unwrap().clone();
+        async move {
+            tokio::select! {
+                r = sim.serve(&mut master, cancel.clone()) => return r,
+                () = frozen.cancelled() => {}
+            }
+            cancel.cancelled().await;
+            drop(master);
+            Ok(())
+        }
+    });
+    let slave = port.plug().unwrap();
+    // The module's receive side, as the driver's writes reach it: opened
+    // before the gateway takes the port (exclusively).
+    let line = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(&slave)
+        .unwrap();
+    let gw = mercury_and_sim_gateway("gw-wedged", &link);
+    let sock_path = dir.path().join("notify.sock");
+    let notify = Notify::bind(&sock_path);
+    let mut child = spawn_watched(&gw, &sock_path);
+    wait_for(Duration::from_secs(30), || {
+        let s = status(&gw)?;
+        (s["readers"][0]["state"] == "running" && states(&s).is_empty()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("reader never ran; log:\n{}", gw.log()));
+    let running = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        notify.pings_since(running) >= 2,
+        "WATCHDOG=1 while healthy (period 1 s)"
+    );
+
+    // The module hangs: nothing read, nothing answered, its buffer full.
+    freeze.lock().unwrap().cancel();
+    // Until it takes nothing twice in a row: the kernel moves bytes from
+    // the pty's flip buffer into the line discipline's behind our back,
+    // which frees room for a while after the first EAGAIN.
+    let mut filled = 0usize;
+    let mut idle_rounds = 0;
+    while idle_rounds < 2 {
+        let mut round = 0usize;
+        loop {
+            match (&line).write(&[0u8; 1024]) {
+                Ok(n) => round += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("filling the line: {e}"),
+            }
+        }
+        filled += round;
+        idle_rounds = if round == 0 { idle_rounds + 1 } else { 0 };
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let wedged = Instant::now();
+    let down = wait_for(Duration::from_secs(20), || {
+        let s = status(&gw)?;
+        condition(&s, "reader_down").cloned()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "never reader_down; status {:?}\nlog:\n{}",
+            status(&gw),
+            gw.log()
+        )
+    });
+    println!(
+        "line full ({filled} bytes): reader_down uhf1 after {:.1} s",
+        wedged.elapsed().as_secs_f64()
+    );
+    assert_eq!(down["subject"], "uhf1", "{down}");
+    assert_eq!(down["severity"], "warn", "the other reader runs: {down}");
+    // Longer than stale_after_secs (5 s): the task keeps moving (each write
+    // fails at its deadline and the port is reopened), so it is not stuck
+    // and the watchdog pings go on: one full line does not restart every door.
+    let watched = Instant::now();
+    std::thread::sleep(Duration::from_secs(7));
+    let s = status(&gw).expect("daemon still serving");
+    assert!(condition(&s, "reader_down").is_some(), "still down: {s}");
+    assert!(
+        condition(&s, "stuck").is_none(),
+        "a reader whose writes time out is not stuck: {s}"
+    );
+    assert_eq!(s["health"]["ok"], true, "{s}");
+    let pings = notify.pings_since(watched);
+    assert!(
+        pings >= 5,
+        "WATCHDOG=1 while the line is full (period 1 s): {pings} in 7 s"
+    );
+    assert!(gw.log().contains("took no bytes"), "{}", gw.log());
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the daemon must stay up"
+    );
+
+    // The adapter goes away and comes back (replugged, or reset): the
+    // reader runs again.
+    rt.block_on(port.unplug()).unwrap();
+    drop(line);
+    *freeze.lock().unwrap() = CancellationToken::new();
+    port.plug().unwrap();
+    wait_for(Duration::from_secs(30), || {
+        let s = status(&gw)?;
+        (s["readers"][0]["state"] == "running" && states(&s).is_empty()).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the reader did not recover; status {:?}\nlog:\n{}",
+            status(&gw),
+            gw.log()
+        )
+    });
+    signal(&child.0, Signal::SIGTERM).unwrap();
+    let exit = wait_exit(&mut child.0, Duration::from_secs(15)).expect("gateway did not stop");
+    assert!(exit.success(), "{exit}; log:\n{}", gw.log());
+    rt.block_on(port.unplug()).unwrap();
+}
+
+/// A simulated Mercury module with one tag in its field.
+fn one_tag_mercury() -> tracegate_drivers::mercury::sim::MercurySim {
+    use tracegate_drivers::mercury::sim::{MercurySim, MercurySimParams, SimTag};
+    let epc = vec![
+        0x30, 0x34, 0x25, 0x7B, 0xF7, 0x19, 0x4E, 0x40, 0x00, 0x00, 0x1A, 1,
+    ];
+    MercurySim::new(MercurySimParams {
+        tags: vec![SimTag::new(epc, 1, -55)],
+        ..MercurySimParams::default()
+    })
+}
+
+/// A gateway with a Mercury reader `uhf1` on `link` and a simulated reader
+/// beside it (so one reader down is a warning), `stale_after_secs = 5`.
+fn mercury_and_sim_gateway(id: &str, link: &Path) -> TempGateway {
+    let metrics_port = free_port();
+    TempGateway::new(
+        id,
+        &format!(
+            "[[readers]]\nname = \"uhf1\"\nkind = \"mercury\"\nport = \"{}\"\nantennas = [1]\n\n\
+             [[read_points]]\nname = \"door\"\nreader = \"uhf1\"\n\n\
+             [[readers]]\nname = \"sim2\"\nkind = \"sim\"\n\n\
+             [[read_points]]\nname = \"desk\"\nreader = \"sim2\"\n\n\
+             [ops]\nmetrics_addr = \"127.0.0.1:{metrics_port}\"\nstale_after_secs = 5\n",
+            link.display()
+        ),
+    )
+    .unwrap()
+}
+
+/// Runs the gateway as systemd would with `WatchdogSec=2`: notifications
+/// to `sock`, the log into its data directory.
+fn spawn_watched(gw: &TempGateway, sock: &Path) -> Killed {
+    let log = std::fs::File::create(gw.dir.path().join("tracegate.log")).unwrap();
+    Killed(
+        Command::new(tracegate_hw_tests::bin().unwrap())
+            .args(["run", "--config"])
+            .arg(&gw.config)
+            .env("RUST_LOG", "info")
+            .env("NOTIFY_SOCKET", sock)
+            .env("WATCHDOG_USEC", "2000000")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// systemd's notify socket, as far as the test needs it: every datagram

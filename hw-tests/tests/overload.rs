@@ -1,7 +1,7 @@
 //! Overload and stalls never invent or silently drop events: a store that
-//! stalls for 5 s, and simulated readers offering twice what this machine
-//! sustains, delay events but every tag still gets exactly one arrival and
-//! one departure, and memory stays bounded.
+//! stalls for 5 s, and simulated readers offering ten times what this
+//! machine sustains, delay events but every tag still gets exactly one
+//! arrival and one departure, and memory stays within the bound.
 //!
 //! The simulated tags stay in the field for 100 to 300 ms and the departure
 //! timeout is longer than that, so by the reads' own time no tag can ever
@@ -224,22 +224,35 @@ fn run_for(gw: &TempGateway, secs: u64) -> (f64, f64) {
     (peak, rate)
 }
 
-/// The bound on the debug build's RSS at twice the sustainable rate. The
-/// debug build the tests run sits ~20 MiB above a release build
-/// (51.0 against 27.8 MiB at 1x, BENCHMARKS.md) and peaked
-/// at 51 to 68 MiB in this test on a 2-core machine; the bound leaves room
-/// for that spread and still catches memory that grows with the backlog.
-/// The target (64 MiB at 10x) is not met: see BENCHMARKS.md,
-/// "Overload".
-const RSS_BOUND_MIB: f64 = 96.0;
+/// The bound: at ten times the sustainable rate a release build
+/// stays within 64 MiB (BENCHMARKS.md, "Memory at saturation": 45 to 55 MiB
+/// at 10x and 40x). The debug build these tests run maps about 16 MiB more
+/// code and debug info (RssFile 27.8 against 12.1 MiB idle, 34.4 against
+/// 17.4 MiB RSS in all), so its bound is 64 MiB plus that gap; its heap is
+/// smaller than a release build's, which commits three times the events.
+/// With `TRACEGATE_BIN` pointing at a release build, set
+/// `TRACEGATE_RSS_BOUND_MIB=64`.
+const RSS_BOUND_MIB: f64 = 80.0;
+
+fn rss_bound_mib() -> f64 {
+    std::env::var("TRACEGATE_RSS_BOUND_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(RSS_BOUND_MIB)
+}
+
+/// The most tags per second the simulators can offer: two portals of
+/// `pallet` tags every 10 ms, read eight times each, within the simulator's
+/// 2,048 reads per 10 ms step (`sim::MAX_STEP_READS`).
+const MAX_OFFERED_TAGS: u64 = 2 * 100 * 256;
 
 #[test]
-fn overload_at_twice_the_sustainable_rate_keeps_every_tag_to_one_arrival_and_one_departure_in_bounded_memory(
+fn overload_at_ten_times_the_sustainable_rate_keeps_every_tag_to_one_arrival_and_one_departure_in_bounded_memory(
 ) {
     // The sustainable rate of this machine: what the gateway commits while
     // offered far more (40,000 events/s) for a few seconds.
     let probe = portals("gw-probe", 20_000, 5);
-    let (_, sustainable) = run_for(&probe, 5);
+    let (probe_peak, sustainable) = run_for(&probe, 5);
     let sustainable = sustainable.max(200.0);
     let probed = per_tag(&probe.events(&[]).unwrap());
     let wrong = wrong_tags(&probed);
@@ -250,17 +263,19 @@ fn overload_at_twice_the_sustainable_rate_keeps_every_tag_to_one_arrival_and_one
         wrong.into_iter().take(10).collect::<Vec<_>>()
     );
 
-    // Twice that, for 10 s.
-    let offered_tags = (sustainable as u64).max(200);
+    // Ten times that (events are two per tag), for 10 s.
+    let offered_tags = ((sustainable * 5.0) as u64).clamp(200, MAX_OFFERED_TAGS);
     let gw = portals("gw-overload", offered_tags, 10);
     let (peak, rate) = run_for(&gw, 10);
     let events = gw.events(&[]).unwrap();
     let tags = per_tag(&events);
     let wrong = wrong_tags(&tags);
     let committed = tags.values().map(|&(a, d)| a + d).sum::<u32>();
+    let bound = rss_bound_mib();
     let line = format!(
-        "sustainable {sustainable:.0} events/s; offered {} events/s: {} tags, {committed} events ({:.0}/s), peak RSS {peak:.1} MiB",
+        "sustainable {sustainable:.0} events/s (probe peak RSS {probe_peak:.1} MiB); offered {} events/s ({:.1}x): {} tags, {committed} events ({:.0}/s), peak RSS {peak:.1} MiB (bound {bound} MiB)",
         offered_tags * 2,
+        (offered_tags * 2) as f64 / sustainable,
         tags.len(),
         rate
     );
@@ -272,7 +287,8 @@ fn overload_at_twice_the_sustainable_rate_keeps_every_tag_to_one_arrival_and_one
         wrong.into_iter().take(10).collect::<Vec<_>>()
     );
     assert!(tags.len() > 100, "{line}; log:\n{}", gw.log());
-    assert!(peak < RSS_BOUND_MIB, "{line}");
+    assert!(peak < bound, "{line}");
+    assert!(probe_peak < bound, "{line}");
 }
 
 #[test]

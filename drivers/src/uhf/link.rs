@@ -20,6 +20,11 @@ pub(crate) const INTER_BYTE_GAP: Duration = Duration::from_millis(250);
 /// timeout is alive; a task blocked elsewhere stops counting.
 const ALIVE_SLICE: Duration = Duration::from_secs(1);
 
+/// Longest a frame may take to enter the port. The longest frame of either
+/// protocol (about 260 bytes) takes 0.27 s at 9,600 baud, so a write still
+/// pending after this is a line that takes nothing, not a slow one.
+pub(crate) const SEND_DEADLINE: Duration = Duration::from_secs(2);
+
 /// One decoder event, in the terms the link needs.
 pub(crate) enum Decoded<F> {
     Frame(F),
@@ -97,8 +102,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin, D: FrameDecoder> FrameLink<T, D> {
     /// worker (~270 ms per frame at 9600 baud, forever on a wedged USB
     /// adapter, where no timeout can interrupt it). The kernel sends what
     /// was written; the reply's deadline covers a reader that never answers.
+    ///
+    /// The write itself has a deadline: a module that stops reading (flow
+    /// control held, a wedged USB adapter) fills the line and the write
+    /// would never complete. Past [`SEND_DEADLINE`] it fails, and the reader
+    /// reopens the port with backoff (`reader_down`) instead of hanging its
+    /// task until the watchdog restarts the whole gateway, every door with it.
     pub(crate) async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.io.write_all(bytes).await
+        match tokio::time::timeout(SEND_DEADLINE, self.io.write_all(bytes)).await {
+            Ok(sent) => sent,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the port took no bytes for {} s: the module or its USB adapter is not reading (flow control held, or the adapter is wedged); reopening the port, replug or power-cycle the reader if this repeats",
+                    SEND_DEADLINE.as_secs()
+                ),
+            )),
+        }
     }
 
     /// The next valid frame already buffered, counting check failures and
@@ -168,8 +188,10 @@ mod tests {
     use crate::r2000::codec::Decoder;
 
     /// A port whose writes land at once and whose flush never ends, like
-    /// `tcdrain()` on a wedged USB serial adapter.
-    struct WedgedDrain(Vec<u8>);
+    /// `tcdrain()` on a wedged USB serial adapter; with `full` set it takes
+    /// no bytes at all (every write stays pending), like a line nobody
+    /// drains. It never answers.
+    struct WedgedDrain(Vec<u8>, bool);
 
     impl AsyncWrite for WedgedDrain {
         fn poll_write(
@@ -177,6 +199,9 @@ mod tests {
             _cx: &mut Context<'_>,
             data: &[u8],
         ) -> Poll<io::Result<usize>> {
+            if self.1 {
+                return Poll::Pending;
+            }
             self.0.extend_from_slice(data);
             Poll::Ready(Ok(data.len()))
         }
@@ -198,13 +223,33 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_write_to_a_line_that_takes_nothing_fails_at_its_deadline() {
+        let health = ReaderHealth::new("r", "r2000");
+        let mut link = FrameLink::new(
+            WedgedDrain(Vec::new(), true),
+            Decoder::new(),
+            health,
+            Arc::from("r"),
+            "r2000",
+        );
+        let start = Instant::now();
+        let sent = tokio::time::timeout(Duration::from_secs(10), link.send(&[0xA0, 0x03, 0x01]))
+            .await
+            .expect("the write has no deadline");
+        let err = sent.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("took no bytes"), "{err}");
+        assert!(start.elapsed() >= SEND_DEADLINE, "not before the deadline");
+    }
+
     /// A reader waiting on a quiet line is alive: the watchdog sees a turn
     /// each second, even with a response timeout far above its limit.
     #[tokio::test]
     async fn a_quiet_line_counts_a_turn_every_second_until_the_deadline() {
         let health = ReaderHealth::new("r", "r2000");
         let mut link = FrameLink::new(
-            WedgedDrain(Vec::new()),
+            WedgedDrain(Vec::new(), false),
             Decoder::new(),
             health.clone(),
             Arc::from("r"),
@@ -225,7 +270,7 @@ mod tests {
     async fn sending_a_frame_never_waits_for_the_port_to_drain() {
         let health = ReaderHealth::new("r", "r2000");
         let mut link = FrameLink::new(
-            WedgedDrain(Vec::new()),
+            WedgedDrain(Vec::new(), false),
             Decoder::new(),
             health,
             Arc::from("r"),

@@ -51,6 +51,8 @@ use outbox::{Acked, Action, Batch, ConnId, Outbox, OutboxConfig, Split};
 
 pub const STATUS_SCHEMA: &str = "tracegate.status/1";
 pub const HEALTH_SCHEMA: &str = "tracegate.health/1";
+/// The idle probe's whole payload (docs/events.md).
+const PROBE_PAYLOAD: &[u8] = br#"{"schema":"tracegate.probe/1"}"#;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -223,12 +225,16 @@ impl std::fmt::Debug for PublisherContext {
     }
 }
 
-/// `{prefix}/{site}/{gateway}/events|status|health`.
+/// `{prefix}/{site}/{gateway}/events|status|health|probe`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
     pub events: String,
     pub status: String,
     pub health: String,
+    /// The idle connection's liveness probe (`Action::Probe`): a fixed
+    /// `tracegate.probe/1` payload, QoS 1, not retained; nobody needs to
+    /// subscribe.
+    pub probe: String,
 }
 
 impl Topics {
@@ -245,6 +251,7 @@ impl Topics {
             events: format!("{base}/events"),
             status: format!("{base}/status"),
             health: format!("{base}/health"),
+            probe: format!("{base}/probe"),
         })
     }
 }
@@ -660,6 +667,9 @@ impl Uplink<'_> {
     }
 
     fn on_event(&mut self, conn: ConnId, ev: &Event, now: Instant) {
+        if let Event::Incoming(_) = ev {
+            self.outbox.on_heard(conn, now);
+        }
         match ev {
             Event::Outgoing(Outgoing::Publish(pkid)) if !self.outbox.on_outgoing(conn, *pkid) => {
                 tracing::warn!(pkid, "MQTT publish not handed by the publisher");
@@ -709,6 +719,23 @@ impl Uplink<'_> {
                         // The client refused; try again on the next wake-up
                         // rather than spin on a full channel.
                         break;
+                    }
+                }
+                Action::Probe(conn) => {
+                    // The PUBACK is all it is for; JSON with a schema all
+                    // the same, so a consumer of `{prefix}/#` that parses
+                    // every payload can tell it apart and skip it.
+                    match client.try_publish(
+                        self.topics.probe.clone(),
+                        QoS::AtLeastOnce,
+                        false,
+                        PROBE_PAYLOAD,
+                    ) {
+                        Ok(()) => self.outbox.on_control_handed(conn, now),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "idle probe not queued");
+                            self.outbox.on_probe_refused(now);
+                        }
                     }
                 }
             }

@@ -109,6 +109,13 @@ pub enum Action {
     /// [`Outbox::on_handed`], [`Outbox::put_back`], [`Outbox::split`] or
     /// [`Outbox::skip`] before polling again.
     Publish(Batch),
+    /// The connection is idle and the broker has not been heard from for
+    /// half the PUBACK deadline: publish a small QoS 1 message and report
+    /// [`Outbox::on_control_handed`] (or [`Outbox::on_probe_refused`]). Its
+    /// PUBACK falls under the deadline like any other, so a silent
+    /// partition is noticed within 1.5 × `puback_timeout` with no events
+    /// flowing too, not at the MQTT keep-alive.
+    Probe(ConnId),
     /// Nothing to do before [`Outbox::next_wake`] or new input.
     Wait,
 }
@@ -326,6 +333,12 @@ pub struct Outbox {
     outstanding_since: Option<Instant>,
     /// Connection time: the clock for control messages handed without one.
     connected_at: Instant,
+    /// When the broker last answered on this connection (CONNACK, a
+    /// PUBACK, any packet): an idle connection is probed half a deadline
+    /// after it.
+    heard_at: Instant,
+    /// A refused probe is asked for again no sooner than this.
+    probe_retry_at: Option<Instant>,
     /// Since when committed events have waited without any PUBACK, across
     /// connections (`None`: nothing unacknowledged). Updated by
     /// [`Outbox::observe`] and by PUBACKs.
@@ -369,6 +382,8 @@ impl Outbox {
             last_persist: now,
             outstanding_since: None,
             connected_at: now,
+            heard_at: now,
+            probe_retry_at: None,
             waiting_since: None,
         }
     }
@@ -386,6 +401,8 @@ impl Outbox {
         self.tracker.reset();
         self.outstanding_since = None;
         self.connected_at = now;
+        self.heard_at = now;
+        self.probe_retry_at = None;
         self.backlog_end = self.committed.max(self.live.at);
         let start = self.acked.skip_from(self.acked.watermark());
         self.backlog.reset(start);
@@ -438,7 +455,39 @@ impl Outbox {
                 return a;
             }
         }
+        if self.probe_at().is_some_and(|t| now >= t) {
+            return Action::Probe(self.conn);
+        }
         Action::Wait
+    }
+
+    /// When an idle connection is to be probed: connected, nothing in
+    /// flight (a message out is under the deadline already) and nothing
+    /// being read, half the PUBACK deadline after the broker was last heard.
+    fn probe_at(&self) -> Option<Instant> {
+        if !self.connected
+            || self.tracker.in_flight() > 0
+            || self.reading.is_some()
+            || self.need_last_seq
+        {
+            return None;
+        }
+        let at = self.heard_at + self.cfg.puback_timeout / 2;
+        Some(self.probe_retry_at.map_or(at, |r| r.max(at)))
+    }
+
+    /// The client refused the probe (its request channel is full): ask
+    /// again a little later rather than spin.
+    pub fn on_probe_refused(&mut self, now: Instant) {
+        self.probe_retry_at = Some(now + LIVE_RETRY);
+    }
+
+    /// Any packet from the broker on `conn` (a PINGRESP, a SUBACK, a
+    /// message): it is there, so an idle connection needs no probe yet.
+    pub fn on_heard(&mut self, conn: ConnId, now: Instant) {
+        if self.is_current(conn) {
+            self.heard_at = self.heard_at.max(now);
+        }
     }
 
     fn take_live(&mut self, now: Instant) -> Option<Action> {
@@ -666,6 +715,7 @@ impl Outbox {
         if self.is_current(conn) {
             self.tracker.handed(Item::Control);
             self.outstanding_since.get_or_insert(now);
+            self.probe_retry_at = None;
         }
     }
 
@@ -684,6 +734,7 @@ impl Outbox {
             return None;
         }
         let item = self.tracker.on_puback(pkid)?;
+        self.heard_at = self.heard_at.max(now);
         // The broker answers: the deadline restarts for what is still out.
         self.outstanding_since = (self.tracker.in_flight() > 0).then_some(now);
         let acked = match item {
@@ -753,6 +804,9 @@ impl Outbox {
         }
         if let Some(d) = self.puback_deadline() {
             at(d);
+        }
+        if let Some(t) = self.probe_at() {
+            at(t);
         }
         wake.map(|w| w.max(now))
     }
@@ -925,6 +979,8 @@ mod tests {
         sent: Vec<(Lane, u64, u64, usize)>,
         /// The watermark up to which `check_watermark` has looked.
         checked: u64,
+        /// Probes handed over.
+        probes: usize,
     }
 
     impl Harness {
@@ -947,6 +1003,7 @@ mod tests {
                 skipped: BTreeSet::new(),
                 sent: Vec::new(),
                 checked: published_upto,
+                probes: 0,
             }
         }
 
@@ -995,6 +1052,11 @@ mod tests {
                     }
                     Action::ReadLastSeq => self.ob.on_last_seq(self.store.last_seq, self.now),
                     Action::Publish(b) => self.publish(b),
+                    Action::Probe(conn) => {
+                        self.client.queue.push_back(Msg::Control);
+                        self.ob.on_control_handed(conn, self.now);
+                        self.probes += 1;
+                    }
                 }
             }
             panic!("the outbox never waits");
@@ -1655,6 +1717,153 @@ mod tests {
         h.advance(60_000);
         h.ob.observe(h.now);
         assert_eq!(h.ob.stalled_since(h.now), None, "idle is not stalled");
+    }
+
+    #[test]
+    fn an_idle_connection_is_probed_half_a_deadline_after_the_broker_was_last_heard() {
+        let mut h = Harness::new(stall_cfg());
+        h.connect();
+        h.flush();
+        h.ack_all(); // the birth message
+        let heard = h.now;
+        h.drive();
+        assert_eq!(h.probes, 0);
+        assert_eq!(
+            h.ob.next_wake(h.now),
+            Some(heard + Duration::from_secs(5)),
+            "the loop wakes for the probe even if nothing arrives"
+        );
+        h.advance(4_999);
+        h.drive();
+        assert_eq!(h.probes, 0, "heard from 4.999 s ago");
+        h.advance(1);
+        h.drive();
+        assert_eq!(h.probes, 1);
+        h.drive();
+        assert_eq!(h.probes, 1, "one probe out at a time");
+        // It falls under the PUBACK deadline like an event batch.
+        let probed = h.now;
+        assert_eq!(
+            h.ob.puback_deadline(),
+            Some(probed + Duration::from_secs(10))
+        );
+        // Answered: the next one goes half a deadline after the answer.
+        h.advance(30);
+        h.ack_all();
+        h.drive();
+        assert_eq!(h.ob.puback_deadline(), None);
+        assert_eq!(
+            h.ob.next_wake(h.now),
+            Some(probed + Duration::from_millis(5_030))
+        );
+        // Unanswered: overdue 1.5 deadlines after the broker was last heard.
+        h.advance(5_000);
+        h.drive();
+        h.flush();
+        assert_eq!(h.probes, 2);
+        h.advance(9_999);
+        h.drive();
+        assert!(!h.ob.puback_overdue(h.now));
+        h.advance(1);
+        assert!(
+            h.ob.puback_overdue(h.now),
+            "10 s without the probe's PUBACK"
+        );
+    }
+
+    #[test]
+    fn a_connection_that_hears_from_the_broker_is_not_probed() {
+        let mut h = Harness::new(stall_cfg());
+        h.connect();
+        h.flush();
+        h.ack_all();
+        // Events every 3 s, acknowledged: their PUBACKs are the answers.
+        for _ in 0..20 {
+            h.advance(3_000);
+            h.commit(2, 10);
+            h.drive();
+            h.flush();
+            h.ack_all();
+        }
+        assert_eq!(h.probes, 0);
+        // Idle, but a PINGRESP (or any packet) every 4 s is an answer too.
+        let conn = h.conn.unwrap();
+        for _ in 0..20 {
+            h.advance(4_000);
+            h.ob.on_heard(conn, h.now);
+            h.drive();
+        }
+        assert_eq!(h.probes, 0);
+        // A packet of an older connection is no answer.
+        h.advance(4_000);
+        h.disconnect();
+        h.connect();
+        h.flush();
+        h.ack_all();
+        h.advance(4_000);
+        h.ob.on_heard(conn, h.now);
+        h.advance(1_000);
+        h.drive();
+        assert_eq!(h.probes, 1);
+    }
+
+    #[test]
+    fn no_probe_while_disconnected_and_a_refused_one_is_asked_again_later() {
+        let mut h = Harness::new(stall_cfg());
+        h.advance(60_000);
+        assert!(matches!(h.ob.poll(h.now), Action::Wait));
+        assert_eq!(h.ob.next_wake(h.now), None, "nothing to probe offline");
+        h.connect();
+        h.flush();
+        h.ack_all();
+        h.advance(5_000);
+        let Action::Probe(conn) = h.ob.poll(h.now) else {
+            panic!("a probe is due")
+        };
+        assert_eq!(Some(conn), h.conn);
+        h.ob.on_probe_refused(h.now);
+        assert!(matches!(h.ob.poll(h.now), Action::Wait));
+        assert_eq!(
+            h.ob.next_wake(h.now),
+            Some(h.now + LIVE_RETRY),
+            "no spin on a full request channel"
+        );
+        h.advance(50);
+        assert!(matches!(h.ob.poll(h.now), Action::Probe(_)));
+    }
+
+    proptest! {
+        /// Wherever a silent partition falls in the life of an idle
+        /// connection, the PUBACK deadline drops it between one and 1.5
+        /// `puback_timeout`s after the partition began.
+        #[test]
+        fn an_idle_silent_partition_is_overdue_within_one_and_a_half_deadlines(
+            partition_ms in 0u64..60_000,
+            timeout_s in 1u64..30,
+        ) {
+            let mut h = Harness::new(OutboxConfig {
+                puback_timeout: Duration::from_secs(timeout_s),
+                ..stall_cfg()
+            });
+            h.connect();
+            let start = h.now;
+            let mut overdue_ms = None;
+            for step in 0..4_000u64 {
+                let t = step * 50;
+                h.now = start + Duration::from_millis(t);
+                h.drive();
+                if h.ob.puback_overdue(h.now) {
+                    overdue_ms = Some(t);
+                    break;
+                }
+                if t < partition_ms {
+                    h.ack_all();
+                }
+            }
+            let after = overdue_ms.expect("never overdue") - partition_ms;
+            prop_assert!(after >= timeout_s * 1_000 - 50, "{after} ms");
+            prop_assert!(after <= timeout_s * 1_500 + 50, "{after} ms");
+        }
     }
 
     #[test]

@@ -475,6 +475,7 @@ fn commit_batch(
     let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
     let mut attempt = 0u32;
     let mut disk_full: Option<Instant> = None;
+    let mut read_only: Option<Instant> = None;
     let outcome = loop {
         attempt += 1;
         match store.commit_groups(&groups) {
@@ -505,15 +506,26 @@ fn commit_batch(
             }
             Err(e) => {
                 // Health names the cause (disk_full, read_only) while it lasts.
-                if let Some(h) = &out.heartbeat {
-                    crate::heartbeat::report_store_error(h, &e, &store.config.path);
+                let state = match &out.heartbeat {
+                    Some(h) => crate::heartbeat::report_store_error(h, &e, &store.config.path),
+                    None => crate::heartbeat::store_error_state(&e, &store.config.path),
+                };
+                if state == crate::ops::HealthState::ReadOnly {
+                    // Once per episode: it lasts until someone remounts.
+                    if read_only.is_none() {
+                        read_only = Some(Instant::now());
+                        tracing::error!(event = "store.read_only", error = %e, requests = groups.len(), "the store's filesystem is read-only (ext4 remounts itself read-only after a disk or SD-card error: see dmesg): nothing acknowledged, reads wait in the readers' buffers; stop tracegate, unmount, fsck and mount the filesystem read-write (or give the service user write access), then start it again; retrying meanwhile");
+                    } else {
+                        tracing::debug!(error = %e, attempt, "store still read-only");
+                    }
+                } else {
+                    tracing::error!(
+                        error = %e,
+                        attempt,
+                        requests = groups.len(),
+                        "store commit failed; nothing acknowledged, retrying"
+                    );
                 }
-                tracing::error!(
-                    error = %e,
-                    attempt,
-                    requests = groups.len(),
-                    "store commit failed; nothing acknowledged, retrying"
-                );
                 if closed && attempt >= SHUTDOWN_ATTEMPTS {
                     return Err(e);
                 }
@@ -527,6 +539,13 @@ fn commit_batch(
             after_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
             attempts = attempt,
             "the disk has room again: commits resumed"
+        );
+    }
+    if let Some(since) = read_only {
+        tracing::warn!(
+            event = "store.writable",
+            after_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "the store can be written again: commits resumed"
         );
     }
     drop(groups);
