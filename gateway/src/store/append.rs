@@ -379,6 +379,13 @@ fn drop_oldest_pending(
     Ok(0)
 }
 
+/// Raises the persisted watermark; never lowers it.
+pub(super) fn write_published(conn: &Connection, upto: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE meta SET value = max(value, ?1) WHERE key = 'published_upto'")?
+        .execute([to_i64(upto)])?;
+    Ok(())
+}
+
 fn write_meta(conn: &Connection, meta: &Meta) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")?;
     stmt.execute(rusqlite::params!["last_seq", to_i64(meta.last_seq)])?;
@@ -411,11 +418,17 @@ impl Store {
     /// Commits groups of drafts in one transaction (see the module docs),
     /// then holds the WAL to its share of `max_bytes` and puts the space
     /// reserve back if a full disk took it.
+    ///
+    /// `published_upto`, when given, raises the outbox watermark in the same
+    /// transaction (as [`Store::mark_published`] would, clamped to the
+    /// committed seqs): under load the writer persists the watermark with
+    /// the events instead of paying a transaction and an fsync of its own.
     pub(crate) fn commit_groups(
         &mut self,
         groups: &[&[EventDraft]],
+        published_upto: Option<u64>,
     ) -> Result<AppendOutcome, StoreError> {
-        let outcome = self.commit_in_one_transaction(groups)?;
+        let outcome = self.commit_in_one_transaction(groups, published_upto)?;
         self.bound_wal();
         self.keep_reserve();
         Ok(outcome)
@@ -424,6 +437,7 @@ impl Store {
     fn commit_in_one_transaction(
         &mut self,
         groups: &[&[EventDraft]],
+        published_upto: Option<u64>,
     ) -> Result<AppendOutcome, StoreError> {
         let now = now_utc_ms();
         let Store {
@@ -443,6 +457,13 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err.clone())?;
         let mut meta = read_meta(&tx).map_err(err.clone())?;
+        // Only seqs committed before this transaction can be acknowledged.
+        let raised = published_upto
+            .map(|w| w.min(meta.last_seq))
+            .filter(|&w| w > meta.published_upto);
+        if let Some(w) = raised {
+            meta.published_upto = w;
+        }
         let max = config.max_bytes;
         // The database's share: the WAL, its index and the reserve have
         // theirs (budget.rs), so the files together stay within `max`.
@@ -463,7 +484,11 @@ impl Store {
             group_ends.push(rows.len());
         }
         if rows.is_empty() && meta.overflow_pending.is_none() {
-            // Nothing to write (ack-only requests): no fsync needed.
+            // Nothing to write (ack-only requests): no fsync needed, unless
+            // the watermark moved.
+            if raised.is_some() {
+                write_published(&tx, meta.published_upto).map_err(err.clone())?;
+            }
             tx.commit().map_err(err.clone())?;
             return Ok(AppendOutcome {
                 accepted_groups: groups.len(),
@@ -629,6 +654,9 @@ impl Store {
             }
         }
         write_meta(&tx, &meta).map_err(err.clone())?;
+        if raised.is_some() {
+            write_published(&tx, meta.published_upto).map_err(err.clone())?;
+        }
         tx.commit().map_err(err)?;
 
         if dropped.count > 0 || rejected.count > 0 {
@@ -879,5 +907,63 @@ mod tests {
             .unwrap();
         assert_eq!(verdicts(&out), vec![genuine.clone(), replayed, genuine]);
         assert_eq!(store.sun_counter(&uid).unwrap(), Some(7));
+    }
+}
+
+#[cfg(test)]
+mod watermark_tests {
+    use super::*;
+
+    fn store(dir: &tempfile::TempDir) -> Store {
+        let config = super::super::StoreConfig {
+            path: dir.path().join("events.db"),
+            max_bytes: 1 << 20,
+            full_policy: FullPolicy::DropOldest,
+            commit_interval_ms: 10,
+            commit_max_events: 100,
+            retention_secs: 3600,
+        };
+        Store::open(&config, "gw").unwrap()
+    }
+
+    fn drafts(n: i64) -> Vec<EventDraft> {
+        (0..n)
+            .map(|i| {
+                EventDraft::new(Event::sample_arrival(
+                    "gw",
+                    "dc1",
+                    "door-1",
+                    &[0x30; 12],
+                    1_795_651_200_000 + i,
+                ))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_commit_carries_the_raised_watermark_and_only_up_to_what_was_committed_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store(&dir);
+        let first = drafts(5);
+        s.commit_groups(&[&first], None).unwrap();
+        assert_eq!(s.stats().unwrap().published_upto, 0);
+
+        let second = drafts(3);
+        let out = s.commit_groups(&[&second], Some(3)).unwrap();
+        assert_eq!(out.last_seq, 8);
+        assert_eq!(s.stats().unwrap().published_upto, 3);
+
+        // A value beyond what was committed before this transaction cannot
+        // acknowledge the transaction's own events.
+        s.commit_groups(&[&drafts(2)], Some(100)).unwrap();
+        let st = s.stats().unwrap();
+        assert_eq!((st.last_seq, st.published_upto), (10, 8));
+
+        // Never lowered; and an ack-only commit (no drafts) still writes it.
+        s.commit_groups(&[], Some(2)).unwrap();
+        assert_eq!(s.stats().unwrap().published_upto, 8);
+        s.commit_groups(&[], Some(10)).unwrap();
+        drop(s);
+        assert_eq!(store(&dir).stats().unwrap().published_upto, 10, "persisted");
     }
 }

@@ -132,7 +132,9 @@
 //! once per `commit_interval_ms` (default 25 ms: on a disk with fast fsync a
 //! steady stream then still forms groups instead of paying a transaction
 //! per event; the thread sleeps while a group fills rather than waking for
-//! each request). `commit_max_events` drafts waiting commit at once. After a
+//! each request; right after a commit it sleeps out the interval before
+//! looking for the next group, one wake-up per commit under load).
+//! `commit_max_events` drafts waiting commit at once. After a
 //! commit it appends the stored events to [`RecentCommits`] (the publisher's
 //! live reads come from there, see `recent.rs`), sends the new `last_seq` on
 //! [`Writer::committed`], sends the stored events on `on_commit`, then fires
@@ -144,8 +146,10 @@
 //! (`disk_full`, `read_only`) for health.
 //!
 //! The publisher raises the watermark through [`Watermark::advance`] (never
-//! blocks); the writer persists it at most every [`WATERMARK_EVERY`] in a
-//! small transaction of its own. [`Writer::stats`] is refreshed after
+//! blocks); the writer persists it in the next event commit's transaction
+//! when there is one, otherwise at most every [`WATERMARK_EVERY`] in a
+//! small transaction of its own (and only then watches the watermark, so a
+//! PUBACK does not wake it). [`Writer::stats`] is refreshed after
 //! commits, watermark writes and prunes, at most every [`STATS_EVERY`].
 //!
 //! Shutdown: when the request channel closes, the writer commits what is
@@ -586,14 +590,14 @@ impl Store {
     /// [`Store::append_detailed`] to see how many).
     pub fn append(&mut self, drafts: Vec<EventDraft>) -> Result<Vec<StoredEvent>, StoreError> {
         let groups: Vec<&[EventDraft]> = drafts.iter().map(std::slice::from_ref).collect();
-        Ok(self.commit_groups(&groups)?.events)
+        Ok(self.commit_groups(&groups, None)?.events)
     }
 
     /// Like [`Store::append`], with the policy outcome. Each draft is its own
     /// refusal unit under `reject_new`.
     pub fn append_detailed(&mut self, drafts: &[EventDraft]) -> Result<AppendOutcome, StoreError> {
         let groups: Vec<&[EventDraft]> = drafts.iter().map(std::slice::from_ref).collect();
-        self.commit_groups(&groups)
+        self.commit_groups(&groups, None)
     }
 
     /// Committed events with `seq > after_seq`, oldest first, at most `limit`.

@@ -232,10 +232,22 @@ struct State {
 }
 
 impl State {
+    /// Whether a new watermark may be written now. Until then the idle
+    /// writer does not even watch it: the publisher raises it with every
+    /// PUBACK, and waking for each of those only to go back to sleep cost
+    /// more wake-ups than the commits themselves.
+    fn watermark_due(&self, now: Instant) -> bool {
+        self.watermark_open && now >= self.next_watermark
+    }
+
     /// How long the idle writer may sleep before it has timed work to do.
     fn idle_wait(&self, watermark_wanted: u64, now: Instant) -> Duration {
         let mut until = self.next_prune.min(now + IDLE_WAKE);
-        if watermark_wanted > self.watermark_written {
+        // Not yet due: wake when it is, to write a value that moved
+        // meanwhile or to start watching again.
+        if watermark_wanted > self.watermark_written
+            || (self.watermark_open && !self.watermark_due(now))
+        {
             until = until.min(self.next_watermark);
         }
         if self.stats_dirty {
@@ -281,14 +293,39 @@ fn run(
         if st.requests_open {
             take_queued(&mut rx, &mut batch, &mut waiting, max_events, &mut st);
         }
+        let applier_busy = applier.as_ref().is_some_and(|a| a.busy());
+        // The group already waited for the gap (or stopped early because
+        // the queue filled): commit what it has.
+        let mut filled = false;
+        if batch.is_empty() && st.requests_open && !applier_busy {
+            // Right after a commit under load the next requests are on
+            // their way, and they may not commit before the gap is over
+            // anyway: sleep it out here instead of waking for the first of
+            // them and then sleeping (one wake-up per commit, not two).
+            if let Some(not_before) = st.last_commit.map(|t| t + gap) {
+                if Instant::now() < not_before {
+                    fill_until(
+                        &mut rx,
+                        &mut batch,
+                        &mut waiting,
+                        max_events,
+                        not_before,
+                        &mut st,
+                    );
+                    filled = true;
+                }
+            }
+        }
         if batch.is_empty() && (st.requests_open || st.watermark_open) {
-            let mut wait = st.idle_wait(*wm_rx.borrow(), Instant::now());
-            if applier.as_ref().is_some_and(|a| a.busy()) {
+            let now = Instant::now();
+            let mut wait = st.idle_wait(*wm_rx.borrow(), now);
+            if applier_busy {
                 wait = Duration::ZERO;
             }
+            let watch_watermark = st.watermark_due(now);
             let wake = rt.block_on(async {
                 tokio::select! {
-                    w = wait_for_work(&mut rx, st.requests_open, &mut wm_rx, st.watermark_open, wait) => w,
+                    w = wait_for_work(&mut rx, st.requests_open, &mut wm_rx, watch_watermark, wait) => w,
                     () = async { match applier.as_mut() { Some(a) => a.recv().await, None => std::future::pending().await } } => Wake::Masterdata,
                 }
             });
@@ -305,7 +342,7 @@ fn run(
             }
         }
         if !batch.is_empty() {
-            if let Some(not_before) = st.last_commit.map(|t| t + gap) {
+            if let Some(not_before) = st.last_commit.map(|t| t + gap).filter(|_| !filled) {
                 let now = Instant::now();
                 if waiting < max_events && now < not_before && st.requests_open {
                     // Under load: let the group fill until the gap is over.
@@ -320,7 +357,15 @@ fn run(
                 }
             }
             st.last_commit = Some(Instant::now());
-            commit_batch(&mut store, batch, !st.requests_open, &out)?;
+            // The watermark rides along with the events (no transaction of
+            // its own) whenever it moved.
+            let wanted = *wm_rx.borrow_and_update();
+            let watermark = (wanted > st.watermark_written).then_some(wanted);
+            commit_batch(&mut store, batch, !st.requests_open, &out, watermark)?;
+            if let Some(w) = watermark {
+                st.watermark_written = w;
+                st.next_watermark = Instant::now() + WATERMARK_EVERY;
+            }
             st.stats_dirty = true;
         }
         if let Some(a) = applier.as_mut() {
@@ -470,6 +515,7 @@ fn commit_batch(
     batch: Vec<WriteRequest>,
     closed: bool,
     out: &Outputs,
+    published_upto: Option<u64>,
 ) -> Result<(), StoreError> {
     let groups: Vec<&[super::EventDraft]> = batch.iter().map(|r| r.drafts.as_slice()).collect();
     let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
@@ -478,7 +524,7 @@ fn commit_batch(
     let mut read_only: Option<Instant> = None;
     let outcome = loop {
         attempt += 1;
-        match store.commit_groups(&groups) {
+        match store.commit_groups(&groups, published_upto) {
             Ok(o) => break o,
             Err(e) if e.is_disk_full() => {
                 // Health names the cause (disk_full) while it lasts, and the
