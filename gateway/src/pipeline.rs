@@ -452,37 +452,52 @@ impl Pipeline {
         drafts
     }
 
-    /// How long [`run`] may sleep before [`Pipeline::on_tick`] has work: the
-    /// next departure deadline, never more than [`MAX_TICK`] (periodic
-    /// `present` reports and gauges), plus [`TICK_SLACK`] so that departures
-    /// falling due close together are emitted in one write request.
-    pub fn next_tick_in(&self) -> Duration {
+    /// When [`run`] should next call [`Pipeline::on_tick`]: once the next
+    /// departure deadline (plus the clock grace) has passed, never later than
+    /// [`MAX_TICK_MS`] (periodic `present` reports and gauges), rounded up to
+    /// the next point of a [`TICK_GRID`] counted from the clock's origin;
+    /// read windows close on time, off the grid (the stack light waits for
+    /// the close).
+    ///
+    /// Why a grid: departures fall due at every tag's own last read plus the
+    /// timeout, so a fixed slack after each deadline woke the pipeline up to
+    /// once per slack, between the readers' batches. On the grid, departures
+    /// due close together go out in one write request, and wake-ups coincide
+    /// with every other timer on the same grid (the simulated readers tick
+    /// on it too). A departure waits at most one grid step, 5 ms on average,
+    /// as with the former fixed 5 ms slack.
+    pub fn next_tick_at(&self) -> tokio::time::Instant {
         let now = self.clock.mono_ms();
         let due = self
             .dedup
             .next_deadline_ms(now)
             // A clock tick moves dedup time to the clock less the grace.
-            .map_or(MAX_TICK, |ms| {
-                Duration::from_millis(ms.saturating_add(crate::dedup::CLOCK_GRACE_MS))
-            });
-        // Read windows close on time, without the slack: the stack light
-        // waits for the close.
-        let wake = due.min(MAX_TICK) + TICK_SLACK;
-        match self.door.deadline_ms() {
-            Some(t) => wake.min(Duration::from_millis(t.saturating_sub(now))),
-            None => wake,
-        }
+            .map_or(MAX_TICK_MS, |ms| {
+                ms.saturating_add(crate::dedup::CLOCK_GRACE_MS)
+            })
+            .min(MAX_TICK_MS);
+        let at = on_grid(now.saturating_add(due));
+        let at = match self.door.deadline_ms() {
+            Some(t) => at.min(t.max(now)),
+            None => at,
+        };
+        tokio::time::Instant::from_std(self.clock.origin()) + Duration::from_millis(at)
     }
+}
+
+/// The first point of the tick grid at or after `ms` (ms since the clock's
+/// origin).
+fn on_grid(ms: u64) -> u64 {
+    ms.div_ceil(TICK_GRID_MS).saturating_mul(TICK_GRID_MS)
 }
 
 /// The longest the pipeline sleeps without a read: `present` reports and the
 /// dedup gauges need no finer resolution.
-const MAX_TICK: Duration = Duration::from_millis(100);
-/// A departure is emitted at most this long after its timeout ran out. An
-/// event's `time` is when the timeout ran out, so this slack is part of its
-/// time-to-registry latency; waking for every single deadline instead would
-/// cost one wake-up and one write request per departing tag.
-const TICK_SLACK: Duration = Duration::from_millis(5);
+const MAX_TICK_MS: u64 = 100;
+/// Departures are decided on this grid from the clock's origin (see
+/// [`Pipeline::next_tick_at`]). An event's `time` is when its timeout ran
+/// out, so the wait for the grid is part of its time-to-registry latency.
+const TICK_GRID_MS: u64 = 10;
 
 /// The event for a dedup decision at a read point.
 fn uhf_event(
@@ -695,7 +710,7 @@ pub async fn run(
     // Ticks follow the dedup engine's next departure deadline rather than a
     // fixed period: with a fixed 100 ms tick a departure waited up to 100 ms
     // before it even reached the store.
-    let mut next_tick = tokio::time::Instant::now() + pipeline.next_tick_in();
+    let mut next_tick = pipeline.next_tick_at();
     // Door inputs (GPIO edges), when a GPIO task runs; otherwise a channel
     // that never yields.
     let (_never_tx, never_rx) = mpsc::channel(1);
@@ -737,7 +752,7 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(next_tick) => {
                 let drafts = pipeline.on_tick(rx.oldest_in_flight());
-                next_tick = tokio::time::Instant::now() + pipeline.next_tick_in();
+                next_tick = pipeline.next_tick_at();
                 let now = tokio::time::Instant::now();
                 let waits = rx.waits();
                 if waits > waits_seen {
@@ -763,7 +778,7 @@ pub async fn run(
         };
         // A read may have started a tag whose deadline is sooner than the
         // planned wake-up (only when nothing was tracked before).
-        next_tick = next_tick.min(tokio::time::Instant::now() + pipeline.next_tick_in());
+        next_tick = next_tick.min(pipeline.next_tick_at());
         if let Some(req) = request {
             drafts_made += req.drafts.len() as u64;
             if !in_store.submit(&writer, req).await {
@@ -926,20 +941,39 @@ epc_patterns = ["urn:epc:pat:sgtin-96:*.0614141.812345.*"]
     }
 
     #[test]
-    fn the_pipeline_wakes_for_the_next_departure_not_a_fixed_tick() {
+    fn the_pipeline_wakes_for_the_next_departure_on_the_tick_grid() {
         let text = format!("{CONFIG}\n[dedup]\ndeparture_timeout_ms = 40\n");
         let config = crate::config::parse(&text, "t.toml").unwrap();
         let mut p = Pipeline::new(&config, Clock::new(), Box::new(NoEnrichment));
-        assert_eq!(p.next_tick_in(), MAX_TICK + TICK_SLACK, "nothing tracked");
+        let origin = tokio::time::Instant::from_std(p.clock.origin());
+        let offset = |at: tokio::time::Instant| at.duration_since(origin).as_millis() as u64;
+        let now = p.clock.mono_ms();
+        let idle = offset(p.next_tick_at());
+        assert_eq!(idle % TICK_GRID_MS, 0, "on the grid");
+        assert!(
+            idle >= now + MAX_TICK_MS && idle < now + MAX_TICK_MS + TICK_GRID_MS,
+            "nothing tracked: the periodic tick ({now} -> {idle})"
+        );
         let mut r = read("3074257BF7194E4000001A85", 1, -50);
         r.host = p.clock.now();
+        let read_at = r.host.mono_ms;
         p.on_reads(&[r]);
-        let wake = p.next_tick_in();
+        let wake = offset(p.next_tick_at());
+        let due = read_at + 40 + crate::dedup::CLOCK_GRACE_MS;
+        assert_eq!(wake % TICK_GRID_MS, 0, "on the grid: {wake}");
         assert!(
-            wake <= Duration::from_millis(40 + crate::dedup::CLOCK_GRACE_MS) + TICK_SLACK
-                && wake >= TICK_SLACK,
-            "wakes when the 40 ms departure timeout runs out, not after 100 ms: {wake:?}"
+            wake >= due && wake < due + TICK_GRID_MS,
+            "wakes when the 40 ms departure timeout runs out ({due}), not after 100 ms: {wake}"
         );
+    }
+
+    #[test]
+    fn grid_points_round_up() {
+        assert_eq!(on_grid(0), 0);
+        assert_eq!(on_grid(1), 10);
+        assert_eq!(on_grid(10), 10);
+        assert_eq!(on_grid(19), 20);
+        assert_eq!(on_grid(u64::MAX), u64::MAX, "saturates, no overflow");
     }
 
     #[test]
