@@ -860,9 +860,8 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn the_sun_counter_is_checked_and_kept_in_the_commit_of_the_tap() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A 1 MiB store in `dir` (reopened by calling this again).
+    fn test_store(dir: &tempfile::TempDir) -> Store {
         let config = super::super::StoreConfig {
             path: dir.path().join("events.db"),
             max_bytes: 1 << 20,
@@ -871,7 +870,13 @@ mod tests {
             commit_max_events: 100,
             retention_secs: 3600,
         };
-        let mut store = Store::open(&config, "gw").unwrap();
+        Store::open(&config, "gw").unwrap()
+    }
+
+    #[test]
+    fn the_sun_counter_is_checked_and_kept_in_the_commit_of_the_tap() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = test_store(&dir);
         let uid = [0x04, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66];
         let genuine = ("genuine".to_owned(), vec![]);
         let replayed = ("replayed".to_owned(), vec!["replayed_nfc".to_owned()]);
@@ -908,23 +913,6 @@ mod tests {
         assert_eq!(verdicts(&out), vec![genuine.clone(), replayed, genuine]);
         assert_eq!(store.sun_counter(&uid).unwrap(), Some(7));
     }
-}
-
-#[cfg(test)]
-mod watermark_tests {
-    use super::*;
-
-    fn store(dir: &tempfile::TempDir) -> Store {
-        let config = super::super::StoreConfig {
-            path: dir.path().join("events.db"),
-            max_bytes: 1 << 20,
-            full_policy: FullPolicy::DropOldest,
-            commit_interval_ms: 10,
-            commit_max_events: 100,
-            retention_secs: 3600,
-        };
-        Store::open(&config, "gw").unwrap()
-    }
 
     fn drafts(n: i64) -> Vec<EventDraft> {
         (0..n)
@@ -943,7 +931,7 @@ mod watermark_tests {
     #[test]
     fn a_commit_carries_the_raised_watermark_and_only_up_to_what_was_committed_before_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = store(&dir);
+        let mut s = test_store(&dir);
         let first = drafts(5);
         s.commit_groups(&[&first], None).unwrap();
         assert_eq!(s.stats().unwrap().published_upto, 0);
@@ -964,6 +952,10 @@ mod watermark_tests {
         assert_eq!(s.stats().unwrap().published_upto, 8);
         s.commit_groups(&[], Some(10)).unwrap();
         drop(s);
-        assert_eq!(store(&dir).stats().unwrap().published_upto, 10, "persisted");
+        assert_eq!(
+            test_store(&dir).stats().unwrap().published_upto,
+            10,
+            "persisted"
+        );
     }
 }

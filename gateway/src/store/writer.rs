@@ -294,14 +294,13 @@ fn run(
             take_queued(&mut rx, &mut batch, &mut waiting, max_events, &mut st);
         }
         let applier_busy = applier.as_ref().is_some_and(|a| a.busy());
-        // The group already waited for the gap (or stopped early because
-        // the queue filled): commit what it has.
-        let mut filled = false;
-        if batch.is_empty() && st.requests_open && !applier_busy {
-            // Right after a commit under load the next requests are on
-            // their way, and they may not commit before the gap is over
-            // anyway: sleep it out here instead of waking for the first of
-            // them and then sleeping (one wake-up per commit, not two).
+        // Under load a commit starts at most once per `gap`: let the group
+        // fill until the gap is over. This runs whether or not a request is
+        // queued yet: right after a commit the next requests are on their
+        // way, and waking for the first of them only to sleep again cost a
+        // second wake-up per commit. Not while master data waits for its
+        // next step and nothing is queued.
+        if st.requests_open && waiting < max_events && !(batch.is_empty() && applier_busy) {
             if let Some(not_before) = st.last_commit.map(|t| t + gap) {
                 if Instant::now() < not_before {
                     fill_until(
@@ -312,7 +311,6 @@ fn run(
                         not_before,
                         &mut st,
                     );
-                    filled = true;
                 }
             }
         }
@@ -342,20 +340,6 @@ fn run(
             }
         }
         if !batch.is_empty() {
-            if let Some(not_before) = st.last_commit.map(|t| t + gap).filter(|_| !filled) {
-                let now = Instant::now();
-                if waiting < max_events && now < not_before && st.requests_open {
-                    // Under load: let the group fill until the gap is over.
-                    fill_until(
-                        &mut rx,
-                        &mut batch,
-                        &mut waiting,
-                        max_events,
-                        not_before,
-                        &mut st,
-                    );
-                }
-            }
             st.last_commit = Some(Instant::now());
             // The watermark rides along with the events (no transaction of
             // its own) whenever it moved.
