@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,16 +36,10 @@ import threading
 import time
 import urllib.request
 
+from benchutil import free_port
+
 READERS = 3
 WARMUP_S = 5
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def find(cmd, extra=()):

@@ -46,15 +46,9 @@ import tempfile
 import threading
 import time
 
+from benchutil import free_port
+
 GTINS = ["09506000134352", "00614141123452", "04012345000009", "08712345678906"]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def status_kib(pid, key):

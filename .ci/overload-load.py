@@ -31,6 +31,8 @@ RSS timeline (MiB, every second).
 """
 import collections, json, os, shutil, signal, socket, subprocess, sys, tempfile, time
 
+from benchutil import free_port
+
 args = [a for a in sys.argv[1:]]
 opts = dict(mqtt=False, store=[], taskset=None, env={}, keep=False, metrics=False, quota=None)
 pos = []
@@ -67,14 +69,6 @@ for i in range(readers):
     cfg += (f'[[readers]]\nname="sim{i}"\nkind="sim"\nantennas=[1,2]\nread_rate={rate}\n'
             f'arrival_interval_ms={interval}\npallet_size={pallet}\ndwell_ms=100\nseed={i+1}\n\n'
             f'[[read_points]]\nname="door{i}"\nreader="sim{i}"\n\n')
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 mport = free_port() if opts["metrics"] else None
@@ -132,8 +126,6 @@ def status():
             if k in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "Threads"):
                 out[k] = int(v.split()[0])
     return out
-
-
 
 
 def tracked():

@@ -97,9 +97,8 @@ fn payload_lists() -> Vec<u8> {
     out.into_bytes()
 }
 
-fn active_of(payload: &[u8]) -> Active {
-    let mut b = IndexBuilder::default();
-    parse_payload(payload, |r| b.add(r)).unwrap();
+/// One dataset holding what `b` collected.
+fn active_of_index(b: IndexBuilder) -> Active {
     Active {
         datasets: vec![std::sync::Arc::new(Dataset {
             name: "bench".into(),
@@ -108,6 +107,12 @@ fn active_of(payload: &[u8]) -> Active {
             index: b.finish(),
         })],
     }
+}
+
+fn active_of(payload: &[u8]) -> Active {
+    let mut b = IndexBuilder::default();
+    parse_payload(payload, |r| b.add(r)).unwrap();
+    active_of_index(b)
 }
 
 fn pct(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -166,14 +171,7 @@ fn active_random(serials: &[Vec<u64>]) -> Active {
             reason: BlockReason::Stolen,
         });
     }
-    Active {
-        datasets: vec![std::sync::Arc::new(Dataset {
-            name: "bench".into(),
-            version: 1,
-            applied_utc_ms: 0,
-            index: b.finish(),
-        })],
-    }
+    active_of_index(b)
 }
 
 fn lookup() {

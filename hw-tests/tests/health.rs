@@ -177,6 +177,22 @@ fn states(status: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Lets the proxy forward again and waits until the gateway is connected
+/// with no state in force.
+fn heal_partition(proxy: &Proxy, gw: &TempGateway) {
+    proxy.blackhole.store(false, Ordering::SeqCst);
+    let healed = Instant::now();
+    wait_for(Duration::from_secs(30), || {
+        let s = status(gw)?;
+        (s["publisher"]["connected"] == true && states(&s).is_empty()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("states did not clear; log:\n{}", gw.log()));
+    println!(
+        "partition healed: states clear after {:.1} s",
+        healed.elapsed().as_secs_f64()
+    );
+}
+
 fn condition<'a>(status: &'a serde_json::Value, state: &str) -> Option<&'a serde_json::Value> {
     status["health"]["conditions"]
         .as_array()?
@@ -288,17 +304,7 @@ fn silent_partition(puback_timeout: Option<u64>) {
 
     // The partition heals: delivery resumes and the states clear.
     std::thread::sleep(Duration::from_secs(2));
-    proxy.blackhole.store(false, Ordering::SeqCst);
-    let healed = Instant::now();
-    wait_for(Duration::from_secs(30), || {
-        let s = status(&gw)?;
-        (s["publisher"]["connected"] == true && states(&s).is_empty()).then_some(())
-    })
-    .unwrap_or_else(|| panic!("states did not clear; log:\n{}", gw.log()));
-    println!(
-        "partition healed: states clear after {:.1} s",
-        healed.elapsed().as_secs_f64()
-    );
+    heal_partition(&proxy, &gw);
     assert!(gw.log().contains("publishing moves again"));
 
     // Stop, then every stored event must have reached the subscriber.
@@ -411,17 +417,7 @@ fn with_no_events_flowing_a_silent_partition_is_named_within_15_s_and_clears_whe
         gw.log()
     );
 
-    proxy.blackhole.store(false, Ordering::SeqCst);
-    let healed = Instant::now();
-    wait_for(Duration::from_secs(30), || {
-        let s = status(&gw)?;
-        (s["publisher"]["connected"] == true && states(&s).is_empty()).then_some(())
-    })
-    .unwrap_or_else(|| panic!("states did not clear; log:\n{}", gw.log()));
-    println!(
-        "partition healed: states clear after {:.1} s",
-        healed.elapsed().as_secs_f64()
-    );
+    heal_partition(&proxy, &gw);
     signal(&child.0, Signal::SIGTERM).unwrap();
     let exit = wait_exit(&mut child.0, Duration::from_secs(15)).expect("gateway did not stop");
     assert!(exit.success(), "{exit}; log:\n{}", gw.log());
