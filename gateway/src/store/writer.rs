@@ -26,9 +26,10 @@ use crate::heartbeat::Heartbeat;
 /// How often the writer deletes published events past their retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
-/// The published watermark is written at most this often (each write is a
-/// transaction with its own fsync; a watermark a moment old only means a few
-/// events are resent after a crash, which at-least-once delivery allows).
+/// The published watermark is written in a transaction of its own at most
+/// this often (each such write has its own fsync; a watermark a moment old
+/// only means a few events are resent after a crash, which at-least-once
+/// delivery allows). Under load it rides in every event commit instead.
 pub const WATERMARK_EVERY: Duration = Duration::from_millis(250);
 
 /// The stats watch is refreshed at most this often while commits keep
@@ -50,8 +51,9 @@ const SHUTDOWN_ATTEMPTS: u32 = 5;
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 
 /// Raises the outbox watermark (`published_upto`) without touching SQLite:
-/// the writer thread persists the value in its own time (at most every
-/// [`WATERMARK_EVERY`], and always before it exits). Owned by the publisher.
+/// the writer thread persists the value in its own time (in the next event
+/// commit, or on its own at most every [`WATERMARK_EVERY`], and always
+/// before it exits). Owned by the publisher.
 #[derive(Debug)]
 pub struct Watermark {
     tx: watch::Sender<u64>,
