@@ -455,7 +455,7 @@ impl Pipeline {
     /// When [`run`] should next call [`Pipeline::on_tick`]: once the next
     /// departure deadline (plus the clock grace) has passed, never later than
     /// [`MAX_TICK_MS`] (periodic `present` reports and gauges), rounded up to
-    /// the next point of a [`TICK_GRID`] counted from the clock's origin;
+    /// the next point of a [`TICK_GRID_MS`] grid counted from the clock's origin;
     /// read windows close on time, off the grid (the stack light waits for
     /// the close).
     ///
