@@ -445,19 +445,11 @@ fn an_unplugged_reader_is_reader_down_with_its_age_and_the_daemon_stays_up() {
     let sock_path = dir.path().join("notify.sock");
     let notify = Notify::bind(&sock_path);
     let mut child = spawn_watched(&gw, &sock_path);
-    wait_for(Duration::from_secs(30), || {
-        let s = status(&gw)?;
-        (s["readers"][0]["state"] == "running" && states(&s).is_empty()).then_some(())
-    })
-    .unwrap_or_else(|| panic!("reader never ran; log:\n{}", gw.log()));
+    wait_reader_running(&gw, "reader never ran");
 
     rt.block_on(port.unplug()).unwrap();
     let unplugged = Instant::now();
-    let down = wait_for(Duration::from_secs(10), || {
-        let s = status(&gw)?;
-        condition(&s, "reader_down").cloned()
-    })
-    .unwrap_or_else(|| panic!("reader_down never reported; log:\n{}", gw.log()));
+    let down = wait_reader_down(&gw, Duration::from_secs(10));
     println!(
         "reader_down reported {:.1} s after the unplug",
         unplugged.elapsed().as_secs_f64()
@@ -554,11 +546,7 @@ fn a_reader_whose_line_takes_no_bytes_is_reader_down_and_the_watchdog_keeps_ping
     let sock_path = dir.path().join("notify.sock");
     let notify = Notify::bind(&sock_path);
     let mut child = spawn_watched(&gw, &sock_path);
-    wait_for(Duration::from_secs(30), || {
-        let s = status(&gw)?;
-        (s["readers"][0]["state"] == "running" && states(&s).is_empty()).then_some(())
-    })
-    .unwrap_or_else(|| panic!("reader never ran; log:\n{}", gw.log()));
+    wait_reader_running(&gw, "reader never ran");
     let running = Instant::now();
     std::thread::sleep(Duration::from_secs(3));
     assert!(
@@ -587,17 +575,7 @@ fn a_reader_whose_line_takes_no_bytes_is_reader_down_and_the_watchdog_keeps_ping
         std::thread::sleep(Duration::from_millis(200));
     }
     let wedged = Instant::now();
-    let down = wait_for(Duration::from_secs(20), || {
-        let s = status(&gw)?;
-        condition(&s, "reader_down").cloned()
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "never reader_down; status {:?}\nlog:\n{}",
-            status(&gw),
-            gw.log()
-        )
-    });
+    let down = wait_reader_down(&gw, Duration::from_secs(20));
     println!(
         "line full ({filled} bytes): reader_down uhf1 after {:.1} s",
         wedged.elapsed().as_secs_f64()
@@ -633,17 +611,7 @@ fn a_reader_whose_line_takes_no_bytes_is_reader_down_and_the_watchdog_keeps_ping
     drop(line);
     *freeze.lock().unwrap() = CancellationToken::new();
     port.plug().unwrap();
-    wait_for(Duration::from_secs(30), || {
-        let s = status(&gw)?;
-        (s["readers"][0]["state"] == "running" && states(&s).is_empty()).then_some(())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "the reader did not recover; status {:?}\nlog:\n{}",
-            status(&gw),
-            gw.log()
-        )
-    });
+    wait_reader_running(&gw, "the reader did not recover");
     signal(&child.0, Signal::SIGTERM).unwrap();
     let exit = wait_exit(&mut child.0, Duration::from_secs(15)).expect("gateway did not stop");
     assert!(exit.success(), "{exit}; log:\n{}", gw.log());
@@ -682,6 +650,27 @@ fn mercury_and_sim_gateway(id: &str, link: &Path) -> TempGateway {
 
 /// Runs the gateway as systemd would with `WatchdogSec=2`: notifications
 /// to `sock`, the log into its data directory.
+/// Waits (30 s at most) until the first reader runs and no state is in
+/// force; panics with `what`, the status and the log otherwise.
+fn wait_reader_running(gw: &TempGateway, what: &str) {
+    wait_for(Duration::from_secs(30), || {
+        let s = status(gw)?;
+        (s["readers"][0]["state"] == "running" && states(&s).is_empty()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{what}; status {:?}\nlog:\n{}", status(gw), gw.log()));
+}
+
+/// The `reader_down` condition once it is reported, within `within`.
+fn wait_reader_down(gw: &TempGateway, within: Duration) -> serde_json::Value {
+    wait_for(within, || condition(&status(gw)?, "reader_down").cloned()).unwrap_or_else(|| {
+        panic!(
+            "reader_down never reported; status {:?}\nlog:\n{}",
+            status(gw),
+            gw.log()
+        )
+    })
+}
+
 fn spawn_watched(gw: &TempGateway, sock: &Path) -> Killed {
     let log = std::fs::File::create(gw.dir.path().join("tracegate.log")).unwrap();
     Killed(
