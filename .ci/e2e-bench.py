@@ -17,7 +17,18 @@ baseline), alternating round by round, because this machine is shared and
 noisy: compare ratios within one run, not absolute figures across runs.
 
     python3 .ci/e2e-bench.py --bin new=target/release/tracegate \
-        [--bin base=/path/to/old/tracegate] [--rate 1500] [--duration 30] [--rounds 2]
+        [--bin base=/path/to/old/tracegate] [--rate 1500] [--duration 30] [--rounds 2] \
+        [--store NAME:KEY=VALUE ...]
+
+`--concurrent` runs a round's binaries at the same time, each against its
+own broker: they then share whatever the host does during the round, which
+on a VM moves the CPU per event of one binary by a third from one round to
+the next; ratios within a round are then the figure to quote.
+
+`--store new:commit_age_ms=0` sets a `[store]` key for the binary named
+`new` only (one binary may be listed twice under two names, to compare
+settings in one run). Each round also reports the store's commits/s (from
+`tracegate_store_commits_total`, when the binary has it).
 
 Needs mosquitto and mosquitto_sub (bash .ci/mqtt-setup.sh or apt-get install
 mosquitto mosquitto-clients). Prints one line per round and a summary table.
@@ -52,7 +63,7 @@ def find(cmd, extra=()):
     sys.exit(f"{cmd} not found: apt-get install -y mosquitto mosquitto-clients")
 
 
-def config(work, mqtt_port, http_port, rate, data_dir):
+def config(work, mqtt_port, http_port, rate, data_dir, store=()):
     # Each tag gives two events (arrived, departed): READERS readers, each
     # admitting a tag every `interval` ms, give 2 * READERS * 1000 / interval
     # events/s.
@@ -89,6 +100,9 @@ min_reads = 2
 arrival_window_ms = 1000
 departure_timeout_ms = 500
 
+[store]
+{chr(10).join(store)}
+
 [mqtt]
 url = "mqtt://127.0.0.1:{mqtt_port}"
 
@@ -102,17 +116,30 @@ metrics_addr = "127.0.0.1:{http_port}"
 
 
 def cpu_ticks(pid):
+    """(utime, stime) of the process, in clock ticks."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     # utime, stime are fields 14 and 15 of the whole line: 12 and 13 after ")".
-    return int(fields[11]) + int(fields[12])
+    return int(fields[11]), int(fields[12])
+
+
+def commits(http_port):
+    """The store's commits so far, or None if the binary does not count them."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("tracegate_store_commits_total"):
+            return float(line.split()[-1])
+    return None
 
 
 def parse_time(s):
     return datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
 
-def one_round(name, binary, rate, duration):
+def one_round(name, binary, rate, duration, store=()):
     work = tempfile.mkdtemp(prefix="tg-e2e-")
     procs = []
     try:
@@ -156,7 +183,7 @@ def one_round(name, binary, rate, duration):
                     samples.extend(got)
 
         threading.Thread(target=reader, daemon=True).start()
-        conf_path, offered = config(work, mport, hport, rate, os.path.join(work, "data"))
+        conf_path, offered = config(work, mport, hport, rate, os.path.join(work, "data"), store)
         gw = subprocess.Popen(
             [binary, "--log-level", "warn", "run", "--config", conf_path],
             stdout=subprocess.DEVNULL,
@@ -174,14 +201,18 @@ def one_round(name, binary, rate, duration):
                 time.sleep(0.2)
         time.sleep(WARMUP_S)
         tck = os.sysconf("SC_CLK_TCK")
+        k0 = commits(hport)
         t0, c0 = time.time(), cpu_ticks(gw.pid)
         time.sleep(duration)
         t1, c1 = time.time(), cpu_ticks(gw.pid)
+        k1 = commits(hport)
         # Events stamped inside the window, delivered up to 2 s after it.
         time.sleep(2)
         with lock:
             window = [lat for (et, lat) in samples if t0 <= et < t1]
-        cpu_s = (c1 - c0) / tck
+        # The sum is exact (the kernel scales both to the process's runtime);
+        # the split between them is sampled at ticks and is not.
+        cpu_s = (sum(c1) - sum(c0)) / tck
         n = len(window)
         window.sort()
 
@@ -197,6 +228,7 @@ def one_round(name, binary, rate, duration):
             "max_ms": window[-1] * 1000 if n else float("nan"),
             "cpu_pct": 100 * cpu_s / (t1 - t0),
             "cpu_us_per_event": cpu_s * 1e6 / n if n else float("nan"),
+            "commits_per_s": (k1 - k0) / (t1 - t0) if k0 is not None and k1 is not None else float("nan"),
         }
         return res
     finally:
@@ -217,26 +249,68 @@ def main():
     ap.add_argument("--rate", type=float, default=1500, help="offered events/s (default 1500)")
     ap.add_argument("--duration", type=float, default=30, help="measured seconds per round (default 30)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--store", action="append", default=[], help="NAME:KEY=VALUE, a [store] key for one binary")
+    ap.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="run the binaries of a round at the same time (each with its own broker) instead of one after another",
+    )
     args = ap.parse_args()
     bins = [b.split("=", 1) for b in args.bin]
+    store = {}
+    for spec in args.store:
+        name, _, kv = spec.partition(":")
+        key, _, value = kv.partition("=")
+        if not key or not value or name not in dict(bins):
+            sys.exit(f"--store {spec!r}: expected NAME:KEY=VALUE with NAME one of the --bin names")
+        store.setdefault(name, []).append(f"{key.strip()} = {value.strip()}")
     results = []
     for r in range(args.rounds):
-        for name, path in bins:
-            res = one_round(name, path, args.rate, args.duration)
+        if args.concurrent:
+            done = {}
+
+            def run(name, path):
+                done[name] = one_round(name, path, args.rate, args.duration, store.get(name, ()))
+
+            threads = [threading.Thread(target=run, args=b) for b in bins]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if len(done) != len(bins):
+                sys.exit("a concurrent round failed (see above)")
+            round_results = [done[name] for name, _ in bins]
+        else:
+            round_results = [one_round(name, path, args.rate, args.duration, store.get(name, ())) for name, path in bins]
+        for res in round_results:
+            name = res["name"]
             results.append(res)
             print(
                 f"round {r + 1} {name}: {res['events_per_s']:.0f} events/s (offered {res['offered']:.0f}), "
                 f"latency p50 {res['p50_ms']:.1f} ms p99 {res['p99_ms']:.1f} ms max {res['max_ms']:.1f} ms, "
-                f"CPU {res['cpu_pct']:.1f} % = {res['cpu_us_per_event']:.1f} us/event",
+                f"CPU {res['cpu_pct']:.1f} % = {res['cpu_us_per_event']:.1f} us/event, "
+                f"{res['commits_per_s']:.1f} commits/s",
                 flush=True,
             )
-    print("\n| binary | events/s | p50 ms | p99 ms | max ms | CPU µs/event |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n| binary | events/s | p50 ms | p99 ms | max ms | CPU µs/event | commits/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for res in results:
         print(
             f"| {res['name']} | {res['events_per_s']:.0f} | {res['p50_ms']:.1f} | {res['p99_ms']:.1f} "
-            f"| {res['max_ms']:.1f} | {res['cpu_us_per_event']:.1f} |"
+            f"| {res['max_ms']:.1f} | {res['cpu_us_per_event']:.1f} | {res['commits_per_s']:.1f} |"
         )
+    if args.rounds > 1:
+        print("\n| binary | rounds | mean CPU µs/event (min to max) | mean p99 ms (worst) | mean commits/s |")
+        print("| --- | --- | --- | --- | --- |")
+        for name, _ in bins:
+            rs = [r for r in results if r["name"] == name]
+            cpu = [r["cpu_us_per_event"] for r in rs]
+            p99 = [r["p99_ms"] for r in rs]
+            k = [r["commits_per_s"] for r in rs]
+            print(
+                f"| {name} | {len(rs)} | {sum(cpu) / len(cpu):.1f} ({min(cpu):.1f} to {max(cpu):.1f}) "
+                f"| {sum(p99) / len(p99):.1f} ({max(p99):.1f}) | {sum(k) / len(k):.1f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -305,6 +305,7 @@ fn store_config(dir: &std::path::Path) -> StoreConfig {
         max_bytes: 512 << 20,
         full_policy: FullPolicy::DropOldest,
         commit_interval_ms: 10,
+        commit_age_ms: 0,
         commit_max_events: 500,
         retention_secs: 7 * 24 * 3600,
     }

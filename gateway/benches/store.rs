@@ -39,6 +39,7 @@ fn config(dir: &tempfile::TempDir) -> StoreConfig {
         max_bytes: 2 << 30,
         full_policy: FullPolicy::DropOldest,
         commit_interval_ms: 250,
+        commit_age_ms: 0,
         commit_max_events: 1000,
         retention_secs: 3600,
     }

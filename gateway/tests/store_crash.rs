@@ -55,6 +55,7 @@ fn crash_config(path: std::path::PathBuf, mode: Mode) -> StoreConfig {
         },
         full_policy: FullPolicy::DropOldest,
         commit_interval_ms: 5,
+        commit_age_ms: 0,
         commit_max_events: 200,
         retention_secs: 3600,
     }

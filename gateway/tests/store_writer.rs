@@ -232,6 +232,76 @@ async fn busy_writer_starts_at_most_one_commit_per_commit_interval() {
     finish(w).await;
 }
 
+fn now_utc_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(d.as_millis()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_writer_groups_fresh_events_until_the_oldest_reaches_commit_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir, 10 << 20, FullPolicy::DropOldest);
+    cfg.commit_interval_ms = 50;
+    cfg.commit_age_ms = 600;
+    let store = Store::open(&cfg, "dock-01").unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let (ev_tx, mut ev_rx) = tracegate::Observer::channel(1024);
+    let w = spawn_writer(store, rx, Some(ev_tx), None).unwrap();
+
+    // Idle: committed at once, however fresh.
+    let (req, ack) = request(1, now_utc_ms());
+    let sent = std::time::Instant::now();
+    tx.send(req).await.unwrap();
+    ack.await.unwrap();
+    assert!(
+        sent.elapsed() < Duration::from_millis(500),
+        "idle commit took {:?}",
+        sent.elapsed()
+    );
+
+    // Busy (right behind that commit): events that happened just now wait
+    // until the oldest of them is 600 ms old, and share one commit.
+    let born = now_utc_ms();
+    let sent = std::time::Instant::now();
+    let mut acks = Vec::new();
+    for i in 0..2 {
+        let (req, ack) = request(1, born + i);
+        tx.send(req).await.unwrap();
+        acks.push(ack);
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(450),
+        "fresh group committed after {waited:?}"
+    );
+    assert_eq!(ev_rx.recv().await.unwrap().len(), 1);
+    assert_eq!(
+        ev_rx.recv().await.unwrap().len(),
+        2,
+        "one commit for the group"
+    );
+
+    // Busy again, but the events are older than the age already (a
+    // reader's buffered reads): only the interval holds them.
+    let sent = std::time::Instant::now();
+    let (req, ack) = request(3, born - 60_000);
+    tx.send(req).await.unwrap();
+    ack.await.unwrap();
+    let waited = sent.elapsed();
+    assert!(
+        waited < Duration::from_millis(450),
+        "old events committed after {waited:?}"
+    );
+    assert_eq!(ev_rx.recv().await.unwrap().len(), 3);
+    drop(tx);
+    finish(w).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_commits_everything_queued_when_the_channel_closes() {
     let dir = tempfile::tempdir().unwrap();

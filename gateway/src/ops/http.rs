@@ -143,6 +143,10 @@ fn describe_metrics() {
             "Events dropped by the store's full policy.",
         ),
         (
+            "tracegate_store_commits_total",
+            "Transactions that committed events (each one fsync).",
+        ),
+        (
             "tracegate_mqtt_reconnects_total",
             "Connections to the broker after the first one.",
         ),

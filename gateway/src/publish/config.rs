@@ -189,8 +189,8 @@ fn default_batch_max_events() -> usize {
 fn default_batch_max_bytes() -> usize {
     64 * 1024
 }
-/// No linger by default: the store writer already groups the events of
-/// `store.commit_interval_ms` into one commit, and each commit becomes one
+/// No linger by default: the store writer already groups the events of a
+/// few tens of milliseconds into one commit, and each commit becomes one
 /// message; lingering on top of that only added its time to every event's
 /// latency.
 fn default_linger_ms() -> u64 {

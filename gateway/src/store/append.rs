@@ -867,6 +867,7 @@ mod tests {
             max_bytes: 1 << 20,
             full_policy: FullPolicy::DropOldest,
             commit_interval_ms: 10,
+            commit_age_ms: 0,
             commit_max_events: 100,
             retention_secs: 3600,
         };

@@ -9,7 +9,8 @@
 //! fills, the thread sleeps instead of waking for each request (see
 //! [`fill_until`]). A group never exceeds `commit_max_events` drafts;
 //! reaching it commits at once (noticed within [`FILL_SLICE`] while the
-//! writer sleeps).
+//! writer sleeps). Under load a group also fills until its oldest event is
+//! `commit_age_ms` old by its own time ([`group_due`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -272,6 +273,7 @@ fn run(
         .map_err(StoreError::Runtime)?;
     let max_events = store.config.commit_max_events.max(1);
     let gap = Duration::from_millis(store.config.commit_interval_ms);
+    let age = Duration::from_millis(store.config.commit_age_ms);
     let now = Instant::now();
     let mut st = State {
         requests_open: true,
@@ -302,9 +304,11 @@ fn run(
         // way, and waking for the first of them only to sleep again cost a
         // second wake-up per commit. Not while master data waits for its
         // next step and nothing is queued.
+        let mut under_load = false;
         if st.requests_open && waiting < max_events && !(batch.is_empty() && applier_busy) {
             if let Some(not_before) = st.last_commit.map(|t| t + gap) {
                 if Instant::now() < not_before {
+                    under_load = true;
                     fill_until(
                         &mut rx,
                         &mut batch,
@@ -314,6 +318,24 @@ fn run(
                         &mut st,
                     );
                 }
+            }
+        }
+        // Still under load: the group fills on until its oldest event is
+        // `commit_age_ms` old by its own time. Events reach the writer
+        // already a few ms old (a reader's batch, the departure grid), so
+        // this spaces commits by about `commit_age_ms` less that, where the
+        // interval alone started one every `commit_interval_ms` whatever
+        // the events' age: fewer fsyncs, and every event's wait bounded by
+        // its own age rather than by when the last commit happened.
+        if under_load && st.requests_open && waiting < max_events && !age.is_zero() {
+            let oldest = batch
+                .iter()
+                .flat_map(|r| r.drafts.iter())
+                .map(|d| d.event.time.0)
+                .min();
+            if let Some(due) = oldest.and_then(|t| group_due(t, age, now_utc_ms(), Instant::now()))
+            {
+                fill_until(&mut rx, &mut batch, &mut waiting, max_events, due, &mut st);
             }
         }
         if batch.is_empty() && (st.requests_open || st.watermark_open) {
@@ -416,6 +438,23 @@ fn take_queued(
             }
         }
     }
+}
+
+/// When a busy writer's group is due: once its oldest event, which
+/// happened at `oldest_utc_ms`, is `age` old. Counted on the wall clock
+/// (the events' own time), so the wait is clamped to `0..=age`: a clock
+/// that jumped back cannot hold a group longer than `age`, one that jumped
+/// forward only commits sooner. `None`: due now.
+pub(crate) fn group_due(
+    oldest_utc_ms: i64,
+    age: Duration,
+    now_utc_ms: i64,
+    now: Instant,
+) -> Option<Instant> {
+    let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+    let happened = u64::try_from(now_utc_ms.saturating_sub(oldest_utc_ms)).unwrap_or(0);
+    let left = age_ms.saturating_sub(happened);
+    (left > 0).then(|| now + Duration::from_millis(left))
 }
 
 /// The longest the writer sleeps in one go while a group fills.
@@ -586,6 +625,9 @@ fn commit_batch(
             h.set_fault(None);
         }
     }
+    if !outcome.events.is_empty() {
+        metrics::counter!("tracegate_store_commits_total").increment(1);
+    }
     // The publisher's live lane reads these from memory; they must be there
     // before the new seq is announced.
     let dropped = outcome.dropped > 0;
@@ -612,4 +654,37 @@ fn commit_batch(
         // tells the driver the data is not committed.
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AGE: Duration = Duration::from_millis(40);
+
+    #[test]
+    fn a_group_is_due_when_its_oldest_event_reaches_the_age() {
+        let now = Instant::now();
+        let t = 1_795_824_000_000;
+        // Happened 15 ms ago: 25 ms to go.
+        assert_eq!(
+            group_due(t - 15, AGE, t, now),
+            Some(now + Duration::from_millis(25))
+        );
+        // Just happened: the whole age.
+        assert_eq!(group_due(t, AGE, t, now), Some(now + AGE));
+        // Already that old, or older: due now.
+        assert_eq!(group_due(t - 40, AGE, t, now), None);
+        assert_eq!(group_due(t - 60_000, AGE, t, now), None);
+    }
+
+    #[test]
+    fn a_clock_that_jumped_back_cannot_hold_a_group_longer_than_the_age() {
+        let now = Instant::now();
+        let t = 1_795_824_000_000;
+        // The event's time lies an hour ahead of the clock now.
+        assert_eq!(group_due(t + 3_600_000, AGE, t, now), Some(now + AGE));
+        assert_eq!(group_due(i64::MAX, AGE, i64::MIN, now), Some(now + AGE));
+        assert_eq!(group_due(i64::MIN, AGE, i64::MAX, now), None);
+    }
 }

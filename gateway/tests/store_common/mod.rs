@@ -16,6 +16,7 @@ pub fn config(dir: &tempfile::TempDir, max_bytes: u64, policy: FullPolicy) -> St
         max_bytes,
         full_policy: policy,
         commit_interval_ms: 20,
+        commit_age_ms: 0,
         commit_max_events: 256,
         retention_secs: 3600,
     }

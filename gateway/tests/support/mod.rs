@@ -409,6 +409,7 @@ pub fn store_config(dir: &Path, max_bytes: u64, policy: FullPolicy) -> StoreConf
         max_bytes,
         full_policy: policy,
         commit_interval_ms: 5,
+        commit_age_ms: 0,
         commit_max_events: 500,
         retention_secs: 7 * 24 * 3600,
     }
