@@ -18,15 +18,15 @@ noisy: compare ratios within one run, not absolute figures across runs.
 
     python3 .ci/e2e-bench.py --bin new=target/release/tracegate \
         [--bin base=/path/to/old/tracegate] [--rate 1500] [--duration 30] [--rounds 2] \
-        [--store NAME:KEY=VALUE ...]
+        [--set NAME:store.KEY=VALUE ...] [--set NAME:readers.KEY=VALUE ...] [--concurrent]
 
 `--concurrent` runs a round's binaries at the same time, each against its
 own broker: they then share whatever the host does during the round, which
 on a VM moves the CPU per event of one binary by a third from one round to
 the next; ratios within a round are then the figure to quote.
 
-`--store new:commit_age_ms=0` sets a `[store]` key for the binary named
-`new` only (one binary may be listed twice under two names, to compare
+`--set new:store.commit_age_ms=0` sets a `[store]` key for the binary named
+`new` only (`new:readers.read_rate=1500` a key of each simulated reader) (one binary may be listed twice under two names, to compare
 settings in one run). Each round also reports the store's commits/s (from
 `tracegate_store_commits_total`, when the binary has it).
 
@@ -63,7 +63,10 @@ def find(cmd, extra=()):
     sys.exit(f"{cmd} not found: apt-get install -y mosquitto mosquitto-clients")
 
 
-def config(work, mqtt_port, http_port, rate, data_dir, store=()):
+def config(work, mqtt_port, http_port, rate, data_dir, sets=None):
+    sets = sets or {}
+    store = [f"{k} = {v}" for k, v in sets.get("store", {}).items()]
+    reader_keys = {"read_rate": 3000, **sets.get("readers", {})}
     # Each tag gives two events (arrived, departed): READERS readers, each
     # admitting a tag every `interval` ms, give 2 * READERS * 1000 / interval
     # events/s.
@@ -74,7 +77,7 @@ def config(work, mqtt_port, http_port, rate, data_dir, store=()):
 name = "sim-{i}"
 kind = "sim"
 antennas = [1, 2]
-read_rate = 3000
+{chr(10).join(f"{k} = {v}" for k, v in reader_keys.items())}
 arrival_interval_ms = {interval}
 dwell_ms = 1000
 seed = {i + 1}
@@ -139,7 +142,7 @@ def parse_time(s):
     return datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
 
-def one_round(name, binary, rate, duration, store=()):
+def one_round(name, binary, rate, duration, sets=None):
     work = tempfile.mkdtemp(prefix="tg-e2e-")
     procs = []
     try:
@@ -183,7 +186,7 @@ def one_round(name, binary, rate, duration, store=()):
                     samples.extend(got)
 
         threading.Thread(target=reader, daemon=True).start()
-        conf_path, offered = config(work, mport, hport, rate, os.path.join(work, "data"), store)
+        conf_path, offered = config(work, mport, hport, rate, os.path.join(work, "data"), sets)
         gw = subprocess.Popen(
             [binary, "--log-level", "warn", "run", "--config", conf_path],
             stdout=subprocess.DEVNULL,
@@ -249,7 +252,12 @@ def main():
     ap.add_argument("--rate", type=float, default=1500, help="offered events/s (default 1500)")
     ap.add_argument("--duration", type=float, default=30, help="measured seconds per round (default 30)")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--store", action="append", default=[], help="NAME:KEY=VALUE, a [store] key for one binary")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="NAME:SECTION.KEY=VALUE, a [store] or [[readers]] key for one binary",
+    )
     ap.add_argument(
         "--concurrent",
         action="store_true",
@@ -257,20 +265,21 @@ def main():
     )
     args = ap.parse_args()
     bins = [b.split("=", 1) for b in args.bin]
-    store = {}
-    for spec in args.store:
+    sets = {}
+    for spec in args.set:
         name, _, kv = spec.partition(":")
         key, _, value = kv.partition("=")
-        if not key or not value or name not in dict(bins):
-            sys.exit(f"--store {spec!r}: expected NAME:KEY=VALUE with NAME one of the --bin names")
-        store.setdefault(name, []).append(f"{key.strip()} = {value.strip()}")
+        section, _, key = key.strip().partition(".")
+        if section not in ("store", "readers") or not key or not value or name not in dict(bins):
+            sys.exit(f"--set {spec!r}: expected NAME:store.KEY=VALUE or NAME:readers.KEY=VALUE, NAME one of the --bin names")
+        sets.setdefault(name, {}).setdefault(section, {})[key] = value.strip()
     results = []
     for r in range(args.rounds):
         if args.concurrent:
             done = {}
 
             def run(name, path):
-                done[name] = one_round(name, path, args.rate, args.duration, store.get(name, ()))
+                done[name] = one_round(name, path, args.rate, args.duration, sets.get(name))
 
             threads = [threading.Thread(target=run, args=b) for b in bins]
             for t in threads:
@@ -281,7 +290,7 @@ def main():
                 sys.exit("a concurrent round failed (see above)")
             round_results = [done[name] for name, _ in bins]
         else:
-            round_results = [one_round(name, path, args.rate, args.duration, store.get(name, ())) for name, path in bins]
+            round_results = [one_round(name, path, args.rate, args.duration, sets.get(name)) for name, path in bins]
         for res in round_results:
             name = res["name"]
             results.append(res)

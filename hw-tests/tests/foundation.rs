@@ -215,6 +215,7 @@ fn a_running_gateway_serves_metrics_health_and_status() {
         "tracegate_outbox_depth",
         "tracegate_outbox_oldest_pending_age_seconds",
         "tracegate_store_dropped_total",
+        "tracegate_store_commits_total",
     ] {
         assert!(
             metrics.contains(needle),
