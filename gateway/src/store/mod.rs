@@ -386,6 +386,11 @@ pub struct Store {
     next_wal_truncate: Option<Instant>,
     /// When the last overflow warning was logged (rate limit).
     last_overflow_warn: Option<Instant>,
+    /// `meta` as this connection's last event commit left it, so the next
+    /// commit need not read it back (see `append.rs`). Taken at the start
+    /// of a commit and put back only after it committed, so a failed commit
+    /// reads the table again; any other write to `meta` clears it.
+    meta_cache: Option<append::Meta>,
     /// Master-data jobs for the writer thread (see `masterdata.rs`).
     masterdata: Option<masterdata::Applier>,
 }
@@ -520,6 +525,7 @@ impl Store {
             next_reserve_try: None,
             next_wal_truncate: None,
             last_overflow_warn: None,
+            meta_cache: None,
             masterdata: None,
         })
     }
@@ -647,6 +653,7 @@ impl Store {
     /// Raises the published watermark (never lowers it, never above the
     /// last committed seq).
     pub fn mark_published(&mut self, upto_seq: u64) -> Result<(), StoreError> {
+        self.meta_cache = None;
         let err = |e| StoreError::sqlite("raising the published watermark", &self.config.path, e);
         let tx = self
             .conn
