@@ -218,11 +218,10 @@ impl Default for RawStore {
             // and transactions of one per event at 1,500 events/s, within an
             // event-to-PUBACK budget of 50 ms (BENCHMARKS.md).
             commit_interval_ms: 25,
-            // Under load a group waits until its oldest event is 40 ms old:
-            // with the reader's and the departure grid's few ms before the
-            // store and a few after the commit, an event reaches the broker
-            // within the 50 ms budget, and commits come every ~35 ms
-            // instead of every 25 (BENCHMARKS.md).
+            // Under load a group waits until its oldest event will be 40 ms
+            // old once committed: with a few ms to the broker after the
+            // commit, an event reaches it within the 50 ms budget, and
+            // commits come every ~32 ms instead of every 25 (BENCHMARKS.md).
             commit_age_ms: 40,
             commit_max_events: 1_000,
             retention_secs: 7 * 24 * 3600,

@@ -134,13 +134,15 @@
 //! per event; the thread sleeps while a group fills rather than waking for
 //! each request; right after a commit it sleeps out the interval before
 //! looking for the next group, one wake-up per commit under load). Still
-//! under load, the group then fills on until its oldest event is
-//! `commit_age_ms` old by its own `time` (default 40 ms): events reach the
+//! under load, the group then fills on until its oldest event, by its own
+//! `time`, will be `commit_age_ms` old (default 40 ms) when the commit is
+//! done (the last commit's duration is the estimate): events reach the
 //! writer already some milliseconds old (a reader's batch, the departure
 //! grid), so commits come about every 30 ms instead of every 25 while each
-//! event's time-to-PUBACK stays bounded by its own age. The wait is clamped
+//! event's time-to-commit stays bounded by its own age. The wait is clamped
 //! to `0..=commit_age_ms` against clock jumps; events older than that (a
-//! reader's buffered reads) wait for the interval only.
+//! reader's buffered reads), or a disk whose fsync takes that long, leave
+//! the interval alone.
 //! `commit_max_events` drafts waiting commit at once. After a
 //! commit it appends the stored events to [`RecentCommits`] (the publisher's
 //! live reads come from there, see `recent.rs`), sends the new `last_seq` on
@@ -232,8 +234,9 @@ pub struct StoreConfig {
     /// "Writer" above). 0 commits whenever the previous commit is done.
     pub commit_interval_ms: u64,
     /// Under load (a commit started within the last `commit_interval_ms`),
-    /// a group fills on until its oldest event is this old by its own
-    /// `time` (see "Writer" above). 0: groups fill for the interval only.
+    /// a group fills on until its oldest event, by its own `time`, will be
+    /// this old when the commit is done (see "Writer" above). 0: groups fill
+    /// for the interval only.
     pub commit_age_ms: u64,
     /// The most drafts one group commit takes from the queue.
     pub commit_max_events: usize,

@@ -229,6 +229,8 @@ struct State {
     next_prune: Instant,
     /// When the last commit started.
     last_commit: Option<Instant>,
+    /// How long the last event commit took (its fsync, mostly).
+    last_commit_took: Duration,
     /// Something changed since the stats watch was last refreshed.
     stats_dirty: bool,
     next_stats: Instant,
@@ -282,6 +284,7 @@ fn run(
         next_watermark: now,
         next_prune: now + PRUNE_EVERY,
         last_commit: None,
+        last_commit_took: Duration::ZERO,
         stats_dirty: false,
         next_stats: now,
     };
@@ -320,13 +323,17 @@ fn run(
                 }
             }
         }
-        // Still under load: the group fills on until its oldest event is
-        // `commit_age_ms` old by its own time. Events reach the writer
-        // already a few ms old (a reader's batch, the departure grid), so
-        // this spaces commits by about `commit_age_ms` less that, where the
-        // interval alone started one every `commit_interval_ms` whatever
-        // the events' age: fewer fsyncs, and every event's wait bounded by
-        // its own age rather than by when the last commit happened.
+        // Still under load: the group fills on until its oldest event will
+        // be `commit_age_ms` old, by its own time, when the commit is done
+        // (the last commit's duration tells how long that takes). Events
+        // reach the writer already a few ms old (a reader's batch, the
+        // departure grid), so this spaces commits by about `commit_age_ms`
+        // less that, where the interval alone started one every
+        // `commit_interval_ms` whatever the events' age: fewer fsyncs, and
+        // every event's wait bounded by its own age rather than by when the
+        // last commit happened. On a disk whose fsync takes as long as the
+        // age, only the interval is left.
+        let age = age.saturating_sub(st.last_commit_took);
         if under_load && st.requests_open && waiting < max_events && !age.is_zero() {
             let oldest = batch
                 .iter()
@@ -364,12 +371,14 @@ fn run(
             }
         }
         if !batch.is_empty() {
-            st.last_commit = Some(Instant::now());
+            let started = Instant::now();
+            st.last_commit = Some(started);
             // The watermark rides along with the events (no transaction of
             // its own) whenever it moved.
             let wanted = *wm_rx.borrow_and_update();
             let watermark = (wanted > st.watermark_written).then_some(wanted);
             commit_batch(&mut store, batch, !st.requests_open, &out, watermark)?;
+            st.last_commit_took = started.elapsed();
             if let Some(w) = watermark {
                 st.watermark_written = w;
                 st.next_watermark = Instant::now() + WATERMARK_EVERY;
