@@ -141,8 +141,8 @@
 //! grid), so commits come about every 30 ms instead of every 25 while each
 //! event's time-to-commit stays bounded by its own age. The wait is clamped
 //! to `0..=commit_age_ms` against clock jumps; events older than that (a
-//! reader's buffered reads), or a disk whose fsync takes that long, leave
-//! the interval alone.
+//! reader's buffered reads) wait for the interval only, and the slower the
+//! fsync the less the rule holds a group back (BENCHMARKS.md).
 //! `commit_max_events` drafts waiting commit at once. After a
 //! commit it appends the stored events to [`RecentCommits`] (the publisher's
 //! live reads come from there, see `recent.rs`), sends the new `last_seq` on
