@@ -9,8 +9,9 @@
 //! fills, the thread sleeps instead of waking for each request (see
 //! [`fill_until`]). A group never exceeds `commit_max_events` drafts;
 //! reaching it commits at once (noticed within [`FILL_SLICE`] while the
-//! writer sleeps). Under load a group also fills until its oldest event is
-//! `commit_age_ms` old by its own time ([`group_due`]).
+//! writer sleeps). Under load a group also fills until its oldest event,
+//! by its own time, will be `commit_age_ms` old once committed
+//! ([`group_due`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
