@@ -221,7 +221,7 @@ impl Default for RawStore {
             // Under load a group waits until its oldest event will be 40 ms
             // old once committed: with a few ms to the broker after the
             // commit, an event reaches it within the 50 ms budget, and
-            // commits come every ~32 ms instead of every 25 (BENCHMARKS.md).
+            // commits come every ~28 ms instead of every 25 (BENCHMARKS.md).
             commit_age_ms: 40,
             commit_max_events: 1_000,
             retention_secs: 7 * 24 * 3600,

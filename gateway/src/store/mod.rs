@@ -138,7 +138,7 @@
 //! `time`, will be `commit_age_ms` old (default 40 ms) when the commit is
 //! done (the last commit's duration is the estimate): events reach the
 //! writer already some milliseconds old (a reader's batch, the departure
-//! grid), so commits come about every 30 ms instead of every 25 while each
+//! grid), so commits come about every 28 ms instead of every 25 while each
 //! event's time-to-commit stays bounded by its own age. The wait is clamped
 //! to `0..=commit_age_ms` against clock jumps; events older than that (a
 //! reader's buffered reads) wait for the interval only, and the slower the
