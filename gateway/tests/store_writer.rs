@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use store_common::*;
 use tokio::sync::mpsc;
-use tracegate::store::{spawn_writer, FullPolicy, Store, StoreReader, WriteRequest, Writer};
+use tracegate::store::{
+    spawn_writer, FullPolicy, Store, StoreConfig, StoreReader, StoredEvent, WriteRequest, Writer,
+};
 use tracegate_drivers::CommitAck;
 
 /// Generous bound for "eventually" in tests; never a performance assertion.
@@ -23,6 +25,24 @@ fn request(n: usize, t: i64) -> (WriteRequest, tokio::sync::oneshot::Receiver<()
         },
         rx,
     )
+}
+
+/// A writer over a fresh store opened with `cfg`, its request channel
+/// holding `capacity` requests, and the receiving end of its committed
+/// events (one item per commit).
+fn observed_writer(
+    cfg: &StoreConfig,
+    capacity: usize,
+) -> (
+    mpsc::Sender<WriteRequest>,
+    mpsc::Receiver<Vec<StoredEvent>>,
+    Writer,
+) {
+    let store = Store::open(cfg, "dock-01").unwrap();
+    let (tx, rx) = mpsc::channel(capacity);
+    let (ev_tx, ev_rx) = tracegate::Observer::channel(1024);
+    let w = spawn_writer(store, rx, Some(ev_tx), None).unwrap();
+    (tx, ev_rx, w)
 }
 
 /// Closes the writer's inputs (the caller has dropped its sender) and waits
@@ -41,10 +61,7 @@ async fn writer_fires_acks_reports_seq_and_streams_committed_events() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&dir, 10 << 20, FullPolicy::DropOldest);
     cfg.commit_max_events = 50;
-    let store = Store::open(&cfg, "dock-01").unwrap();
-    let (tx, rx) = mpsc::channel(1024);
-    let (ev_tx, mut ev_rx) = tracegate::Observer::channel(1024);
-    let w = spawn_writer(store, rx, Some(ev_tx), None).unwrap();
+    let (tx, mut ev_rx, w) = observed_writer(&cfg, 1024);
     let mut committed = w.committed.clone();
 
     let mut acks = Vec::new();
@@ -200,10 +217,7 @@ async fn busy_writer_starts_at_most_one_commit_per_commit_interval() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&dir, 10 << 20, FullPolicy::DropOldest);
     cfg.commit_interval_ms = 300;
-    let store = Store::open(&cfg, "dock-01").unwrap();
-    let (tx, rx) = mpsc::channel(16);
-    let (ev_tx, mut ev_rx) = tracegate::Observer::channel(1024);
-    let w = spawn_writer(store, rx, Some(ev_tx), None).unwrap();
+    let (tx, mut ev_rx, w) = observed_writer(&cfg, 16);
     let (req, ack) = request(1, T0);
     tx.send(req).await.unwrap();
     ack.await.unwrap();
@@ -232,26 +246,16 @@ async fn busy_writer_starts_at_most_one_commit_per_commit_interval() {
     finish(w).await;
 }
 
-fn now_utc_ms() -> i64 {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    i64::try_from(d.as_millis()).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_writer_groups_fresh_events_until_the_oldest_reaches_commit_age() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&dir, 10 << 20, FullPolicy::DropOldest);
     cfg.commit_interval_ms = 50;
     cfg.commit_age_ms = 600;
-    let store = Store::open(&cfg, "dock-01").unwrap();
-    let (tx, rx) = mpsc::channel(16);
-    let (ev_tx, mut ev_rx) = tracegate::Observer::channel(1024);
-    let w = spawn_writer(store, rx, Some(ev_tx), None).unwrap();
+    let (tx, mut ev_rx, w) = observed_writer(&cfg, 16);
 
     // Idle: committed at once, however fresh.
-    let (req, ack) = request(1, now_utc_ms());
+    let (req, ack) = request(1, tracegate_drivers::clock::utc_now_ms());
     let sent = std::time::Instant::now();
     tx.send(req).await.unwrap();
     ack.await.unwrap();
@@ -263,7 +267,7 @@ async fn busy_writer_groups_fresh_events_until_the_oldest_reaches_commit_age() {
 
     // Busy (right behind that commit): events that happened just now wait
     // until the oldest of them is 600 ms old, and share one commit.
-    let born = now_utc_ms();
+    let born = tracegate_drivers::clock::utc_now_ms();
     let sent = std::time::Instant::now();
     let mut acks = Vec::new();
     for i in 0..2 {
