@@ -26,8 +26,9 @@ on a VM moves the CPU per event of one binary by a third from one round to
 the next; ratios within a round are then the figure to quote.
 
 `--set new:store.commit_age_ms=0` sets a `[store]` key for the binary named
-`new` only (`new:readers.read_rate=1500` a key of each simulated reader) (one binary may be listed twice under two names, to compare
-settings in one run). Each round also reports the store's commits/s (from
+`new` only, `--set new:readers.read_rate=1500` a key of each of its
+simulated readers (one binary may be listed twice under two names, to
+compare settings in one run). Each round also reports the store's commits/s (from
 `tracegate_store_commits_total`, when the binary has it).
 
 Needs mosquitto and mosquitto_sub (bash .ci/mqtt-setup.sh or apt-get install
@@ -119,11 +120,13 @@ metrics_addr = "127.0.0.1:{http_port}"
 
 
 def cpu_ticks(pid):
-    """(utime, stime) of the process, in clock ticks."""
+    """utime + stime of the process, in clock ticks. The sum is exact (the
+    kernel scales both to the process's runtime); the split between them is
+    sampled at ticks and is not, so only the sum is used."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     # utime, stime are fields 14 and 15 of the whole line: 12 and 13 after ")".
-    return int(fields[11]), int(fields[12])
+    return int(fields[11]) + int(fields[12])
 
 
 def commits(http_port):
@@ -213,9 +216,7 @@ def one_round(name, binary, rate, duration, sets=None):
         time.sleep(2)
         with lock:
             window = [lat for (et, lat) in samples if t0 <= et < t1]
-        # The sum is exact (the kernel scales both to the process's runtime);
-        # the split between them is sampled at ticks and is not.
-        cpu_s = (sum(c1) - sum(c0)) / tck
+        cpu_s = (c1 - c0) / tck
         n = len(window)
         window.sort()
 
